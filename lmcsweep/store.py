@@ -1,0 +1,94 @@
+"""Checkpoints and masks on disk, written atomically.
+
+Layout under the store root (default ``mlruns/``, beside the MLflow database)::
+
+    checkpoints/<job hash>/it<iteration>.pt     weights (+ optimizer state) at an iteration
+    checkpoints/<job hash>/resume.pt            the latest resume point of an unfinished job
+
+A write goes to a temporary file in the same folder, is flushed to disk and then renamed over the
+target, so a process killed mid-write never leaves a partial file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save `obj` to `path` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress():
+            os.unlink(tmp)
+        raise
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return True
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Store:
+    """Files of jobs, addressed by job hash."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+
+    def job_dir(self, job: str) -> Path:
+        return self.root / "checkpoints" / job
+
+    def checkpoint_path(self, job: str, iteration: int) -> Path:
+        return self.job_dir(job) / f"it{iteration}.pt"
+
+    def save_checkpoint(self, job: str, iteration: int, state: dict[str, Any]) -> Path:
+        path = self.checkpoint_path(job, iteration)
+        atomic_save(state, path)
+        return path
+
+    def has_checkpoint(self, job: str, iteration: int) -> bool:
+        return self.checkpoint_path(job, iteration).exists()
+
+    def load_checkpoint(self, job: str, iteration: int, device: str | torch.device = "cpu") -> dict[str, Any]:
+        path = self.checkpoint_path(job, iteration)
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint of job {job} at iteration {iteration} ({path})")
+        return torch.load(path, map_location=device, weights_only=False)
+
+    def save_resume(self, job: str, state: dict[str, Any]) -> None:
+        atomic_save(state, self.job_dir(job) / "resume.pt")
+
+    def load_resume(self, job: str, device: str | torch.device = "cpu") -> dict[str, Any] | None:
+        path = self.job_dir(job) / "resume.pt"
+        if not path.exists():
+            return None
+        return torch.load(path, map_location=device, weights_only=False)
+
+    def clear_resume(self, job: str) -> None:
+        path = self.job_dir(job) / "resume.pt"
+        if path.exists():
+            path.unlink()

@@ -1,0 +1,179 @@
+"""The job graph of a sweep: what must be computed, each job named by the hash of its inputs.
+
+Kinds of job (all keyed by `config.job_hash` of exactly the inputs that decide their result):
+
+- ``train``: the dense network of one replicate, from its init seed to T, saving checkpoints at
+  every rewind point of the sweep (one run serves all k);
+- ``branch``: a copy trained from checkpoint k (optionally under a mask, or a control) to T with
+  its own SGD-noise seeds;
+- ``interpolate``: a pair of branches -> error along the path -> instability;
+- ``prune``: the mask of IMP level L, from level L-1's trained subnetwork (a ``level`` run in MLflow).
+
+The plan is static: hashes never depend on results, so a whole sweep is known before anything runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import PRESETS, Hyper, SweepConfig, job_hash, resolve
+from ..seeds import derive_seed
+
+
+@dataclass
+class Job:
+    kind: str                       # train | branch | interpolate | prune
+    hash: str
+    fields: dict[str, Any]          # the inputs that determine the result (hashed)
+    parents: list[str]              # hashes of the jobs it starts from
+    tree_parent: str | None         # the job whose MLflow run this job's run nests under (None: trial/sweep)
+    tags: dict[str, Any]            # lmcsweep.* tags (replicate, rewind, level, density, control, copy)
+    name: str                       # MLflow run name
+    iterations: int = 0             # training iterations it costs
+    trial: int | None = None
+
+
+@dataclass
+class Plan:
+    sweep: SweepConfig
+    hyper: Hyper
+    jobs: list[Job] = field(default_factory=list)
+    trial: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def by_hash(self) -> dict[str, Job]:
+        return {j.hash: j for j in self.jobs}
+
+    def add(self, job: Job) -> Job:
+        self.jobs.append(job)
+        return job
+
+
+def data_identity(sweep: SweepConfig, hyper: Hyper) -> dict[str, Any]:
+    d = sweep.data
+    return {
+        "dataset": hyper.dataset,
+        "subset_train": d.subset_train,
+        "subset_test": d.subset_test,
+        "synthetic": d.synthetic.model_dump(mode="json") if (d.synthetic and hyper.dataset == "synthetic") else None,
+        "augmentation": hyper.augmentation,
+    }
+
+
+def replicate_seed(sweep: SweepConfig, replicate: int) -> int:
+    return sweep.seed + replicate
+
+
+def copy_seeds(sweep: SweepConfig, replicate: int, level: int, copy: int, noise: list[str]) -> dict[str, int]:
+    """The SGD-noise seeds of copy `copy`: fresh for each varied kind of noise, the parent's otherwise."""
+    base = replicate_seed(sweep, replicate)
+    return {
+        kind: (derive_seed(kind, "copy", base, level, copy) % 2**31 if kind in noise else base)
+        for kind in ("data_order", "augmentation")
+    }
+
+
+def rewind_iterations(sweep: SweepConfig, hyper: Hyper) -> list[int]:
+    """Every rewind point of the sweep, in iterations (sorted, unique)."""
+    steps = []
+    if sweep.instability:
+        steps += sweep.instability.rewind
+    if sweep.imp:
+        steps += sweep.imp.rewind
+    return sorted({s.to_iterations(hyper.iterations_per_epoch) for s in steps})
+
+
+def build_plan(sweep: SweepConfig, trial: int | None = None, overrides: dict[str, Any] | None = None) -> Plan:
+    """Expand one sweep (one Optuna variant when `trial` is set) into its jobs, parents first."""
+    hyper = resolve(sweep)
+    plan = Plan(sweep=sweep, hyper=hyper, trial=trial, overrides=dict(overrides or {}))
+    data = data_identity(sweep, hyper)
+    inst = sweep.instability
+    points = rewind_iterations(sweep, hyper)
+    for r in range(sweep.replicates):
+        seed = replicate_seed(sweep, r)
+        train_fields = {"hyper": hyper.identity(), "data": data,
+                        "seeds": {"init": seed, "data_order": seed, "augmentation": seed}}
+        train = plan.add(Job(
+            kind="train", hash=job_hash("train", train_fields), fields=train_fields, parents=[],
+            tree_parent=None, tags={"replicate": r, "density": 1.0}, name=f"replicate {r}",
+            iterations=hyper.iterations, trial=trial,
+        ))
+        train.fields["save_at"] = points  # not hashed: any later k is replayed from the nearest checkpoint
+        if inst:
+            for step in inst.rewind:
+                k = step.to_iterations(hyper.iterations_per_epoch)
+                add_instability(plan, train, r, k, level=None, mask=None, control=None, tree_parent=train.hash)
+        if sweep.imp:
+            from .imp import add_imp  # the IMP half of the plan lives beside this file
+
+            add_imp(plan, train, r)
+    return plan
+
+
+def add_instability(plan: Plan, train: Job, replicate: int, k: int, level: int | None, mask: str | None,
+                    control: str | None, tree_parent: str, copies: int | None = None,
+                    extra: dict[str, Any] | None = None) -> list[Job]:
+    """Branches from checkpoint k of `train` (under `mask`/`control`) and, with instability analysis
+    on, every pair's interpolation. Returns the branch jobs (copy 0 first)."""
+    sweep, hyper = plan.sweep, plan.hyper
+    inst = sweep.instability
+    noise = inst.noise if inst else ["data_order", "augmentation"]
+    n = copies if copies is not None else (inst.copies if inst else 1)
+    optimizer_mode = inst.optimizer if inst else "continue"
+    lvl = level or 0
+    base_tags = {"replicate": replicate, "rewind": k, "level": level, "control": control}
+    branches = []
+    for c in range(n):
+        seeds = copy_seeds(sweep, replicate, lvl, c, noise)
+        fields = {"train": train.hash, "rewind": k, "mask": mask, "control": control, "seeds": seeds,
+                  "optimizer": optimizer_mode, **(extra or {})}
+        label = f"{control or 'imp' if level is not None else 'dense'} k={k} copy {c}"
+        branches.append(plan.add(Job(
+            kind="branch", hash=job_hash("branch", fields, [train.hash] + ([mask] if mask else [])),
+            fields=fields, parents=[train.hash] + ([mask] if mask else []), tree_parent=tree_parent,
+            tags={**base_tags, "copy": c}, name=label if level is None else f"level {level} {label}",
+            iterations=hyper.iterations - k, trial=plan.trial,
+        )))
+    if inst and (level is None or (sweep.imp and sweep.imp.instability)):
+        for a, b in itertools.combinations(branches, 2):
+            fields = {"pair": [a.hash, b.hash], "alphas": inst.alphas, "splits": list(inst.splits),
+                      "bn": inst.bn, "bn_batches": inst.bn_batches, "train_examples": inst.train_examples,
+                      "subset_test": sweep.data.subset_test}
+            ca, cb = a.tags["copy"], b.tags["copy"]
+            plan.add(Job(
+                kind="interpolate", hash=job_hash("interpolate", fields, [a.hash, b.hash]), fields=fields,
+                parents=[a.hash, b.hash], tree_parent=a.hash, tags={**base_tags, "pair": f"{ca}-{cb}"},
+                name=f"interpolate {ca}-{cb}", trial=plan.trial,
+            ))
+    return branches
+
+
+def exempt_layers(sweep: SweepConfig) -> list[str]:
+    if sweep.imp and sweep.imp.exempt is not None:
+        return list(sweep.imp.exempt)
+    return list(PRESETS[sweep.preset].imp_exempt)
+
+
+def summary(plans: list[Plan], done: set[str]) -> dict[str, Any]:
+    """Counts of jobs by kind, done and remaining, and training iterations remaining."""
+    out: dict[str, Any] = {"kinds": {}, "jobs": 0, "done": 0, "remaining": 0, "iterations_remaining": 0}
+    seen: set[str] = set()
+    for plan in plans:
+        for job in plan.jobs:
+            if job.hash in seen:
+                continue
+            seen.add(job.hash)
+            row = out["kinds"].setdefault(job.kind, {"jobs": 0, "done": 0, "remaining": 0})
+            row["jobs"] += 1
+            out["jobs"] += 1
+            if job.hash in done:
+                row["done"] += 1
+                out["done"] += 1
+            else:
+                row["remaining"] += 1
+                out["remaining"] += 1
+                out["iterations_remaining"] += job.iterations
+    return out

@@ -1,0 +1,113 @@
+"""The training loop, the optimizer and learning-rate schedule, and evaluation.
+
+No file I/O and no tracking here: `train` is a generator that pauses at the iterations its caller
+asks for (rewind points, evaluation and checkpoint cadence) so the caller can save and log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from . import prune
+from .config import Hyper
+
+
+def make_optimizer(model: torch.nn.Module, hyper: Hyper) -> torch.optim.Optimizer:
+    """SGD with momentum or Adam, with the preset's weight decay (coupled, as in OpenLTH)."""
+    params = list(model.parameters())
+    if hyper.optimizer == "adam":
+        return torch.optim.Adam(params, lr=hyper.lr, weight_decay=hyper.weight_decay)
+    return torch.optim.SGD(params, lr=hyper.lr, momentum=hyper.momentum, weight_decay=hyper.weight_decay)
+
+
+def lr_at(hyper: Hyper, iteration: int) -> float:
+    """The learning rate used for the step that starts at `iteration` (0-based).
+
+    Linear warmup from 0 over `warmup` iterations, multiplied by the schedule: `step` divides by
+    1/gamma at each milestone, `linear` decays linearly from lr to `final_lr` at the end.
+    """
+    if hyper.schedule == "step":
+        lr = hyper.lr * hyper.gamma ** sum(iteration >= m for m in hyper.milestones)
+    elif hyper.schedule == "linear":
+        frac = min(1.0, iteration / max(1, hyper.iterations))
+        lr = hyper.lr + (hyper.final_lr - hyper.lr) * frac
+    else:
+        lr = hyper.lr
+    if hyper.warmup and iteration < hyper.warmup:
+        lr *= (iteration + 1) / hyper.warmup
+    return lr
+
+
+def autocast(hyper: Hyper, device: torch.device):
+    """bf16 autocast when asked for (GPU), else nothing: fp32 results are never touched."""
+    if hyper.precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    hyper: Hyper,
+    start: int,
+    end: int,
+    pause_at: Iterable[int] = (),
+    masks: prune.Masks | None = None,
+    device: torch.device = torch.device("cpu"),
+) -> Iterator[tuple[int, float]]:
+    """Train from iteration `start` to `end`, yielding (iteration, mean training loss since the last
+    pause) at each iteration of `pause_at` inside (start, end] and at `end`.
+
+    `batches` yields the batches of iterations start..end-1. With `masks`, pruned weights get no
+    gradient (so momentum cannot revive them) and are zeroed again after every step.
+    """
+    pauses = sorted({p for p in pause_at if start < p < end} | {end})
+    model.train()
+    loss_sum, count = torch.zeros((), device=device), 0
+    it = start
+    for x, y in batches:
+        if it >= end:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(hyper, it)
+        with autocast(hyper, device):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if masks is not None:
+            prune.mask_gradients(model, masks)
+        optimizer.step()
+        if masks is not None:
+            prune.apply_masks(model, masks)
+        loss_sum += loss.detach().float()
+        count += 1
+        it += 1
+        if it == pauses[0]:
+            yield it, (loss_sum / count).item()
+            loss_sum.zero_()
+            count = 0
+            pauses.pop(0)
+            model.train()
+    if it < end:
+        raise RuntimeError(f"the data ran out at iteration {it}, before {end}")
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """Classification error, accuracy and mean loss of `model` over `batches` (eval mode)."""
+    model.eval()
+    wrong = torch.zeros((), dtype=torch.long)
+    loss = torch.zeros((), dtype=torch.float64)
+    n = 0
+    for x, y in batches:
+        logits = model(x).float()
+        wrong += (logits.argmax(1) != y).sum().cpu()
+        loss += F.cross_entropy(logits, y, reduction="sum").double().cpu()
+        n += len(y)
+    error = wrong.item() / max(1, n)
+    return {"error": error, "accuracy": 1.0 - error, "loss": loss.item() / max(1, n), "examples": n}
