@@ -1,0 +1,162 @@
+"""The `lmcsweep` command line (click). Thin: each command parses, calls one function, prints.
+
+Exit codes: 0 success, 1 some jobs failed, 2 bad input (sweep file errors, unknown names).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .config import ConfigError, load_sweep
+
+STORE_HELP = "folder of the embedded store: mlflow.db, artifacts/, checkpoints/ (env LMCSWEEP_STORE)"
+
+
+def _load(paths: tuple[str, ...]):
+    sweeps, problems = [], []
+    for path in paths:
+        try:
+            sweeps.append(load_sweep(path))
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        click.echo("\n".join(problems), err=True)
+        sys.exit(2)
+    return sweeps
+
+
+def _backends(ctx: click.Context):
+    from .store import Store
+    from .tracking import Tracker
+
+    root = ctx.obj["store"]
+    return Tracker(ctx.obj["tracking_uri"], root), Store(root)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--store", default=lambda: os.environ.get("LMCSWEEP_STORE", "mlruns"), show_default="mlruns",
+              type=click.Path(file_okay=False), help=STORE_HELP)
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI (default: sqlite:///<store>/mlflow.db)")
+@click.version_option(package_name="lmcsweep")
+@click.pass_context
+def main(ctx: click.Context, store: str, tracking_uri: str | None) -> None:
+    """Linear mode connectivity and lottery-ticket sweeps, tracked in MLflow.
+
+    \b
+    lmcsweep validate sweeps/quickstart.yaml   check a sweep file
+    lmcsweep plan sweeps/quickstart.yaml       its jobs, what is done, what is left
+    lmcsweep run sweeps/quickstart.yaml        run or resume it
+    lmcsweep query --sweep quickstart          instability records
+    lmcsweep ui                                the MLflow UI on the store
+    """
+    ctx.obj = {"store": str(Path(store).resolve()), "tracking_uri": tracking_uri}
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+def validate(files: tuple[str, ...]) -> None:
+    """Check sweep FILES; every problem is printed as FILE:LINE: field: message (exit 2)."""
+    for path, sweep in zip(files, _load(files)):
+        click.echo(f"{path}: ok ({sweep.name}, preset {sweep.preset})")
+
+
+def _print_plan(sweep, tracker) -> None:
+    from .sweep.plan import build_plan, summary
+
+    plans = [build_plan(sweep)]
+    if sweep.search is not None:
+        from .sweep.search import trial_plans
+
+        plans = trial_plans(sweep)
+    jobs = {j.hash for p in plans for j in p.jobs}
+    done = set(tracker.finished_jobs(list(jobs))) if jobs else set()
+    s = summary(plans, done)
+    click.echo(f"sweep {sweep.name} (experiment {sweep.experiment}, preset {sweep.preset}"
+               + (f", {len(plans)} trials" if sweep.search else "") + ")")
+    click.echo(f"  {'kind':<12}{'jobs':>8}{'done':>8}{'left':>8}")
+    for kind, row in s["kinds"].items():
+        click.echo(f"  {kind:<12}{row['jobs']:>8}{row['done']:>8}{row['remaining']:>8}")
+    click.echo(f"  {'total':<12}{s['jobs']:>8}{s['done']:>8}{s['remaining']:>8}")
+    click.echo(f"  training iterations left: {s['iterations_remaining']}")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.pass_context
+def plan(ctx: click.Context, files: tuple[str, ...]) -> None:
+    """Show the jobs of sweep FILES, how many are already in the store, and the work left."""
+    sweeps = _load(files)
+    tracker, _ = _backends(ctx)
+    for sweep in sweeps:
+        _print_plan(sweep, tracker)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--dry-run", is_flag=True, help="print the plan and stop (same as `lmcsweep plan`)")
+@click.option("--retry-failed", is_flag=True, help="run again the jobs that failed before")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="progress bar")
+@click.pass_context
+def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, retry_failed: bool, progress: bool) -> None:
+    """Run (or resume) sweep FILES. Finished jobs are never recomputed; killed ones resume."""
+    sweeps = _load(files)
+    tracker, store = _backends(ctx)
+    if dry_run:
+        for sweep in sweeps:
+            _print_plan(sweep, tracker)
+        return
+    from .sweep.execute import run_sweep
+
+    failed = False
+    for sweep in sweeps:
+        outcome = run_sweep(sweep, tracker, store, progress=progress, retry_failed=retry_failed)
+        if not outcome.computed and not outcome.reused and not outcome.failed and not outcome.blocked:
+            click.echo(f"{sweep.name}: nothing to do ({len(outcome.skipped)} jobs already done)")
+        else:
+            click.echo(f"{sweep.name}: {len(outcome.computed)} jobs run, {len(outcome.reused)} reused from the "
+                       f"store, {len(outcome.skipped)} already done, {len(outcome.failed)} failed, "
+                       f"{len(outcome.blocked)} blocked ({outcome.seconds:.0f}s)")
+        for job, error in outcome.failed.items():
+            click.echo(f"  FAILED {job}: {error}", err=True)
+        failed = failed or bool(outcome.failed)
+        if not outcome.failed:
+            click.echo(f"  see: lmcsweep query --sweep {sweep.name}    or    lmcsweep ui")
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.option("--sweep", "sweep_name", default=None, help="only this sweep")
+@click.option("--kind", type=click.Choice(["instability", "imp"]), default="instability", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.pass_context
+def query(ctx: click.Context, sweep_name: str | None, kind: str, fmt: str) -> None:
+    """Print stored records read back from MLflow: one per interpolation and split (instability)
+    or one per trained subnetwork (imp)."""
+    from .sweep import query as q
+
+    tracker, _ = _backends(ctx)
+    records = q.instability_records(tracker, sweep_name) if kind == "instability" else q.imp_records(tracker, sweep_name)
+    click.echo(q.render(records, fmt))
+
+
+@main.command()
+@click.option("--port", default=5000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.pass_context
+def ui(ctx: click.Context, port: int, host: str) -> None:
+    """Open the MLflow UI on this project's store."""
+    tracker, _ = _backends(ctx)
+    tracker.all_experiment_ids()  # creates the database schema if it is new
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracker.uri,
+           "--default-artifact-root", tracker.artifact_root, "--host", host, "--port", str(port)]
+    click.echo(f"MLflow UI on http://{host}:{port}  (store {tracker.uri})")
+    os.execv(sys.executable, cmd)
+
+
+if __name__ == "__main__":
+    main()

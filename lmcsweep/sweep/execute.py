@@ -1,0 +1,272 @@
+"""Running a plan: look every job up by hash, reuse what is done, run the rest in order, track it.
+
+For each job of a plan, in order (parents first):
+
+1. this sweep's tree already holds a FINISHED run for it -> nothing to do;
+2. another sweep (or trial) computed it -> a run recording the reuse is added to this tree, with
+   the original's tags and metrics (``lmcsweep.origin=reused``), and nothing is recomputed;
+3. otherwise the job runs in its own MLflow run (``lmcsweep.origin=computed``), nested under its
+   parent job's run; a job killed earlier resumes from its resume checkpoint.
+
+A failing job is marked FAILED (error as tag and artifact); jobs that depend on it are skipped, the
+others go on, and the run ends with the failures listed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.metadata
+import os
+import subprocess
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from ..config import PRESETS, SweepConfig, canonical, job_hash, sweep_fingerprint
+from ..data import load_dataset
+from ..store import Store
+from ..tracking import FAILED, FINISHED, TAG, Tracker, tag
+from .jobs import BODIES, Context
+from .plan import Job, Plan
+
+
+@dataclass
+class Outcome:
+    computed: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)   # job hash -> error
+    blocked: list[str] = field(default_factory=list)        # not run: a parent failed
+    sweep_run: str | None = None
+    seconds: float = 0.0
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def provenance() -> dict[str, str]:
+    """Git commit and package versions, recorded on every run."""
+    out = {}
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)
+        if commit.returncode == 0:
+            out["git_commit"] = commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    for pkg in ("lmcsweep", "torch", "torchvision", "mlflow", "optuna", "ffcv", "numpy"):
+        try:
+            out[f"version.{pkg}"] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@contextmanager
+def sweep_lock(store: Store, name: str) -> Iterator[None]:
+    """One runner per sweep and store at a time (so RUNNING runs left behind are known to be dead)."""
+    path = store.root / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"sweep {name!r} is already running against this store ({path})") from None
+        yield
+
+
+class Runner:
+    """Runs the plans of one sweep against a tracker and a store, in this process."""
+
+    def __init__(self, tracker: Tracker, store: Store, progress: bool = True, retry_failed: bool = False):
+        self.tracker, self.store = tracker, store
+        self.show_progress, self.retry_failed = progress, retry_failed
+        self._prov = provenance()
+
+    # -- the sweep and trial runs -----------------------------------------------------------
+    def sweep_run(self, sweep: SweepConfig, experiment_id: str) -> str:
+        runs = self.tracker.runs_of_sweep(sweep.name, kind="sweep")
+        runs = [r for r in runs if r.info.experiment_id == experiment_id]
+        fingerprint = sweep_fingerprint(sweep)
+        digest = job_hash("sweep", fingerprint)
+        if runs:
+            run = runs[0]
+            if tag(run, "job") != digest:
+                self.tracker.set_tags(run.info.run_id, {"job": digest})
+                self.tracker.log_dict(run.info.run_id, fingerprint, f"config-{digest}.json")
+            self.tracker.reopen(run.info.run_id)
+            return run.info.run_id
+        run_id = self.tracker.start(experiment_id, sweep.name, "sweep", self._tags(sweep, {"job": digest}),
+                                    params={**self._prov, "replicates": sweep.replicates, "seed": sweep.seed})
+        self.tracker.log_dict(run_id, fingerprint, "config.json")
+        return run_id
+
+    def _tags(self, sweep: SweepConfig, extra: dict[str, Any]) -> dict[str, Any]:
+        from ..config import dataset_of
+
+        return {"sweep": sweep.name, "preset": sweep.preset, "dataset": dataset_of(sweep), **extra}
+
+    # -- running a plan ---------------------------------------------------------------------
+    def run_plan(self, plan: Plan, experiment_id: str, parent_run: str, outcome: Outcome,
+                 progress: Any = None) -> None:
+        sweep = plan.sweep
+        jobs = plan.by_hash()
+        tree = self._tree_runs(sweep, plan.trial)
+        done_elsewhere = self.tracker.finished_jobs([j.hash for j in plan.jobs if j.hash not in tree["finished"]])
+        context: Context | None = None
+        run_of: dict[str, str] = dict(tree["finished"])
+        bad: set[str] = set()
+        for job in plan.jobs:
+            if job.hash in tree["finished"]:
+                outcome.skipped.append(job.hash)
+                continue
+            if any(p in bad for p in job.parents):
+                bad.add(job.hash)
+                outcome.blocked.append(job.hash)
+                continue
+            if job.hash in tree["failed"] and not self.retry_failed:
+                bad.add(job.hash)
+                outcome.failed[job.hash] = tree["failed"][job.hash]
+                continue
+            parent = run_of.get(job.tree_parent, parent_run) if job.tree_parent else parent_run
+            tags = self._job_tags(plan, job)
+            if job.hash in done_elsewhere:
+                run_of[job.hash] = self._record_reuse(experiment_id, job, tags, parent, done_elsewhere[job.hash],
+                                                      self._params(plan, job))
+                outcome.reused.append(job.hash)
+                continue
+            if context is None:
+                context = self._context(plan, jobs, progress)
+            run_id = self.tracker.start(experiment_id, job.name, _mlflow_kind(job), {**tags, "origin": "computed"},
+                                        parent=parent, params=self._params(plan, job))
+            run_of[job.hash] = run_id
+            if progress is not None:
+                progress.set_description(f"{sweep.name}: {job.name}"[:60])
+            try:
+                BODIES[job.kind](context, job, run_id)
+            except Exception as exc:  # noqa: BLE001 -- any failure of a job is recorded, the sweep goes on
+                message = f"{type(exc).__name__}: {exc}"
+                self.tracker.set_tags(run_id, {"error": message[:5000]})
+                self.tracker.log_text(run_id, traceback.format_exc(), "error.txt")
+                self.tracker.finish(run_id, FAILED)
+                outcome.failed[job.hash] = message
+                bad.add(job.hash)
+                if progress is not None:
+                    progress.update(0)
+                continue
+            self.tracker.finish(run_id, FINISHED)
+            outcome.computed.append(job.hash)
+
+    def _tree_runs(self, sweep: SweepConfig, trial: int | None) -> dict[str, dict[str, str]]:
+        finished, failed = {}, {}
+        for run in self.tracker.runs_of_sweep(sweep.name):
+            if tag(run, "trial") != (None if trial is None else str(trial)):
+                continue
+            job = tag(run, "job")
+            if not job:
+                continue
+            if run.info.status == FINISHED:
+                finished[job] = run.info.run_id
+            elif run.info.status == FAILED:
+                failed[job] = tag(run, "error", "failed")
+        return {"finished": finished, "failed": {j: e for j, e in failed.items() if j not in finished}}
+
+    def _context(self, plan: Plan, jobs: dict[str, Job], progress: Any) -> Context:
+        sweep, hyper = plan.sweep, plan.hyper
+        d = sweep.data
+        data = load_dataset(hyper.dataset, root=d.root, download=d.download, subset_train=d.subset_train,
+                            subset_test=d.subset_test,
+                            synthetic=d.synthetic.model_dump() if d.synthetic else None)
+        device = pick_device(sweep.train.device)
+        update = (lambda n: progress.update(n)) if progress is not None else (lambda n: None)
+        return Context(sweep=sweep, hyper=hyper, store=self.store, tracker=self.tracker, device=device,
+                       data=data, jobs=jobs, progress=update)
+
+    def _job_tags(self, plan: Plan, job: Job) -> dict[str, Any]:
+        t = {k: v for k, v in job.tags.items() if v is not None}
+        t["job"] = job.hash
+        if plan.trial is not None:
+            t["trial"] = plan.trial
+        return self._tags(plan.sweep, t)
+
+    def _params(self, plan: Plan, job: Job) -> dict[str, Any]:
+        h = plan.hyper
+        params = {f"train.{k}": v for k, v in h.__dict__.items()}
+        params.update({f"data.{k}": v for k, v in plan.sweep.data.model_dump(mode="json").items() if v is not None})
+        params.update(self._prov)
+        params["device"] = str(pick_device(plan.sweep.train.device))
+        params["torch_threads"] = torch.get_num_threads()
+        params.update({f"hp.{k}": v for k, v in plan.overrides.items()})
+        for key, value in job.fields.items():
+            if key == "seeds":
+                params.update({f"seed.{k}": v for k, v in value.items()})
+            elif key not in ("hyper", "data"):
+                params[f"job.{key}"] = canonical(value) if isinstance(value, (dict, list)) else value
+        if plan.sweep.instability is not None:
+            inst = plan.sweep.instability
+            params.update({"instability.optimizer": inst.optimizer, "instability.bn": inst.bn,
+                           "instability.noise": ",".join(inst.noise)})
+        return params
+
+    def _record_reuse(self, experiment_id: str, job: Job, tags: dict[str, Any], parent: str, original: Any,
+                      params: dict[str, Any]) -> str:
+        """A run in this tree standing for a job computed elsewhere: same metrics, nothing recomputed."""
+        run_id = self.tracker.start(experiment_id, job.name, _mlflow_kind(job),
+                                    {**tags, "origin": "reused", "reused_from": original.info.run_id},
+                                    parent=parent, params=params)
+        metrics = []
+        for key in original.data.metrics:
+            for m in self.tracker.client.get_metric_history(original.info.run_id, key):
+                metrics.append((key, m.value, m.step))
+        self.tracker.log_metrics(run_id, metrics)
+        self.tracker.finish(run_id, FINISHED)
+        return run_id
+
+
+def _mlflow_kind(job: Job) -> str:
+    return "level" if job.kind == "prune" else job.kind
+
+
+def run_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, progress: bool = True,
+              retry_failed: bool = False) -> Outcome:
+    """Run (or resume) a whole sweep; with a `search` section, its Optuna trials."""
+    from tqdm.auto import tqdm
+
+    from .plan import build_plan, summary
+
+    started = time.time()
+    outcome = Outcome()
+    with sweep_lock(store, sweep.name):
+        experiment_id = tracker.experiment(sweep.experiment)
+        tracker.mark_stale_running(sweep.name)
+        runner = Runner(tracker, store, progress=progress, retry_failed=retry_failed)
+        outcome.sweep_run = runner.sweep_run(sweep, experiment_id)
+        if sweep.search is not None:
+            from .search import run_search
+
+            run_search(sweep, runner, experiment_id, outcome)
+        else:
+            plan = build_plan(sweep)
+            done = set(runner._tree_runs(sweep, None)["finished"])
+            left = summary([plan], done)["iterations_remaining"]
+            bar = tqdm(total=left, unit="it", disable=not progress or left == 0, dynamic_ncols=True,
+                       mininterval=0.5)
+            try:
+                runner.run_plan(plan, experiment_id, outcome.sweep_run, outcome, bar)
+            finally:
+                bar.close()
+        tracker.finish(outcome.sweep_run, FAILED if outcome.failed else FINISHED)
+    outcome.seconds = time.time() - started
+    return outcome

@@ -1,0 +1,274 @@
+"""What each kind of job does: build the model, load its inputs from the store, call the core
+(train / prune / interpolate), save its outputs and log to its MLflow run.
+
+A job body gets a `Context` (the sweep's data, store, tracker, device) and its `Job`; it returns
+nothing and raises on failure. Bodies are idempotent: a job killed mid-way resumes from its last
+resume checkpoint and ends bit-identical to an uninterrupted run (on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .. import interpolate as interp
+from .. import prune
+from ..config import Hyper, SweepConfig
+from ..data import DataSet, load_dataset, make_loader
+from ..models import build_model
+from ..store import Store
+from ..tracking import Tracker
+from ..train import evaluate, make_optimizer, train
+from .plan import Job, exempt_layers
+
+
+@dataclass
+class Context:
+    sweep: SweepConfig
+    hyper: Hyper
+    store: Store
+    tracker: Tracker
+    device: torch.device
+    data: DataSet
+    jobs: dict[str, Job]
+    progress: Callable[[int], None] = lambda n: None
+    metric_buffer: list[tuple[str, float, int]] = field(default_factory=list)
+
+    # -- helpers shared by the bodies ------------------------------------------------------
+    def model(self, init_seed: int) -> torch.nn.Module:
+        h = self.hyper
+        options = {k: (int(v) if isinstance(v, float) and v.is_integer() and k in ("width", "depth") else v)
+                   for k, v in h.model_options.items()}
+        model = build_model(h.model, self.data.num_classes, self.data.shape, init_seed, **options)
+        model = model.to(self.device)
+        if self.device.type == "cuda" and len(self.data.shape) == 3 and self.data.shape[0] > 1:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def loader(self, split: str, order_seed: int, aug_seed: int):
+        d = self.sweep.data
+        return make_loader(self.data, split, self.hyper.batch_size, order_seed, aug_seed,
+                           augmentation=self.hyper.augmentation, loader=d.loader, device=str(self.device),
+                           ffcv_dir=str(self.store.root / "ffcv"))
+
+    def eval_batches(self, split: str, limit: int | None = None):
+        loader = self.loader(split, 0, 0)
+        return lambda: loader.eval_batches(batch_size=1000, limit=limit)
+
+    def test_metrics(self, model: torch.nn.Module) -> dict[str, float]:
+        return evaluate(model, self.eval_batches("test")())
+
+
+def _check_finite(loss: float, job: Job, it: int) -> None:
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"training loss is {loss} at iteration {it} ({job.name})")
+
+
+def _loop(ctx: Context, job: Job, run_id: str, model, optimizer, loader, start: int, end: int,
+          masks: prune.Masks | None, save_at: list[int], on_save: Callable[[int], None]) -> None:
+    """Train start -> end with evaluation, resume checkpoints and progress; shared by train and branch."""
+    h = ctx.hyper
+    tick = max(1, min(h.eval_every, (end - start) // 50 or 1))
+    pauses = set(range(start + tick, end, tick)) | set(save_at)
+    pauses |= set(range(0, end, h.eval_every)) | set(range(0, end, h.checkpoint_every))
+    last = start
+    metrics: list[tuple[str, float, int]] = []
+    batches = loader.train_batches(start, end)
+    for it, loss in train(model, optimizer, batches, h, start, end, pauses, masks, ctx.device):
+        _check_finite(loss, job, it)
+        metrics.append(("loss", loss, it))
+        ctx.progress(it - last)
+        last = it
+        if it in save_at:
+            on_save(it)
+        if it % h.eval_every == 0 or it == end:
+            m = ctx.test_metrics(model)
+            metrics += [("test_accuracy", m["accuracy"], it), ("test_loss", m["loss"], it)]
+            model.train()
+        if it % h.checkpoint_every == 0 and it < end:
+            ctx.tracker.log_metrics(run_id, metrics)
+            metrics = []
+            ctx.store.save_resume(job.hash, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                             "iteration": it, "run_id": run_id})
+    ctx.tracker.log_metrics(run_id, metrics)
+
+
+def _state(model, optimizer, it: int) -> dict[str, Any]:
+    return {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "iteration": it}
+
+
+def run_train(ctx: Context, job: Job, run_id: str) -> None:
+    """The dense network of a replicate: init -> T, checkpoints at every rewind point."""
+    seeds = job.fields["seeds"]
+    model = ctx.model(seeds["init"])
+    optimizer = make_optimizer(model, ctx.hyper)
+    start = 0
+    resume = ctx.store.load_resume(job.hash, ctx.device)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        start = resume["iteration"]
+        ctx.progress(start)
+    save_at = sorted(set(job.fields.get("save_at", [])) | {0})
+    if start == 0:
+        ctx.store.save_checkpoint(job.hash, 0, _state(model, optimizer, 0))
+    loader = ctx.loader("train", seeds["data_order"], seeds["augmentation"])
+    T = ctx.hyper.iterations
+    _loop(ctx, job, run_id, model, optimizer, loader, start, T, None, [k for k in save_at if k > start],
+          lambda it: ctx.store.save_checkpoint(job.hash, it, _state(model, optimizer, it)))
+    ctx.store.save_checkpoint(job.hash, T, _state(model, optimizer, T))
+    m = ctx.test_metrics(model)
+    ctx.tracker.log_metrics(run_id, [("final_test_accuracy", m["accuracy"], T), ("final_test_error", m["error"], T)])
+    ctx.store.clear_resume(job.hash)
+
+
+def ensure_checkpoint(ctx: Context, train_job: Job, k: int) -> dict[str, Any]:
+    """The train job's state at k; replayed from its nearest earlier checkpoint if k was not saved."""
+    if ctx.store.has_checkpoint(train_job.hash, k):
+        return ctx.store.load_checkpoint(train_job.hash, k, ctx.device)
+    saved = sorted(int(p.stem[2:]) for p in ctx.store.job_dir(train_job.hash).glob("it*.pt") if int(p.stem[2:]) < k)
+    if not saved:
+        raise FileNotFoundError(f"job {train_job.hash} has no checkpoint to replay iteration {k} from")
+    state = ctx.store.load_checkpoint(train_job.hash, saved[-1], ctx.device)
+    seeds = train_job.fields["seeds"]
+    model = ctx.model(seeds["init"])
+    model.load_state_dict(state["model"])
+    optimizer = make_optimizer(model, ctx.hyper)
+    optimizer.load_state_dict(state["optimizer"])
+    loader = ctx.loader("train", seeds["data_order"], seeds["augmentation"])
+    for _ in train(model, optimizer, loader.train_batches(saved[-1], k), ctx.hyper, saved[-1], k, (), None, ctx.device):
+        pass
+    out = _state(model, optimizer, k)
+    ctx.store.save_checkpoint(train_job.hash, k, out)
+    return out
+
+
+def _masked_optimizer_state(optimizer, model, masks: prune.Masks) -> None:
+    """Zero the optimizer's per-weight state (momentum, Adam moments) of pruned weights."""
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        for value in optimizer.state.get(params[name], {}).values():
+            if torch.is_tensor(value) and value.shape == mask.shape:
+                value.mul_(mask.to(value.dtype))
+
+
+def run_branch(ctx: Context, job: Job, run_id: str) -> None:
+    """A copy trained from checkpoint k (under a mask or control) to T with its own noise seeds."""
+    f = job.fields
+    train_job = ctx.jobs[f["train"]]
+    k, T = f["rewind"], ctx.hyper.iterations
+    masks = load_masks(ctx, f["mask"]) if f["mask"] else None
+    if f["control"] == "random_prune":
+        masks = prune.random_prune(masks, f["control_seed"])
+    seeds = train_job.fields["seeds"]
+    model = ctx.model(f["control_seed"] if f["control"] == "random_reinit" else seeds["init"])
+    optimizer = make_optimizer(model, ctx.hyper)
+    start = k
+    resume = ctx.store.load_resume(job.hash, ctx.device)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        start = resume["iteration"]
+        ctx.progress(start - k)
+    else:
+        state = ensure_checkpoint(ctx, train_job, k)
+        if f["control"] != "random_reinit":
+            model.load_state_dict(state["model"])
+            if f["optimizer"] == "continue":
+                optimizer.load_state_dict(state["optimizer"])
+        if masks is not None:
+            prune.apply_masks(model, masks)
+            _masked_optimizer_state(optimizer, model, masks)
+    if masks is not None:
+        masks = {n: m.to(ctx.device) for n, m in masks.items()}
+        ctx.tracker.log_metrics(run_id, [("density", prune.density(masks), k)])
+    loader = ctx.loader("train", f["seeds"]["data_order"], f["seeds"]["augmentation"])
+    _loop(ctx, job, run_id, model, optimizer, loader, start, T, masks, [], lambda it: None)
+    ctx.store.save_checkpoint(job.hash, T, {"model": model.state_dict(), "iteration": T})
+    m = ctx.test_metrics(model)
+    ctx.tracker.log_metrics(run_id, [("final_test_accuracy", m["accuracy"], T), ("final_test_error", m["error"], T)])
+    ctx.store.clear_resume(job.hash)
+
+
+def load_masks(ctx: Context, prune_job: str) -> prune.Masks:
+    return torch.load(ctx.store.job_dir(prune_job) / "mask.pt", map_location="cpu", weights_only=False)
+
+
+def run_prune(ctx: Context, job: Job, run_id: str) -> None:
+    """The mask of an IMP level: global magnitude pruning of the previous level's trained subnetwork."""
+    f = job.fields
+    model = ctx.model(0)
+    if f["source"] is None:  # level 0: the dense network
+        masks = prune.full_masks(model, prune.prunable_for(model, exempt_layers(ctx.sweep)))
+    else:
+        weights = ctx.store.load_checkpoint(f["source"], ctx.hyper.iterations)["model"]
+        previous = load_masks(ctx, f["previous"])
+        if f["style"] == "one_shot":
+            masks = prune.prune_to_density(weights, previous, f["target_density"])
+        else:
+            masks = prune.magnitude_prune(weights, previous, f["fraction"])
+    masks = {n: m.cpu() for n, m in masks.items()}
+    from ..store import atomic_save
+
+    atomic_save(masks, ctx.store.job_dir(job.hash) / "mask.pt")
+    ctx.tracker.log_artifact(run_id, ctx.store.job_dir(job.hash) / "mask.pt", "mask")
+    density = prune.density(masks)
+    ctx.tracker.log_metrics(run_id, [("density", density, 0)] +
+                            [(f"density.{n}", d, 0) for n, d in prune.layer_densities(masks).items()])
+
+
+def run_interpolate(ctx: Context, job: Job, run_id: str) -> None:
+    """Error along the straight path between two branches, on each split; the barrier height."""
+    f = job.fields
+    a, b = (ctx.jobs[h] for h in f["pair"])
+    T = ctx.hyper.iterations
+    state_a = ctx.store.load_checkpoint(a.hash, T, ctx.device)["model"]
+    state_b = ctx.store.load_checkpoint(b.hash, T, ctx.device)["model"]
+    model = ctx.model(0)
+    points = interp.alphas(f["alphas"])
+    train_job = ctx.jobs[a.fields["train"]]
+    seeds = train_job.fields["seeds"]
+    bn_loader = ctx.loader("train", seeds["data_order"], seeds["augmentation"])
+    bn_batches = lambda: bn_loader.train_batches(0, f["bn_batches"])  # noqa: E731
+    result: dict[str, Any] = {"alphas": points, "bn": f["bn"]}
+    metrics: list[tuple[str, float, int]] = []
+    for split in f["splits"]:
+        limit = f["train_examples"] if split == "train" else None
+        curve = interp.error_curve(model, state_a, state_b, points, ctx.eval_batches(split, limit),
+                                   bn=f["bn"], bn_batches=bn_batches)
+        stats = interp.barrier(curve)
+        result[split] = {"error": curve, **stats}
+        metrics += [(f"error_{split}", e, i) for i, e in enumerate(curve)]
+        metrics += [(f"{key}_{split}", float(stats[key]), 0)
+                    for key in ("instability", "error_endpoints", "error_max", "stable")]
+    ctx.tracker.log_metrics(run_id, metrics)
+    ctx.tracker.log_dict(run_id, result, "curve.json")
+    ctx.tracker.log_figure(run_id, _plot(result, job), "curve.png")
+
+
+def _plot(result: dict[str, Any], job: Job):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for split in ("test", "train"):
+        if split in result:
+            r = result[split]
+            ax.plot(result["alphas"], [100 * e for e in r["error"]], marker="o", ms=3,
+                    label=f"{split} (instability {100 * r['instability']:.2f}%)")
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("error (%)")
+    ax.set_title(job.name, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+BODIES = {"train": run_train, "branch": run_branch, "interpolate": run_interpolate, "prune": run_prune}

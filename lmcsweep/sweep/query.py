@@ -1,0 +1,88 @@
+"""Query records read back from MLflow: one per interpolation and split (instability), one per
+trained subnetwork (IMP). The same records feed `lmcsweep query`, `report` and Optuna objectives."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from ..tracking import FINISHED, TAG, Tracker, tag
+
+INSTABILITY_FIELDS = ["sweep", "run_id", "trial", "preset", "dataset", "replicate", "level", "density", "rewind",
+                      "control", "split", "instability", "error_endpoints", "error_max", "stable"]
+
+
+def _int(value: Any) -> int | None:
+    return None if value in (None, "", "None") else int(value)
+
+
+def _float(value: Any) -> float | None:
+    return None if value in (None, "", "None") else float(value)
+
+
+def _hp(run: Any) -> dict[str, Any]:
+    out = {}
+    for key, value in run.data.params.items():
+        if key.startswith("hp."):
+            try:
+                out[key] = json.loads(value)
+            except (ValueError, TypeError):
+                out[key] = value
+    return out
+
+
+def instability_records(tracker: Tracker, sweep: str | None = None) -> list[dict[str, Any]]:
+    """One record per FINISHED interpolation run and split."""
+    flt = f"tags.`{TAG}kind` = 'interpolate' and attributes.status = '{FINISHED}'"
+    if sweep:
+        flt += f" and tags.`{TAG}sweep` = '{sweep}'"
+    records = []
+    for run in tracker.search(flt):
+        m = run.data.metrics
+        for split in ("test", "train"):
+            if f"instability_{split}" not in m:
+                continue
+            records.append({
+                "sweep": tag(run, "sweep"), "run_id": run.info.run_id, "trial": _int(tag(run, "trial")),
+                "preset": tag(run, "preset"), "dataset": tag(run, "dataset"),
+                "replicate": _int(tag(run, "replicate")), "level": _int(tag(run, "level")),
+                "density": _float(m.get("density", tag(run, "density", 1.0))),
+                "rewind": _int(tag(run, "rewind")), "control": tag(run, "control"), "split": split,
+                "instability": m[f"instability_{split}"], "error_endpoints": m[f"error_endpoints_{split}"],
+                "error_max": m[f"error_max_{split}"], "stable": bool(m[f"stable_{split}"]),
+                "pair": tag(run, "pair"), **_hp(run),
+            })
+    records.sort(key=lambda r: (r["sweep"] or "", r["trial"] or -1, r["replicate"] or 0, r["level"] or -1,
+                                r["control"] or "", r["rewind"] or 0, r["pair"] or "", r["split"]))
+    return records
+
+
+def render(records: list[dict[str, Any]], fmt: str) -> str:
+    """Records as a text table, CSV or JSON."""
+    if fmt == "json":
+        return json.dumps(records, indent=2)
+    columns: list[str] = []
+    for r in records:
+        columns += [k for k in r if k not in columns]
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        return buf.getvalue()
+    if not records:
+        return "(no records)"
+    shown = [c for c in columns if c != "run_id"]
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return "" if v is None else str(v)
+
+    rows = [[cell(r.get(c)) for c in shown] for r in records]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(shown)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(shown, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
