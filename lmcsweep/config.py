@@ -332,13 +332,17 @@ def validate(raw: dict[str, Any], lines: _Lines, file: str) -> "SweepConfig":
         if isinstance(raw.get("preset"), str) and raw["preset"] not in PRESETS:
             problems.append(_unknown_preset(raw["preset"], lines, file))
         # Drop the fields in error and check the rest too, so that every mistake shows at once.
-        pruned = copy.deepcopy(raw)
-        for err in exc.errors():
-            _delete(pruned, err["loc"])
-        try:
-            problems.extend(semantic_problems(SweepConfig.model_validate(pruned), lines, file))
-        except (ValidationError, KeyError, ValueError, TypeError):
-            pass
+        pruned, errors = copy.deepcopy(raw), exc.errors()
+        for _ in range(5):
+            for err in errors:
+                _delete(pruned, err["loc"])
+            try:
+                problems.extend(semantic_problems(SweepConfig.model_validate(pruned), lines, file))
+                break
+            except ValidationError as again:
+                errors = again.errors()
+            except (KeyError, ValueError, TypeError):
+                break
         raise ConfigError(_dedupe(problems)) from None
     problems.extend(semantic_problems(sweep, lines, file))
     if problems:
@@ -353,10 +357,10 @@ def _delete(raw: Any, loc: tuple[Any, ...]) -> None:
             node = node[part]
         except (KeyError, IndexError, TypeError):
             return
-    if isinstance(node, dict):
-        node.pop(loc[-1], None) if loc else None
-    elif isinstance(node, list) and isinstance(loc[-1], int) and loc[-1] < len(node):
-        node[loc[-1]] = None  # keeps later indices (and their lines) in place
+    if isinstance(node, list) and len(loc) >= 2:  # a bad item: drop its whole list (indices keep their lines)
+        _delete(raw, loc[:-1])
+    elif isinstance(node, dict) and loc:
+        node.pop(loc[-1], None)
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

@@ -71,7 +71,7 @@ def render(records: list[dict[str, Any]], fmt: str) -> str:
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(records)
-        return buf.getvalue()
+        return buf.getvalue().rstrip("\n")
     if not records:
         return "(no records)"
     shown = [c for c in columns if c != "run_id"]

@@ -1,0 +1,101 @@
+"""End to end through the CLI on a small real slice of Fashion-MNIST and a temporary SQLite store."""
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from lmcsweep.cli import main
+
+
+def test_validate_reports_errors_and_writes_nothing(cli, write_sweep, store):
+    bad = write_sweep("name: x\nexperiment: e\npreset: lenet\ntrain: {iterations: 10it}\n"
+                      "instability: {rewind: [0it, 50it], alphas: 1}\n")
+    for command in ("validate", "run", "plan"):
+        result = CliRunner().invoke(main, ["--store", str(store), command, str(bad)])
+        assert result.exit_code == 2, result.output
+        assert f"{bad}:5: instability.alphas:" in result.output
+        assert f"{bad}:5: instability.rewind[1]: rewind point 50it" in result.output
+    assert not store.exists()
+
+
+def test_validate_ok(cli, write_sweep):
+    result = cli("validate", write_sweep())
+    assert result.exit_code == 0 and "ok" in result.output
+
+
+def test_run_query_and_mlflow_tree(cli, write_sweep, store):
+    path = write_sweep(replicates=1, copies=3)
+    result = cli("run", "--no-progress", path)
+    assert result.exit_code == 0, result.output
+
+    records = json.loads(cli("query", "--sweep", "small", "--format", "json").output)
+    # 2 rewind points x 3 pairs x 2 splits
+    assert len(records) == 12
+    assert {r["rewind"] for r in records} == {0, 20} and {r["split"] for r in records} == {"test", "train"}
+    for r in records:
+        assert abs(r["instability"] - (r["error_max"] - r["error_endpoints"])) < 1e-9
+        assert r["stable"] == (r["instability"] < 0.02)
+        assert r["preset"] == "lenet" and r["dataset"] == "fashion_mnist" and r["replicate"] == 0
+    table = cli("query", "--sweep", "small").output
+    assert table.splitlines()[0].split()[:3] == ["sweep", "trial", "preset"]
+    csv = cli("query", "--format", "csv").output.splitlines()
+    assert len(csv) == 13 and csv[0].startswith("sweep,run_id,")
+
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tests")
+    assert exp.artifact_location.startswith((store / "artifacts").resolve().as_uri())
+    runs = {r.info.run_id: r for r in client.search_runs([exp.experiment_id], max_results=1000)}
+    by_kind = {}
+    for r in runs.values():
+        by_kind.setdefault(r.data.tags["lmcsweep.kind"], []).append(r)
+    assert {k: len(v) for k, v in by_kind.items()} == {"sweep": 1, "train": 1, "branch": 6, "interpolate": 6}
+    sweep_run, train_run = by_kind["sweep"][0], by_kind["train"][0]
+    assert "mlflow.parentRunId" not in sweep_run.data.tags
+    assert train_run.data.tags["mlflow.parentRunId"] == sweep_run.info.run_id
+    for r in runs.values():
+        t = r.data.tags
+        assert r.info.status == "FINISHED"
+        assert t["lmcsweep.sweep"] == "small" and t["lmcsweep.preset"] == "lenet"
+        assert t["lmcsweep.dataset"] == "fashion_mnist"
+        if t["lmcsweep.kind"] != "sweep":
+            assert t["lmcsweep.job"].startswith(t["lmcsweep.kind"] + "_") and t["lmcsweep.replicate"] == "0"
+            assert "version.torch" in r.data.params and "git_commit" in r.data.params
+    for r in by_kind["branch"]:
+        assert r.data.tags["mlflow.parentRunId"] == train_run.info.run_id
+        assert r.data.tags["lmcsweep.rewind"] in ("0", "20")
+        assert {"seed.data_order", "seed.augmentation"} <= set(r.data.params)
+    seeds = {(r.data.tags["lmcsweep.rewind"], r.data.params["seed.data_order"]) for r in by_kind["branch"]}
+    assert len(seeds) == 6  # every copy its own data order
+    assert train_run.data.params["seed.init"] == "0"
+    history = client.get_metric_history(train_run.info.run_id, "loss")
+    assert len(history) > 3 and history[-1].value < history[0].value
+    assert client.get_metric_history(train_run.info.run_id, "test_accuracy")
+    for r in by_kind["interpolate"]:
+        parent = runs[r.data.tags["mlflow.parentRunId"]]
+        assert parent.data.tags["lmcsweep.kind"] == "branch"
+        assert parent.data.tags["lmcsweep.rewind"] == r.data.tags["lmcsweep.rewind"]
+        curve = client.get_metric_history(r.info.run_id, "error_test")
+        assert sorted(m.step for m in curve) == list(range(5))
+        assert {"instability_test", "instability_train"} <= set(r.data.metrics)
+        files = {f.path for f in client.list_artifacts(r.info.run_id)}
+        assert {"curve.json", "curve.png"} <= files
+        local = Path(client.download_artifacts(r.info.run_id, "curve.json"))
+        saved = json.loads(local.read_text())
+        assert saved["test"]["error"] == [m.value for m in sorted(curve, key=lambda m: m.step)]
+
+    again = cli("run", "--no-progress", path)
+    assert again.exit_code == 0 and "nothing to do" in again.output
+
+
+def test_reruns_are_bit_identical(tmp_path, write_sweep):
+    path = write_sweep(replicates=1, copies=2)
+    outputs = []
+    for name in ("a", "b"):
+        runner = CliRunner()
+        store = tmp_path / name
+        assert runner.invoke(main, ["--store", str(store), "run", "--no-progress", str(path)]).exit_code == 0
+        out = json.loads(runner.invoke(main, ["--store", str(store), "query", "--format", "json"]).output)
+        outputs.append([(r["rewind"], r["split"], r["instability"], r["error_endpoints"]) for r in out])
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 4

@@ -1,0 +1,81 @@
+import dataclasses
+
+import pytest
+import torch
+
+from lmcsweep.config import PRESETS, load_sweep, resolve
+from lmcsweep.data import load_dataset, make_loader
+from lmcsweep.models import build_model
+from lmcsweep.train import evaluate, lr_at, make_optimizer, train
+
+
+def _run(hyper, data, init=0, order=0, aug=0, iterations=40):
+    model = build_model("lenet", 10, data.shape, init)
+    opt = make_optimizer(model, hyper)
+    loader = make_loader(data, "train", hyper.batch_size, order, aug)
+    losses = [loss for _, loss in train(model, opt, loader.train_batches(0, iterations), hyper, 0, iterations,
+                                        pause_at=range(0, iterations, 10))]
+    return model.state_dict(), losses
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "s.yaml"
+    path.write_text("name: t\nexperiment: t\npreset: lenet\ndata: {dataset: fashion_mnist, subset_train: 1200, "
+                    "subset_test: 200}\ntrain: {iterations: 40it}\n")
+    return resolve(load_sweep(path)), load_dataset("fashion_mnist", subset_train=1200, subset_test=200)
+
+
+def test_same_seeds_bit_identical(setup):
+    hyper, data = setup
+    a, la = _run(hyper, data)
+    b, lb = _run(hyper, data)
+    assert la == lb
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("which", ["init", "order"])
+def test_each_seed_matters(setup, which):
+    hyper, data = setup
+    a, _ = _run(hyper, data)
+    b, _ = _run(hyper, data, **{which: 1})
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_learns(setup):
+    hyper, data = setup
+    model = build_model("lenet", 10, data.shape, 0)
+    before = evaluate(model, make_loader(data, "test", 60, 0, 0).eval_batches())["error"]
+    state, _ = _run(hyper, data, iterations=40)
+    model.load_state_dict(state)
+    after = evaluate(model, make_loader(data, "test", 60, 0, 0).eval_batches())["error"]
+    assert after < before - 0.3
+
+
+def _hyper(preset, **changes):
+    p = PRESETS[preset]
+    base = dict(preset=preset, model=p.model, model_options={}, dataset=p.dataset, augmentation=p.augmentation,
+                optimizer=p.optimizer, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay,
+                batch_size=p.batch_size, iterations=p.iterations.to_iterations(1251), schedule=p.schedule,
+                milestones=tuple(m.to_iterations(1251) for m in p.milestones), gamma=p.gamma, final_lr=p.final_lr,
+                warmup=p.warmup.to_iterations(1251), iterations_per_epoch=1251, eval_every=1, checkpoint_every=1)
+    base.update(changes)
+    from lmcsweep.config import Hyper
+    return Hyper(**base)
+
+
+def test_schedules():
+    h = _hyper("resnet20")
+    assert lr_at(h, 0) == 0.1 and lr_at(h, 31999) == 0.1
+    assert lr_at(h, 32000) == pytest.approx(0.01) and lr_at(h, 48000) == pytest.approx(0.001)
+    w = _hyper("resnet20_warmup")
+    assert lr_at(w, 0) == pytest.approx(0.03 / 30000) and lr_at(w, 14999) == pytest.approx(0.015)
+    assert lr_at(w, 30000) == pytest.approx(0.03)
+    r50 = _hyper("resnet50")
+    assert r50.warmup == 5 * 1251 and r50.milestones == (30 * 1251, 60 * 1251, 80 * 1251)
+    assert lr_at(r50, 5 * 1251) == pytest.approx(0.4) and lr_at(r50, 60 * 1251) == pytest.approx(0.004)
+    inc = _hyper("inception_v3")
+    assert lr_at(inc, 0) == pytest.approx(0.03)
+    assert lr_at(inc, inc.iterations // 2) == pytest.approx((0.03 + 0.005) / 2, rel=1e-3)
+    assert lr_at(inc, inc.iterations) == pytest.approx(0.005)
+    assert lr_at(_hyper("lenet"), 20000) == 1.2e-3
