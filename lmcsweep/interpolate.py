@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from .train import evaluate
+from .train import evaluate, evaluate_group
 
 Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 STABLE_THRESHOLD = 0.02
@@ -94,3 +94,82 @@ def barrier(curve: list[float]) -> dict[str, float | bool]:
         "error_max": top,
         "stable": height < STABLE_THRESHOLD,
     }
+
+
+def stacked_states(state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor],
+                   points: list[float]) -> dict[str, torch.Tensor]:
+    """`interpolate_state` at every alpha of `points`, stacked on a leading axis (same arithmetic)."""
+    states = [interpolate_state(state_a, state_b, alpha) for alpha in points]
+    return {name: torch.stack([s[name] for s in states]) for name in state_a}
+
+
+def chunk_size(model: torch.nn.Module, budget_bytes: float = 512e6) -> int:
+    """How many interpolated networks to stack at once: all of them for small nets, fewer for big."""
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return max(1, int(budget_bytes // max(1, size)))
+
+
+@torch.no_grad()
+def error_curves(
+    model: torch.nn.Module,
+    state_a: dict[str, torch.Tensor],
+    state_b: dict[str, torch.Tensor],
+    points: list[float],
+    eval_batches: dict[str, Batches],
+    bn: str = "interpolate",
+    bn_batches: Batches | None = None,
+    endpoint_trick: bool = True,
+    max_stack: int | None = None,
+) -> dict[str, list[float]]:
+    """`error_curve` on every split of `eval_batches` at once: the networks of many alphas stacked in
+    one module (`models.stacked`), each batch read once for all of them.
+
+    With `endpoint_trick` the first layer (when it is a Linear/Conv2d applied to the input) computes
+    its output at every alpha as alpha * f(W_a, x) + (1 - alpha) * f(W_b, x): two evaluations of the
+    layer instead of one per alpha. That equals evaluating W(alpha) up to float rounding (the curves
+    agree to within rare argmax flips on near-ties; see tests/test_batched.py). With `bn='reset'`
+    the statistics of all alphas are re-estimated together, once for all splits.
+    """
+    from .models.stacked import first_layer, stack, stacked_layers
+
+    if bn == "reset" and has_batchnorm(model) and bn_batches is None:
+        raise ValueError("bn='reset' needs training batches")
+    model.load_state_dict(state_a)
+    example = next(iter(next(iter(eval_batches.values()))()))[0][:1]
+    first = first_layer(model, example) if endpoint_trick else None
+    per = max_stack or chunk_size(model)
+    curves: dict[str, list[float]] = {split: [] for split in eval_batches}
+    for lo in range(0, len(points), per):
+        chunk = points[lo:lo + per]
+        net = stack([model] * len(chunk))
+        net.load_state_dict(stacked_states(state_a, state_b, chunk))
+        shared = first is not None
+        if shared:
+            layer = net.get_submodule(first)
+            layer.shared = True
+            if endpoint_trick:
+                ends = [tuple(s.get(f"{first}.{n}") for n in ("weight", "bias")) for s in (state_a, state_b)]
+                layer.endpoints = (torch.tensor(chunk, device=example.device), ends[0], ends[1])
+        if bn == "reset" and has_batchnorm(model):
+            _reset_stacked_batchnorm(net, bn_batches(), shared)
+        for split, batches in eval_batches.items():
+            curves[split] += [m["error"] for m in evaluate_group(net, batches(), shared=shared)]
+    return curves
+
+
+def _reset_stacked_batchnorm(net: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                             shared: bool) -> None:
+    """`reset_batchnorm` for every copy of a stacked module at once."""
+    bns = [m for m in net.modules() if hasattr(m, "running_mean") and m.running_mean is not None]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.running_mean.zero_()
+        m.running_var.fill_(1.0)
+        m.num_batches_tracked.zero_()
+        m.momentum = None
+    net.train()
+    for x, _ in batches:
+        net(x if shared else x.repeat(net.copies, *([1] * (x.dim() - 1))))
+    for m, momentum in zip(bns, saved):
+        m.momentum = momentum
+    net.eval()

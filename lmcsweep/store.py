@@ -92,3 +92,38 @@ class Store:
         path = self.job_dir(job) / "resume.pt"
         if path.exists():
             path.unlink()
+
+
+class Writer:
+    """Runs writes (checkpoints, metric batches) in order on one background thread, off the training
+    loop's path. `flush()` waits for everything submitted and re-raises the first failure; a job
+    flushes before it counts as finished, so its files and metrics are all there when it does."""
+
+    def __init__(self) -> None:
+        import queue
+        import threading
+
+        self._queue: "queue.Queue" = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="lmcsweep-writer", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            fn, args = self._queue.get()
+            try:
+                if self._error is None:
+                    fn(*args)
+            except BaseException as exc:  # noqa: BLE001 -- kept and re-raised by flush()
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def submit(self, fn, *args) -> None:
+        self._queue.put((fn, args))
+
+    def flush(self) -> None:
+        self._queue.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error

@@ -31,7 +31,7 @@ from ..config import PRESETS, SweepConfig, canonical, job_hash, sweep_fingerprin
 from ..data import load_dataset
 from ..store import Store
 from ..tracking import FAILED, FINISHED, TAG, Tracker, tag
-from .jobs import BODIES, Context
+from .jobs import BODIES, Context, run_branches
 from .plan import Job, Plan
 
 
@@ -128,7 +128,10 @@ class Runner:
         context: Context | None = None
         run_of: dict[str, str] = dict(tree["finished"])
         bad: set[str] = set()
+        handled: set[str] = set()  # ran already, in a group of sibling branches
         for job in plan.jobs:
+            if job.hash in handled:
+                continue
             if job.hash in tree["finished"]:
                 outcome.skipped.append(job.hash)
                 continue
@@ -149,25 +152,49 @@ class Runner:
                 continue
             if context is None:
                 context = self._context(plan, jobs, progress)
-            run_id = self.tracker.start(experiment_id, job.name, _mlflow_kind(job), {**tags, "origin": "computed"},
-                                        parent=parent, params=self._params(plan, job))
-            run_of[job.hash] = run_id
+            group = [job]
+            if job.kind == "branch":  # its ready siblings train with it, as one stacked computation
+                group += [j for j in plan.jobs if j is not job and j.kind == "branch"
+                          and _sibling_key(j) == _sibling_key(job) and j.hash not in tree["finished"]
+                          and j.hash not in done_elsewhere and j.hash not in handled
+                          and (j.hash not in tree["failed"] or self.retry_failed)]
+            runs = []
+            for member in group:
+                parent = run_of.get(member.tree_parent, parent_run) if member.tree_parent else parent_run
+                run_id = self.tracker.start(experiment_id, member.name, _mlflow_kind(member),
+                                            {**self._job_tags(plan, member), "origin": "computed"},
+                                            parent=parent, params=self._params(plan, member, len(group)))
+                run_of[member.hash] = run_id
+                runs.append((member, run_id))
+                handled.add(member.hash)
             if progress is not None:
-                progress.set_description(f"{sweep.name}: {job.name}"[:60])
+                progress.set_description(f"{sweep.name}: {job.name}" + (f" +{len(group) - 1}" if len(group) > 1 else ""))
+            errors: dict[str, BaseException] = {}
             try:
-                BODIES[job.kind](context, job, run_id)
+                if job.kind == "branch":
+                    errors = run_branches(context, runs)
+                else:
+                    BODIES[job.kind](context, job, runs[0][1])
             except Exception as exc:  # noqa: BLE001 -- any failure of a job is recorded, the sweep goes on
+                errors = {job.hash: exc}
+                try:
+                    context.writer.flush()
+                except Exception:  # noqa: BLE001 -- the job failed already
+                    pass
+            for member, run_id in runs:
+                exc = errors.get(member.hash)
+                if exc is None:
+                    self.tracker.finish(run_id, FINISHED)
+                    outcome.computed.append(member.hash)
+                    continue
                 message = f"{type(exc).__name__}: {exc}"
                 self.tracker.set_tags(run_id, {"error": message[:5000]})
-                self.tracker.log_text(run_id, traceback.format_exc(), "error.txt")
+                self.tracker.log_text(run_id, "".join(traceback.format_exception(exc)), "error.txt")
                 self.tracker.finish(run_id, FAILED)
-                outcome.failed[job.hash] = message
-                bad.add(job.hash)
-                if progress is not None:
-                    progress.update(0)
-                continue
-            self.tracker.finish(run_id, FINISHED)
-            outcome.computed.append(job.hash)
+                outcome.failed[member.hash] = message
+                bad.add(member.hash)
+            if progress is not None:
+                progress.update(0)
 
     def _tree_runs(self, sweep: SweepConfig, trial: int | None) -> dict[str, dict[str, str]]:
         finished, failed = {}, {}
@@ -201,9 +228,11 @@ class Runner:
             t["trial"] = plan.trial
         return self._tags(plan.sweep, t)
 
-    def _params(self, plan: Plan, job: Job) -> dict[str, Any]:
+    def _params(self, plan: Plan, job: Job, group: int = 1) -> dict[str, Any]:
         h = plan.hyper
         params = {f"train.{k}": v for k, v in h.__dict__.items()}
+        if job.kind == "branch":
+            params["train.group"] = group  # copies trained with it (its result does not depend on it)
         params.update({f"data.{k}": v for k, v in plan.sweep.data.model_dump(mode="json").items() if v is not None})
         params.update(self._prov)
         params["device"] = str(pick_device(plan.sweep.train.device))
@@ -233,6 +262,12 @@ class Runner:
         self.tracker.log_metrics(run_id, metrics)
         self.tracker.finish(run_id, FINISHED)
         return run_id
+
+
+def _sibling_key(job: Job) -> tuple:
+    """Branches that start from the same checkpoint: same train job, rewind point and mask."""
+    f = job.fields
+    return (f["train"], f["rewind"], f["mask"])
 
 
 def _mlflow_kind(job: Job) -> str:

@@ -19,9 +19,11 @@ from .. import prune
 from ..config import Hyper, SweepConfig
 from ..data import DataSet, load_dataset, make_loader
 from ..models import build_model
-from ..store import Store
+from ..models.stacked import copy_state, stack
+from ..store import Store, Writer
 from ..tracking import Tracker
-from ..train import evaluate, make_optimizer, train
+from ..train import (copy_optimizer_state, evaluate, evaluate_group, make_optimizer, stack_optimizer_states, train,
+                     train_group)
 from .plan import Job, exempt_layers
 
 
@@ -36,6 +38,7 @@ class Context:
     jobs: dict[str, Job]
     progress: Callable[[int], None] = lambda n: None
     metric_buffer: list[tuple[str, float, int]] = field(default_factory=list)
+    writer: Writer = field(default_factory=Writer)   # checkpoints and metrics, off the training path
 
     # -- helpers shared by the bodies ------------------------------------------------------
     def model(self, init_seed: int) -> torch.nn.Module:
@@ -47,6 +50,11 @@ class Context:
         if self.device.type == "cuda" and len(self.data.shape) == 3 and self.data.shape[0] > 1:
             model = model.to(memory_format=torch.channels_last)
         return model
+
+    def compiled(self, model: torch.nn.Module) -> torch.nn.Module:
+        """`torch.compile(model)` with train.compile on (same parameters, so optimizers and state
+        dicts are untouched); the model itself otherwise."""
+        return torch.compile(model) if self.hyper.compile else model
 
     def loader(self, split: str, order_seed: int, aug_seed: int):
         d = self.sweep.data
@@ -62,43 +70,52 @@ class Context:
         return evaluate(model, self.eval_batches("test")())
 
 
-def _check_finite(loss: float, job: Job, it: int) -> None:
-    if not math.isfinite(loss):
-        raise FloatingPointError(f"training loss is {loss} at iteration {it} ({job.name})")
-
-
-def _loop(ctx: Context, job: Job, run_id: str, model, optimizer, loader, start: int, end: int,
-          masks: prune.Masks | None, save_at: list[int], on_save: Callable[[int], None]) -> None:
-    """Train start -> end with evaluation, resume checkpoints and progress; shared by train and branch."""
-    h = ctx.hyper
+def _pauses(h: Hyper, start: int, end: int, save_at: list[int]) -> set[int]:
+    """Where training pauses: progress ticks, rewind points, evaluation and checkpoint cadence."""
     tick = max(1, min(h.eval_every, (end - start) // 50 or 1))
     pauses = set(range(start + tick, end, tick)) | set(save_at)
-    pauses |= set(range(0, end, h.eval_every)) | set(range(0, end, h.checkpoint_every))
+    return pauses | set(range(0, end, h.eval_every)) | set(range(0, end, h.checkpoint_every))
+
+
+def _loop(ctx: Context, names: list[str], runs: list[str], steps, start: int, end: int,
+          evaluate_all: Callable[[], list[dict[str, float]]], snapshot: Callable[[int, int], dict[str, Any]],
+          on_save: Callable[[int], None] = lambda it: None, save_at: tuple[int, ...] = ()) -> list[str | None]:
+    """Drive `steps` (a `train` generator for one network, `train_group` for copies) from start to
+    end: progress, per-copy finite-loss checks, test metrics every eval_every, resume checkpoints
+    (`snapshot(copy, it)`) every checkpoint_every. Metrics and checkpoints go through ctx.writer.
+    Returns each copy's error message (None: fine); a copy that failed stops being logged or saved."""
+    h = ctx.hyper
+    errors: list[str | None] = [None] * len(runs)
+    metrics: list[list[tuple[str, float, int]]] = [[] for _ in runs]
     last = start
-    metrics: list[tuple[str, float, int]] = []
-    batches = loader.train_batches(start, end)
-    for it, loss in train(model, optimizer, batches, h, start, end, pauses, masks, ctx.device):
-        _check_finite(loss, job, it)
-        metrics.append(("loss", loss, it))
-        ctx.progress(it - last)
+    for it, losses in steps:
+        losses = losses if isinstance(losses, list) else [losses]
+        for c, loss in enumerate(losses):
+            if errors[c] is None and not math.isfinite(loss):
+                errors[c] = f"FloatingPointError: training loss is {loss} at iteration {it} ({names[c]})"
+            metrics[c].append(("loss", loss, it))
+        if all(errors):
+            raise FloatingPointError(errors[0].split(": ", 1)[1])
+        ctx.progress((it - last) * len(runs))
         last = it
         if it in save_at:
             on_save(it)
         if it % h.eval_every == 0 or it == end:
-            m = ctx.test_metrics(model)
-            metrics += [("test_accuracy", m["accuracy"], it), ("test_loss", m["loss"], it)]
-            model.train()
-        if it % h.checkpoint_every == 0 and it < end:
-            ctx.tracker.log_metrics(run_id, metrics)
-            metrics = []
-            ctx.store.save_resume(job.hash, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                             "iteration": it, "run_id": run_id})
-    ctx.tracker.log_metrics(run_id, metrics)
+            for c, m in enumerate(evaluate_all()):
+                metrics[c] += [("test_accuracy", m["accuracy"], it), ("test_loss", m["loss"], it)]
+        if (it % h.checkpoint_every == 0 and it < end) or it == end:
+            for c, run_id in enumerate(runs):
+                if errors[c] is None:
+                    ctx.writer.submit(ctx.tracker.log_metrics, run_id, metrics[c])
+                    if it < end:
+                        ctx.writer.submit(ctx.store.save_resume, names[c], {**snapshot(c, it), "run_id": run_id})
+            metrics = [[] for _ in runs]
+    return errors
 
 
 def _state(model, optimizer, it: int) -> dict[str, Any]:
     return {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(), "iteration": it}
+            "optimizer": _clone(optimizer.state_dict()), "iteration": it}
 
 
 def run_train(ctx: Context, job: Job, run_id: str) -> None:
@@ -115,15 +132,35 @@ def run_train(ctx: Context, job: Job, run_id: str) -> None:
         ctx.progress(start)
     save_at = sorted(set(job.fields.get("save_at", [])) | {0})
     if start == 0:
-        ctx.store.save_checkpoint(job.hash, 0, _state(model, optimizer, 0))
+        ctx.writer.submit(ctx.store.save_checkpoint, job.hash, 0, _state(model, optimizer, 0))
     loader = ctx.loader("train", seeds["data_order"], seeds["augmentation"])
     T = ctx.hyper.iterations
-    _loop(ctx, job, run_id, model, optimizer, loader, start, T, None, [k for k in save_at if k > start],
-          lambda it: ctx.store.save_checkpoint(job.hash, it, _state(model, optimizer, it)))
-    ctx.store.save_checkpoint(job.hash, T, _state(model, optimizer, T))
-    m = ctx.test_metrics(model)
-    ctx.tracker.log_metrics(run_id, [("final_test_accuracy", m["accuracy"], T), ("final_test_error", m["error"], T)])
-    ctx.store.clear_resume(job.hash)
+    fast = ctx.compiled(model)
+    save = [k for k in save_at if k > start]
+    steps = train(fast, optimizer, loader.train_batches(start, T), ctx.hyper, start, T,
+                  _pauses(ctx.hyper, start, T, save), None, ctx.device)
+    _loop(ctx, [job.hash], [run_id], steps, start, T, lambda: [ctx.test_metrics(fast)],
+          lambda c, it: {"model": _clone(model.state_dict()), "optimizer": _clone(optimizer.state_dict()),
+                         "iteration": it},
+          lambda it: ctx.writer.submit(ctx.store.save_checkpoint, job.hash, it, _state(model, optimizer, it)),
+          tuple(save))
+    ctx.writer.submit(ctx.store.save_checkpoint, job.hash, T, _state(model, optimizer, T))
+    m = ctx.test_metrics(fast)
+    ctx.writer.submit(ctx.tracker.log_metrics, run_id,
+                      [("final_test_accuracy", m["accuracy"], T), ("final_test_error", m["error"], T)])
+    ctx.writer.submit(ctx.store.clear_resume, job.hash)
+    ctx.writer.flush()
+
+
+def _clone(obj: Any) -> Any:
+    """A deep copy of the tensors of a (nested) state dict, so it can be written in the background."""
+    if torch.is_tensor(obj):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clone(v) for v in obj]
+    return obj
 
 
 def ensure_checkpoint(ctx: Context, train_job: Job, k: int) -> dict[str, Any]:
@@ -156,11 +193,30 @@ def _masked_optimizer_state(optimizer, model, masks: prune.Masks) -> None:
                 value.mul_(mask.to(value.dtype))
 
 
-def run_branch(ctx: Context, job: Job, run_id: str) -> None:
-    """A copy trained from checkpoint k (under a mask or control) to T with its own noise seeds."""
+@dataclass
+class Copy:
+    """A branch ready to train: its model and optimizer at `start`, its mask and its loader."""
+
+    job: Job
+    run_id: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    start: int
+    masks: prune.Masks | None
+    loader: Any
+
+    def group_key(self) -> tuple:
+        """Copies train together only from the same iteration with the same optimizer-state layout."""
+        state = self.optimizer.state_dict()["state"]
+        return (self.start, tuple(sorted((i, tuple(sorted(e))) for i, e in state.items())),
+                tuple(float(e["step"]) for e in state.values() if "step" in e))
+
+
+def prepare_branch(ctx: Context, job: Job, run_id: str) -> Copy:
+    """A copy from checkpoint k (under a mask or control), or from its own resume checkpoint."""
     f = job.fields
     train_job = ctx.jobs[f["train"]]
-    k, T = f["rewind"], ctx.hyper.iterations
+    k = f["rewind"]
     masks = load_masks(ctx, f["mask"]) if f["mask"] else None
     if f["control"] == "random_prune":
         masks = prune.random_prune(masks, f["control_seed"])
@@ -185,13 +241,78 @@ def run_branch(ctx: Context, job: Job, run_id: str) -> None:
             _masked_optimizer_state(optimizer, model, masks)
     if masks is not None:
         masks = {n: m.to(ctx.device) for n, m in masks.items()}
-        ctx.tracker.log_metrics(run_id, [("density", prune.density(masks), k)])
+        ctx.writer.submit(ctx.tracker.log_metrics, run_id, [("density", prune.density(masks), k)])
     loader = ctx.loader("train", f["seeds"]["data_order"], f["seeds"]["augmentation"])
-    _loop(ctx, job, run_id, model, optimizer, loader, start, T, masks, [], lambda it: None)
-    ctx.store.save_checkpoint(job.hash, T, {"model": model.state_dict(), "iteration": T})
-    m = ctx.test_metrics(model)
-    ctx.tracker.log_metrics(run_id, [("final_test_accuracy", m["accuracy"], T), ("final_test_error", m["error"], T)])
-    ctx.store.clear_resume(job.hash)
+    return Copy(job, run_id, model, optimizer, start, masks, loader)
+
+
+def run_branches(ctx: Context, todo: list[tuple[Job, str]]) -> dict[str, BaseException]:
+    """Sibling branches (same train job, rewind point and mask; a level's controls too) trained
+    together: copies that start from the same iteration with the same optimizer-state layout are
+    stacked into one module (`models.stacked`) and trained by `train_group`. Each keeps its own run,
+    resume checkpoint and outcome; returns {job hash: exception} for the copies that failed.
+
+    A copy's result does not depend on its group (tests/test_batched.py): a branch always trains
+    through the stacked path, alone as a group of one.
+    """
+    failed: dict[str, BaseException] = {}
+    groups: dict[tuple, list[Copy]] = {}
+    for job, run_id in todo:
+        try:
+            copy = prepare_branch(ctx, job, run_id)
+            groups.setdefault(copy.group_key(), []).append(copy)
+        except Exception as exc:  # noqa: BLE001 -- recorded on that copy's run by the runner
+            failed[job.hash] = exc
+    for copies in groups.values():
+        try:
+            failed.update(_train_copies(ctx, copies))
+        except Exception as exc:  # noqa: BLE001
+            failed.update({c.job.hash: exc for c in copies})
+    try:
+        ctx.writer.flush()
+    except Exception as exc:  # noqa: BLE001
+        failed.update({job.hash: exc for job, _ in todo if job.hash not in failed})
+    return failed
+
+
+def _train_copies(ctx: Context, copies: list[Copy]) -> dict[str, BaseException]:
+    h, T, start = ctx.hyper, ctx.hyper.iterations, copies[0].start
+    net = stack([c.model for c in copies], grouped=ctx.device.type == "cuda")
+    optimizer = make_optimizer(net, h)
+    if copies[0].optimizer.state_dict()["state"]:
+        optimizer.load_state_dict(stack_optimizer_states([c.optimizer.state_dict() for c in copies]))
+    masks = None
+    if any(c.masks is not None for c in copies):
+        params = dict(net.named_parameters())
+        names = sorted({n for c in copies if c.masks for n in c.masks})
+        masks = {n: torch.stack([c.masks[n] if c.masks and n in c.masks else
+                                 torch.ones_like(params[n][0], dtype=torch.bool) for c in copies]) for n in names}
+    fast = ctx.compiled(net)
+    test = ctx.eval_batches("test")
+    steps = train_group(fast, optimizer, [c.loader.train_batches(start, T) for c in copies], h, start, T,
+                        _pauses(h, start, T, []), masks, ctx.device)
+    snapshot = lambda c, it: {"model": copy_state(net, c),  # noqa: E731
+                              "optimizer": copy_optimizer_state(optimizer.state_dict(), c), "iteration": it}
+    errors = _loop(ctx, [c.job.hash for c in copies], [c.run_id for c in copies], steps, start, T,
+                   lambda: evaluate_group(fast, test()), snapshot)
+    final = evaluate_group(fast, test())
+    out: dict[str, BaseException] = {}
+    for c, copy in enumerate(copies):
+        if errors[c] is not None:
+            out[copy.job.hash] = FloatingPointError(errors[c])
+            continue
+        ctx.writer.submit(ctx.store.save_checkpoint, copy.job.hash, T, {"model": copy_state(net, c), "iteration": T})
+        ctx.writer.submit(ctx.tracker.log_metrics, copy.run_id, [("final_test_accuracy", final[c]["accuracy"], T),
+                                                                 ("final_test_error", final[c]["error"], T)])
+        ctx.writer.submit(ctx.store.clear_resume, copy.job.hash)
+    return out
+
+
+def run_branch(ctx: Context, job: Job, run_id: str) -> None:
+    """One branch on its own (a group of one; see `run_branches`)."""
+    failed = run_branches(ctx, [(job, run_id)])
+    if job.hash in failed:
+        raise failed[job.hash]
 
 
 def load_masks(ctx: Context, prune_job: str) -> prune.Masks:
@@ -236,10 +357,11 @@ def run_interpolate(ctx: Context, job: Job, run_id: str) -> None:
     bn_batches = lambda: bn_loader.train_batches(0, f["bn_batches"])  # noqa: E731
     result: dict[str, Any] = {"alphas": points, "bn": f["bn"]}
     metrics: list[tuple[str, float, int]] = []
+    splits = {split: ctx.eval_batches(split, f["train_examples"] if split == "train" else None)
+              for split in f["splits"]}
+    curves = interp.error_curves(model, state_a, state_b, points, splits, bn=f["bn"], bn_batches=bn_batches)
     for split in f["splits"]:
-        limit = f["train_examples"] if split == "train" else None
-        curve = interp.error_curve(model, state_a, state_b, points, ctx.eval_batches(split, limit),
-                                   bn=f["bn"], bn_batches=bn_batches)
+        curve = curves[split]
         stats = interp.barrier(curve)
         result[split] = {"error": curve, **stats}
         metrics += [(f"error_{split}", e, i) for i, e in enumerate(curve)]
