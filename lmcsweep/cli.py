@@ -72,7 +72,7 @@ def _print_plan(sweep, tracker) -> None:
     if sweep.search is not None:
         from .sweep.search import trial_plans
 
-        plans = trial_plans(sweep)
+        plans = trial_plans(sweep, tracker.root)
     jobs = {j.hash for p in plans for j in p.jobs}
     done = set(tracker.finished_jobs(list(jobs))) if jobs else set()
     s = summary(plans, done)
@@ -142,6 +142,62 @@ def query(ctx: click.Context, sweep_name: str | None, kind: str, fmt: str) -> No
     tracker, _ = _backends(ctx)
     records = q.instability_records(tracker, sweep_name) if kind == "instability" else q.imp_records(tracker, sweep_name)
     click.echo(q.render(records, fmt))
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.pass_context
+def status(ctx: click.Context, name: str | None) -> None:
+    """Each sweep in the store (or sweep NAME) with its jobs done / running / failed / pending."""
+    from .sweep.status import sweep_status
+
+    tracker, store = _backends(ctx)
+    rows = sweep_status(tracker, store.root, name)
+    if not rows:
+        click.echo(f"no sweep {name!r} in the store" if name else "no sweeps in the store")
+        sys.exit(2 if name else 0)
+    click.echo(f"{'sweep':<24}{'jobs':>7}{'done':>7}{'running':>9}{'failed':>8}{'pending':>9}  status")
+    for r in rows:
+        pending = "?" if r["pending"] is None else r["pending"]
+        note = r["status"] + (f", {r['interrupted']} interrupted" if r["interrupted"] else "")
+        if r["trials"]:
+            note += ", trials " + " ".join(f"{k.lower()} {v}" for k, v in r["trials"].items() if v)
+        click.echo(f"{r['sweep']:<24}{r['jobs']:>7}{r['done']:>7}{r['running']:>9}{r['failed']:>8}{pending:>9}  {note}")
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def presets(fmt: str) -> None:
+    """The Table-1 presets: network, data set, parameter count (of the built model), optimizer,
+    schedule, length, batch size, and the paper's reported accuracy."""
+    from .presets import preset_rows, render_rows
+
+    click.echo(render_rows(preset_rows(), fmt))
+
+
+@main.group()
+def data() -> None:
+    """Data sets: FFCV files."""
+
+
+@data.command("prepare")
+@click.argument("dataset", type=click.Choice(["mnist", "fashion_mnist", "cifar10", "imagenet", "synthetic"]))
+@click.option("--root", default=None, help="folder holding the data set (else $LMCSWEEP_DATA, then defaults)")
+@click.option("--out", default=None, help="where the .beton files go (default: <store>/ffcv)")
+@click.option("--download", is_flag=True, help="let torchvision download the data set into --root")
+@click.pass_context
+def data_prepare(ctx: click.Context, dataset: str, root: str | None, out: str | None, download: bool) -> None:
+    """Write FFCV .beton files (train and test) of DATASET once; existing complete files are kept."""
+    from .data import DataError
+    from .data.ffcv import prepare
+
+    try:
+        paths = prepare(dataset, root, out or str(Path(ctx.obj["store"]) / "ffcv"), download=download)
+    except DataError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    for split, path in paths.items():
+        click.echo(f"{split}: {path}")
 
 
 @main.command()
