@@ -74,7 +74,7 @@ def _print_plan(sweep, tracker) -> None:
 
         plans = trial_plans(sweep, tracker.root)
     jobs = {j.hash for p in plans for j in p.jobs}
-    done = set(tracker.finished_jobs(list(jobs))) if jobs else set()
+    done = set(tracker.finished_jobs(list(jobs))) if jobs and tracker.exists() else set()
     s = summary(plans, done)
     click.echo(f"sweep {sweep.name} (experiment {sweep.experiment}, preset {sweep.preset}"
                + (f", {len(plans)} trials" if sweep.search else "") + ")")
@@ -198,6 +198,24 @@ def data_prepare(ctx: click.Context, dataset: str, root: str | None, out: str | 
         sys.exit(2)
     for split, path in paths.items():
         click.echo(f"{split}: {path}")
+
+
+@main.command()
+@click.argument("sweep_name")
+@click.option("--out", default="reports", show_default=True, type=click.Path(file_okay=False))
+@click.pass_context
+def report(ctx: click.Context, sweep_name: str, out: str) -> None:
+    """Figures (instability vs rewind point, accuracy vs density) and an HTML page of SWEEP_NAME."""
+    from .sweep import query as q
+    from .sweep.report import write_report
+
+    tracker, _ = _backends(ctx)
+    instability = q.instability_records(tracker, sweep_name)
+    imp = q.imp_records(tracker, sweep_name)
+    if not instability and not imp:
+        click.echo(f"no records of sweep {sweep_name!r} in the store", err=True)
+        sys.exit(2)
+    click.echo(str(write_report(sweep_name, instability, imp, Path(out))))
 
 
 @main.command()

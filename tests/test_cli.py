@@ -88,6 +88,13 @@ def test_run_query_and_mlflow_tree(cli, write_sweep, store):
     again = cli("run", "--no-progress", path)
     assert again.exit_code == 0 and "nothing to do" in again.output
 
+    out = store.parent / "reports"
+    index = Path(cli("report", "small", "--out", out).output.strip())
+    page = index.read_text()
+    assert page.count("<tr>") == 1 + len(records)
+    assert (index.parent / "instability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli("report", "no-such-sweep", "--out", out).exit_code == 2
+
 
 def test_reruns_are_bit_identical(tmp_path, write_sweep):
     path = write_sweep(replicates=1, copies=2)
