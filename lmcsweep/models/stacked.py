@@ -95,9 +95,11 @@ class StackedConv2d(_Stacked):
             xs = x.unsqueeze(0).expand(C, *x.shape) if self.shared else self._per_copy(x)
             n = xs.shape[1]
             xg = xs.transpose(0, 1).reshape(n, -1, *x.shape[2:])
+            w = self.weight.flatten(0, 1)
+            if x.is_cuda:  # channels_last: the fast layout for cuDNN (and bf16 tensor cores)
+                xg, w = xg.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
             b = None if self.bias is None else self.bias.flatten()
-            y = F.conv2d(xg, self.weight.flatten(0, 1), b, self.stride, self.padding, self.dilation,
-                         self.groups * C)
+            y = F.conv2d(xg, w, b, self.stride, self.padding, self.dilation, self.groups * C)
             return y.view(n, C, -1, *y.shape[2:]).transpose(0, 1).reshape(C * n, -1, *y.shape[2:])
         xs = [x] * C if self.shared else self._per_copy(x)
         bias = [None] * C if self.bias is None else self.bias

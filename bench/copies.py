@@ -1,0 +1,104 @@
+"""Copies trained together: time of 1, 2 and 4 copies stacked (`train_group`) against one copy
+trained alone with the plain loop (`train`), side by side in one process, median of repeats.
+
+LeNet-300-100 on in-memory Fashion-MNIST, Adam, batch 60, on CPU; with CUDA also ResNet-20 on
+synthetic CIFAR-shaped data (SGD, batch 128). Each copy has its own data order. Targets (CPU, LeNet):
+2 copies <= 1.4x one alone, 4 copies <= 2.2x.
+
+    .venv/bin/python bench/copies.py [--iterations 300] [--repeats 5] [--model lenet|resnet20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from lmcsweep.config import Hyper
+from lmcsweep.data import load_dataset, make_loader
+from lmcsweep.models import build_model
+from lmcsweep.models.stacked import stack
+from lmcsweep.train import make_optimizer, train, train_group
+
+
+def hyper(model: str, iterations: int, ipe: int) -> Hyper:
+    sgd = model != "lenet"
+    return Hyper(preset=model, model=model, model_options={}, dataset="", augmentation="none",
+                 optimizer="sgd" if sgd else "adam", lr=0.1 if sgd else 1.2e-3, momentum=0.9 if sgd else 0.0,
+                 weight_decay=1e-4 if sgd else 0.0, batch_size=128 if sgd else 60, iterations=iterations,
+                 schedule="constant", milestones=(), gamma=0.1, final_lr=0.0, warmup=0, iterations_per_epoch=ipe,
+                 eval_every=iterations, checkpoint_every=iterations)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--iterations", type=int, default=300)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--model", default=None, choices=["lenet", "resnet20"])
+    ap.add_argument("--copies", default="1,2,4")
+    args = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    models = [args.model] if args.model else (["lenet", "resnet20"] if device.type == "cuda" else ["lenet"])
+    counts = [int(c) for c in args.copies.split(",")]
+    for name in models:
+        if name == "lenet":
+            data = load_dataset("fashion_mnist")
+        else:
+            data = load_dataset("synthetic", synthetic={"shape": (3, 32, 32), "classes": 10, "train": 5000,
+                                                       "test": 100, "seed": 0})
+        h = hyper(name, args.iterations, 0)
+        aug = "none" if name == "lenet" else "crop_flip"
+        loaders = [make_loader(data, "train", h.batch_size, seed, seed, aug, device=str(device)) for seed in range(4)]
+        T = args.iterations
+
+        def model():
+            m = build_model(name, data.num_classes, data.shape, 0).to(device)
+            return m.to(memory_format=torch.channels_last) if device.type == "cuda" and name != "lenet" else m
+
+        def alone():
+            m = model()
+            for _ in train(m, make_optimizer(m, h), loaders[0].train_batches(0, T), h, 0, T, (), None, device):
+                pass
+
+        def together(n):
+            net = stack([model() for _ in range(n)], grouped=device.type == "cuda")
+            opt = make_optimizer(net, h)
+            for _ in train_group(net, opt, [loaders[c].train_batches(0, T) for c in range(n)], h, 0, T, (), None,
+                                 device):
+                pass
+
+        alone()  # warm-up
+        for n in counts:
+            together(n)
+        times: dict[str, list[float]] = {"alone": []} | {f"x{n}": [] for n in counts}
+        for _ in range(args.repeats):  # interleaved, so load on the machine hits all alike
+            times["alone"].append(timed(alone, device))
+            for n in counts:
+                times[f"x{n}"].append(timed(lambda: together(n), device))
+        base = statistics.median(times["alone"])
+        print(f"{name} on {device} ({torch.get_num_threads()} threads), {T} iterations, batch {h.batch_size}, "
+              f"median of {args.repeats}")
+        print(f"  one alone (train):        {base:7.3f} s  {T / base:8.1f} it/s")
+        for n in counts:
+            t = statistics.median(times[f"x{n}"])
+            print(f"  {n} copies (train_group):  {t:7.3f} s  ratio to one alone {t / base:5.2f}x"
+                  f"  ({n / (t / base):4.2f} copies per alone-time)")
+
+
+if __name__ == "__main__":
+    main()

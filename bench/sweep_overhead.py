@@ -1,0 +1,156 @@
+"""Where the wall time of a whole sweep goes: `lmcsweep run sweeps/quickstart.yaml` on a fresh
+temporary store, broken down into process start, imports, planning, data loading, training +
+evaluation, MLflow and checkpoint I/O. Target: >= 85% of the wall time in training and evaluation.
+
+The sweep runs in a child process (the real CLI, in-process `main`) whose lmcsweep functions are
+wrapped with timers; time is charged to the outermost wrapped call on the main thread, and work on
+the background writer thread is reported beside it (it overlaps training). A second child runs the
+plain console script for the end-to-end wall time.
+
+    .venv/bin/python bench/sweep_overhead.py [--sweep sweeps/quickstart.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CATEGORIES = {  # category: (module, qualified names)
+    "training+evaluation": ("lmcsweep.train", ["train", "train_group", "evaluate", "evaluate_group"]),
+    "interpolation (evaluation)": ("lmcsweep.interpolate", ["error_curves", "error_curve"]),
+    "planning + config": ("lmcsweep.sweep.plan", ["build_plan", "summary"]),
+    "config": ("lmcsweep.config", ["load_sweep"]),
+    "data loading": ("lmcsweep.data", ["load_dataset"]),
+    "mlflow": ("lmcsweep.tracking", ["Tracker." + n for n in (
+        "__init__", "experiment", "start", "log_params", "set_tags", "log_metrics", "log_dict", "log_text",
+        "log_figure", "log_artifact", "finish", "reopen", "search", "finished_jobs", "runs_of_sweep",
+        "mark_stale_running", "run")]),
+    "checkpoint I/O": ("lmcsweep.store", ["Store.save_checkpoint", "Store.load_checkpoint", "Store.save_resume",
+                                          "Store.load_resume", "Store.clear_resume", "atomic_save"]),
+    "waiting for the writer": ("lmcsweep.store", ["Writer.flush"]),
+    "provenance (git)": ("lmcsweep.sweep.execute", ["provenance"]),
+    "plot": ("lmcsweep.sweep.jobs", ["_plot"]),
+}
+
+
+def child(sweep: str, store: str, started: float) -> None:
+    t_main = time.time()
+    import importlib
+
+    totals: dict[str, float] = {}
+    background: dict[str, float] = {}
+    local = threading.local()
+    main_thread = threading.main_thread()
+
+    def timed(category, fn, generator=False):
+        def charge(dt):
+            book = totals if threading.current_thread() is main_thread else background
+            book[category] = book.get(category, 0.0) + dt
+
+        if generator:
+            def wrapper(*a, **k):
+                gen = fn(*a, **k)
+                while True:
+                    outer = not getattr(local, "depth", 0)
+                    local.depth = getattr(local, "depth", 0) + 1
+                    t = time.perf_counter()
+                    try:
+                        item = next(gen)
+                    except StopIteration:
+                        return
+                    finally:
+                        local.depth -= 1
+                        if outer:
+                            charge(time.perf_counter() - t)
+                    yield item
+        else:
+            def wrapper(*a, **k):
+                outer = not getattr(local, "depth", 0)
+                local.depth = getattr(local, "depth", 0) + 1
+                t = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    local.depth -= 1
+                    if outer:
+                        charge(time.perf_counter() - t)
+        return wrapper
+
+    t = time.perf_counter()
+    import torch  # noqa: F401  -- the heavy imports, timed on their own
+    import mlflow  # noqa: F401
+
+    import lmcsweep.cli as cli
+    import lmcsweep.sweep.execute  # noqa: F401
+    import lmcsweep.sweep.jobs  # noqa: F401
+    imports = time.perf_counter() - t
+    import inspect
+
+    for category, (module_name, names) in CATEGORIES.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            owner, _, attr = name.rpartition(".")
+            holder = getattr(module, owner) if owner else module
+            original = getattr(holder, attr)
+            wrapped = timed(category, original, inspect.isgeneratorfunction(original))
+            setattr(holder, attr, wrapped)
+            if not owner:  # also where it was imported by name
+                for mod in list(sys.modules.values()):
+                    if getattr(mod, "__name__", "").startswith("lmcsweep") and getattr(mod, attr, None) is original:
+                        setattr(mod, attr, wrapped)
+    t = time.perf_counter()
+    try:
+        cli.main(["--store", store, "run", "--no-progress", sweep], standalone_mode=False)
+    finally:
+        run = time.perf_counter() - t
+        print(json.dumps({"process start": t_main - started, "imports": imports, "run": run, "main": totals,
+                          "background": background}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sweep", default=str(ROOT / "sweeps" / "quickstart.yaml"))
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args.child[0], args.child[1], float(args.child[2]))
+    exe = Path(sys.executable)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.time()
+        out = subprocess.run([str(exe), __file__, "--child", args.sweep, str(Path(tmp) / "a"), str(t)],
+                             capture_output=True, text=True, cwd=tmp)
+        wall = time.time() - t
+        if out.returncode != 0:
+            sys.exit(out.stderr[-3000:])
+        report = json.loads(out.stdout.strip().splitlines()[-1])
+        t = time.time()
+        script = exe.parent / "lmcsweep"
+        plain = subprocess.run([str(script), "--store", str(Path(tmp) / "b"), "run", "--no-progress", args.sweep],
+                               capture_output=True, text=True, cwd=tmp, env={**os.environ})
+        plain_wall = time.time() - t
+    main_t = report["main"]
+    rows = [("process start (interpreter)", report["process start"]), ("imports (torch, mlflow, lmcsweep)",
+                                                                        report["imports"])]
+    rows += sorted(main_t.items(), key=lambda kv: -kv[1])
+    accounted = report["process start"] + report["imports"] + sum(main_t.values())
+    rows.append(("other (job bodies: models, state copies, python)", wall - accounted))
+    print(f"{Path(args.sweep).name}: wall {wall:.1f} s instrumented, {plain_wall:.1f} s plain "
+          f"`lmcsweep run` (exit {plain.returncode})")
+    for name, seconds in rows:
+        print(f"  {name:48s} {seconds:7.2f} s  {100 * seconds / wall:5.1f}%")
+    core = main_t.get("training+evaluation", 0) + main_t.get("interpolation (evaluation)", 0)
+    print(f"  training + evaluation share of wall time: {100 * core / wall:.1f}% (target >= 85%)")
+    for name, seconds in sorted(report["background"].items()):
+        print(f"  background writer thread, {name:27s} {seconds:7.2f} s (overlaps training)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Copies trained together and alphas evaluated together equal the same work done one at a time;
+precision / compile / group options are recorded on runs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from lmcsweep import interpolate as interp
+from lmcsweep.config import Hyper
+from lmcsweep.data import load_dataset, make_loader
+from lmcsweep.models import build_model
+from lmcsweep.models.stacked import copy_state, stack
+from lmcsweep.train import copy_optimizer_state, make_optimizer, stack_optimizer_states, train_group
+
+NETS = {  # name: (options, shape, optimizer, batch)
+    "lenet": ({"hidden": (64, 32)}, (1, 28, 28), "adam", 60),
+    "resnet20": ({"width": 4, "depth": 8}, (3, 16, 16), "sgd", 16),
+    "vgg16": ({"width": 0.0625}, (3, 32, 32), "sgd", 16),
+}
+
+
+def _hyper(optimizer: str, batch: int, iterations: int) -> Hyper:
+    return Hyper(preset="t", model="t", model_options={}, dataset="synthetic", augmentation="crop_flip",
+                 optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 1e-3, momentum=0.9,
+                 weight_decay=1e-4, batch_size=batch, iterations=iterations, schedule="step", milestones=(4,),
+                 gamma=0.1, final_lr=0.0, warmup=2, iterations_per_epoch=0, eval_every=iterations,
+                 checkpoint_every=iterations)
+
+
+def _data(shape):
+    return load_dataset("synthetic", synthetic={"shape": shape, "classes": 10, "train": 256, "test": 64, "seed": 1})
+
+
+def _setup(name: str, seeds: list[int], iterations: int, masked: bool):
+    """Copies starting from one trained-for-a-bit network with an optimizer state, as branches do."""
+    options, shape, optimizer, batch = NETS[name]
+    data = _data(shape)
+    h = _hyper(optimizer, batch, iterations)
+    parent = build_model(name, 10, shape, 0, **options)
+    opt = make_optimizer(parent, h)
+    aug = "crop_flip" if shape[0] == 3 else "none"
+    loader = make_loader(data, "train", batch, 0, 0, aug)
+    x, y = next(iter(loader.train_batches(0, 1)))
+    torch.nn.functional.cross_entropy(parent(x), y).backward()
+    opt.step()
+    masks = None
+    if masked:
+        masks = {n: (torch.rand(p.shape, generator=torch.Generator().manual_seed(3)) > 0.5)
+                 for n, p in parent.named_parameters() if n.endswith("weight") and p.dim() > 1}
+    loaders = {s: make_loader(data, "train", batch, s, s + 100, aug) for s in seeds}
+    return parent, opt.state_dict(), h, loaders, masks
+
+
+def _train(name, seeds, iterations=6, masked=False, start=0, end=None, states=None):
+    parent, opt_state, h, loaders, masks = _setup(name, seeds, iterations, masked)
+    end = iterations if end is None else end
+    models = []
+    for s in seeds:
+        m = copy.deepcopy(parent)
+        if states is not None:
+            m.load_state_dict(states[s][0])
+        models.append(m)
+    net = stack(models)
+    optimizer = make_optimizer(net, h)
+    optimizer.load_state_dict(stack_optimizer_states(
+        [states[s][1] if states is not None else opt_state for s in seeds]))
+    stacked_masks = None if masks is None else {n: torch.stack([m] * len(seeds)) for n, m in masks.items()}
+    losses = list(train_group(net, optimizer, [loaders[s].train_batches(start, end) for s in seeds], h, start, end,
+                              range(start, end), stacked_masks))
+    state = optimizer.state_dict()
+    return {s: (copy_state(net, c), copy_optimizer_state(state, c), [l[1][c] for l in losses])
+            for c, s in enumerate(seeds)}
+
+
+def _same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _same_optimizer(a, b):
+    for idx in a["state"]:
+        for key, value in a["state"][idx].items():
+            other = b["state"][idx][key]
+            assert (value is None and other is None) or torch.equal(value, other), (idx, key)
+
+
+@pytest.mark.parametrize("name,masked", [("lenet", True), ("resnet20", False), ("vgg16", True)])
+def test_copy_result_independent_of_group(name, masked):
+    """Exactly on CPU: a copy's weights, BatchNorm statistics, optimizer state and losses are the same
+    alone, in a group of 2 or of 4, in any position."""
+    alone = {s: _train(name, [s], masked=masked)[s] for s in (11, 12, 13, 14)}
+    pair = _train(name, [12, 11], masked=masked)
+    four = _train(name, [14, 11, 13, 12], masked=masked)
+    for group in (pair, four):
+        for s, (state, opt, losses) in group.items():
+            _same(alone[s][0], state)
+            _same_optimizer(alone[s][1], opt)
+            assert alone[s][2] == losses
+    assert any(not torch.equal(alone[11][0][k], alone[12][0][k]) for k in alone[11][0])  # own noise
+    if name != "lenet":  # BatchNorm: each copy's running statistics its own
+        key = next(k for k in alone[11][0] if k.endswith("running_mean"))
+        assert not torch.equal(alone[11][0][key], alone[12][0][key])
+
+
+def test_group_resumed_alone_continues_exactly():
+    """A copy's resume checkpoint written by a group (weights + its slice of the optimizer state)
+    continues alone to the same end as the uninterrupted group."""
+    full = _train("resnet20", [1, 2, 3])
+    half = _train("resnet20", [1, 2, 3], end=3)
+    resumed = _train("resnet20", [2], start=3, states={2: half[2][:2]})
+    _same(full[2][0], resumed[2][0])
+    _same_optimizer(full[2][1], resumed[2][1])
+
+
+def test_grouped_convolution_close_to_per_copy():
+    """The CUDA layout (one grouped convolution for all copies) computes the same function."""
+    options, shape, _, _ = NETS["resnet20"]
+    models = [build_model("resnet20", 10, shape, s, **options) for s in range(3)]
+    x = torch.randn(3 * 8, *shape)
+    a, b = stack(models), stack(models, grouped=True)
+    torch.testing.assert_close(a(x), b(x), rtol=1e-4, atol=1e-5)
+
+
+def _pair(name):
+    options, shape, _, _ = NETS[name]
+    ends = []
+    for seed in (1, 2):
+        m = build_model(name, 10, shape, seed, **options)
+        m.train()
+        with torch.no_grad():
+            m(torch.randn(32, *shape, generator=torch.Generator().manual_seed(seed)))  # move BN statistics
+        ends.append({k: v.clone() for k, v in m.state_dict().items()})
+    data = _data(shape)
+    test = make_loader(data, "test", 32, 0, 0, "none")
+    train_loader = make_loader(data, "train", 32, 0, 0, "none")
+    return build_model(name, 10, shape, 0, **options), ends, test, train_loader
+
+
+@pytest.mark.parametrize("name", list(NETS))
+@pytest.mark.parametrize("bn", ["interpolate", "reset"])
+def test_batched_interpolation_equals_per_alpha(name, bn):
+    """All alphas in one pass equal one evaluation per alpha. Without the endpoint trick exactly; with
+    it (first layer from the two end networks' outputs) up to float rounding, which may flip the
+    argmax of a near-tie: tolerance 2 examples per point (none flip on these nets)."""
+    model, (a, b), test, train_loader = _pair(name)
+    points = interp.alphas(7)
+    splits = {"test": lambda: test.eval_batches(batch_size=20), "train": lambda: train_loader.eval_batches(limit=50)}
+    bn_batches = lambda: train_loader.train_batches(0, 3)  # noqa: E731
+    reference = {s: interp.error_curve(model, a, b, points, batches, bn=bn, bn_batches=bn_batches)
+                 for s, batches in splits.items()}
+    exact = interp.error_curves(model, a, b, points, splits, bn=bn, bn_batches=bn_batches, endpoint_trick=False,
+                                max_stack=3)
+    assert exact == reference
+    fast = interp.error_curves(model, a, b, points, splits, bn=bn, bn_batches=bn_batches)
+    for split, curve in fast.items():
+        n = 64 if split == "test" else 50
+        assert max(abs(x - y) for x, y in zip(curve, reference[split])) <= 2 / n
+    assert fast == reference
+
+
+def test_options_recorded_on_runs(cli, write_sweep, store):
+    """train.precision / train.compile / train.group are params of the runs, read back from MLflow."""
+    path = write_sweep("""\
+        name: opts
+        experiment: tests
+        preset: lenet
+        data: {dataset: fashion_mnist, subset_train: 240, subset_test: 120}
+        train: {iterations: 8it, batch_size: 60, precision: bf16, compile: false, model: {hidden: [32]}}
+        instability: {rewind: [0it], copies: 3, alphas: 3, train_examples: 120}
+        """)
+    result = cli("run", "--no-progress", path)
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    kinds = {}
+    for r in runs:
+        kinds.setdefault(r.data.tags["lmcsweep.kind"], []).append(r)
+    for r in kinds["train"] + kinds["branch"]:
+        assert r.data.params["train.precision"] == "bf16"
+        assert r.data.params["train.compile"] == "False"
+    assert [r.data.params["train.group"] for r in kinds["branch"]] == ["3"] * 3
+    assert len(kinds["interpolate"]) == 3 and all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_gpu_bench_tiny_mode_runs():
+    """bench/gpu.sh is for a lent GPU machine; its --tiny CPU mode keeps it from rotting."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(["bash", str(root / "bench" / "gpu.sh"), "--tiny"], capture_output=True, text=True,
+                         env={**__import__("os").environ, "PYTHON": sys.executable}, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ratios:" in out.stdout and "project 4 copies stacked" in out.stdout
