@@ -42,7 +42,14 @@ class Tracker:
         if self.uri.startswith("sqlite:///"):
             Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         self.artifact_root = (self.root / "artifacts").as_uri()
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        """Made on first use: making it sets up a new store's database, which takes seconds."""
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
 
     # -- experiments ---------------------------------------------------------------------
     def experiment(self, name: str) -> str:
@@ -116,6 +123,10 @@ class Tracker:
         return self.client.get_run(run_id)
 
     # -- lookups -------------------------------------------------------------------------
+    def exists(self) -> bool:
+        """False for an embedded SQLite store that was never written (nothing to look up)."""
+        return not self.uri.startswith("sqlite:///") or Path(self.uri[len("sqlite:///"):]).exists()
+
     def search(self, filter_string: str, experiment_ids: list[str] | None = None,
                max_results: int = 50000) -> list[Any]:
         ids = experiment_ids or self.all_experiment_ids()
@@ -133,7 +144,7 @@ class Tracker:
     def finished_jobs(self, jobs: list[str] | None = None) -> dict[str, Any]:
         """job hash -> its computed FINISHED run (the original, not a reuse record)."""
         flt = f"attributes.status = '{FINISHED}' and tags.`{TAG}origin` = 'computed'"
-        found = {}
+        found, jobs = {}, (None if jobs is None else set(jobs))
         for run in self.search(flt):
             job = run.data.tags.get(TAG + "job")
             if job and (jobs is None or job in jobs):

@@ -1,0 +1,102 @@
+"""Job hashes: pinned (so they cannot drift silently: a drift would orphan every store's finished
+jobs) and sensitive to exactly the inputs that decide a job's result."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from lmcsweep.config import job_hash, load_sweep
+from lmcsweep.steps import Step
+from lmcsweep.sweep.plan import build_plan
+
+BASE = """\
+name: pin
+experiment: tests
+preset: lenet
+data: {dataset: fashion_mnist, subset_train: 600, subset_test: 300}
+train: {iterations: 60it, batch_size: 60}
+instability: {rewind: [0it, 20it], copies: 2, alphas: 5}
+"""
+
+# The jobs of BASE, parents first. Changing any of these is a breaking change of every store:
+# do it only on purpose, with a note in the README.
+PINNED = [
+    ("train", "train_f258a0d7b97db733"),
+    ("branch", "branch_688575711c6fe636"),
+    ("branch", "branch_bd161585b8b3450b"),
+    ("interpolate", "interpolate_2d39e098332bd115"),
+    ("branch", "branch_ba7f225b420ccd55"),
+    ("branch", "branch_ae3147e7ffc5a623"),
+    ("interpolate", "interpolate_1a707129497fbc6d"),
+]
+
+
+def hashes(tmp_path, text: str, name: str = "s.yaml") -> list[str]:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return [j.hash for j in build_plan(load_sweep(path)).jobs]
+
+
+def test_job_hash_of_literal_fields_is_pinned():
+    assert job_hash("train", {"lr": 0.1, "steps": [Step(2000), "2ep"], "none": None}) == "train_73afb7730a678dbe"
+    assert job_hash("branch", {"rewind": 0}, ["train_f258a0d7b97db733"]) == "branch_fde6208200b936fe"
+
+
+def test_plan_hashes_are_pinned(tmp_path):
+    plan = build_plan(load_sweep(_write(tmp_path, BASE)))
+    assert [(j.kind, j.hash) for j in plan.jobs] == PINNED
+
+
+def _write(tmp_path, text: str, name: str = "s.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize("variant", [
+    # defaults written out (the preset's lr, optimizer, batch; the schema's copies, splits, noise ...)
+    BASE.replace("batch_size: 60}", "batch_size: 60, lr: 0.0012, optimizer: adam, warmup: 0it, momentum: 0.0}")
+        .replace("alphas: 5}", "alphas: 5, splits: [test, train], noise: [data_order, augmentation], "
+                               "optimizer: continue, bn: interpolate}"),
+    # key order
+    "instability: {alphas: 5, copies: 2, rewind: [0it, 20it]}\n"
+    "train: {batch_size: 60, iterations: 60it}\n"
+    "preset: lenet\nexperiment: tests\nname: pin\n"
+    "data: {subset_test: 300, subset_train: 600, dataset: fashion_mnist}\n",
+    # cadences, device, loader and paths, names
+    BASE.replace("batch_size: 60}", "batch_size: 60, eval_every: 7it, checkpoint_every: 3it, device: cpu}")
+        .replace("subset_test: 300}", "subset_test: 300, loader: tensor, root: /nowhere}")
+        .replace("name: pin", "name: other").replace("experiment: tests", "experiment: elsewhere"),
+    # a duration written as a bare number of iterations
+    BASE.replace("iterations: 60it", "iterations: 60"),
+])
+def test_hash_ignores_what_does_not_matter(tmp_path, variant):
+    assert hashes(tmp_path, variant, "v.yaml") == [h for _, h in PINNED]
+
+
+@pytest.mark.parametrize("change, changed", [
+    # training settings change every job
+    (("batch_size: 60}", "batch_size: 60, lr: 0.002}"), {"train", "branch", "interpolate"}),
+    (("iterations: 60it", "iterations: 80it"), {"train", "branch", "interpolate"}),
+    (("subset_train: 600", "subset_train: 500"), {"train", "branch", "interpolate"}),
+    # the interpolation's own settings change only the interpolations
+    (("alphas: 5", "alphas: 6"), {"interpolate"}),
+    # which noise is varied changes the branches (their seeds) and so what follows them
+    (("alphas: 5}", "alphas: 5, noise: [data_order]}"), {"branch", "interpolate"}),
+])
+def test_hash_follows_what_matters(tmp_path, change, changed):
+    before = build_plan(load_sweep(_write(tmp_path, BASE)))
+    after = build_plan(load_sweep(_write(tmp_path, BASE.replace(*change), "v.yaml")))
+    assert len(before.jobs) == len(after.jobs)
+    differ = {a.kind for a, b in zip(before.jobs, after.jobs) if a.hash != b.hash}
+    same = {a.kind for a, b in zip(before.jobs, after.jobs) if a.hash == b.hash}
+    assert differ == changed and not (same & changed)
+
+
+def test_rewind_points_share_the_dense_network(tmp_path):
+    base = build_plan(load_sweep(_write(tmp_path, BASE)))
+    more = build_plan(load_sweep(_write(tmp_path, BASE.replace("[0it, 20it]", "[0it, 10it, 20it]"), "v.yaml")))
+    assert base.jobs[0].hash == more.jobs[0].hash  # one dense run serves every k
+    assert {j.hash for j in base.jobs} < {j.hash for j in more.jobs}

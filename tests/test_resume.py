@@ -1,0 +1,175 @@
+"""Crash safety, end to end in real subprocesses against real SQLite stores: a sweep killed with
+SIGKILL at a random point during training resumes to exactly the results of an uninterrupted run,
+with one FINISHED run per job; a second run does nothing; a failing job is isolated."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from lmcsweep.cli import main
+
+SWEEP = """\
+name: resume
+experiment: tests
+preset: lenet
+data: {dataset: fashion_mnist, subset_train: 240, subset_test: 200}
+train: {iterations: 300it, batch_size: 24, eval_every: 100it, checkpoint_every: 20it, model: {hidden: [32]}}
+replicates: 2
+instability: {rewind: [0it, 40it], copies: 2, alphas: 3, splits: [test]}
+"""
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def lmc(store: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmcsweep.cli", "--store", str(store), *map(str, args)],
+                          cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def runs(store: Path, sweep: str) -> list:
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(ids, f"tags.`lmcsweep.sweep` = '{sweep}'", max_results=5000)
+
+
+def records(store: Path, sweep: str) -> dict:
+    out = CliRunner().invoke(main, ["--store", str(store), "query", "--sweep", sweep, "--format", "json"])
+    assert out.exit_code == 0, out.output
+    return {(r["trial"], r["replicate"], r["rewind"], r["pair"], r["split"]):
+            (r["instability"], r["error_endpoints"], r["error_max"]) for r in json.loads(out.output)}
+
+
+def resume_files(store: Path) -> list[Path]:
+    return sorted((store / "checkpoints").glob("*/resume.pt"))
+
+
+def test_sigkill_mid_training_then_resume_is_exact(tmp_path):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(SWEEP)
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+
+    # 1. run, and kill -9 at a random moment once training has written a resume checkpoint
+    seed = random.randrange(10**6)
+    delay = random.Random(seed).uniform(0.0, 1.5)
+    proc = subprocess.Popen([sys.executable, "-m", "lmcsweep.cli", "--store", str(killed), "run", "--no-progress",
+                             str(sweep)], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while not resume_files(killed) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill (seed {seed})"
+    interrupted = [p.parent.name for p in resume_files(killed)]
+    assert interrupted, f"killed outside training (delay {delay:.2f}s, seed {seed})"
+    stopped_at = {job: torch.load(killed / "checkpoints" / job / "resume.pt", weights_only=False)["iteration"]
+                  for job in interrupted}
+    left_running = [r for r in runs(killed, "resume") if r.info.status == "RUNNING"]
+    assert left_running
+
+    # 2. resume: finishes the sweep, the killed runs are marked KILLED
+    result = lmc(killed, "run", "--no-progress", sweep, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    after = runs(killed, "resume")
+    assert not [r for r in after if r.info.status == "RUNNING"]
+    assert {r.info.run_id for r in left_running} <= {r.info.run_id for r in after if r.info.status in
+                                                     ("KILLED", "FINISHED")}
+    finished = Counter(r.data.tags["lmcsweep.job"] for r in after
+                       if r.info.status == "FINISHED" and "lmcsweep.job" in r.data.tags
+                       and r.data.tags["lmcsweep.kind"] != "sweep")
+    assert len(finished) == 14 and set(finished.values()) == {1}, finished
+    # the interrupted jobs went on from their resume checkpoint, not from the start
+    for job, iteration in stopped_at.items():
+        run = next(r for r in after if r.data.tags.get("lmcsweep.job") == job and r.info.status == "FINISHED")
+        losses = MlflowClient(f"sqlite:///{killed / 'mlflow.db'}").get_metric_history(run.info.run_id, "loss")
+        assert min(m.step for m in losses) > iteration, (job, iteration)
+    assert not resume_files(killed)
+
+    # 3. the same sweep uninterrupted in another store: identical results, bit for bit
+    result = lmc(clean, "run", "--no-progress", sweep, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert records(killed, "resume") == records(clean, "resume")
+    assert len(records(clean, "resume")) == 4
+    for final in sorted((clean / "checkpoints").glob("*/it300.pt")):
+        a = torch.load(final, weights_only=False)["model"]
+        b = torch.load(killed / "checkpoints" / final.parent.name / final.name, weights_only=False)["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a), final.parent.name
+
+    # 4. a second run does nothing; plan and status agree
+    result = lmc(killed, "run", "--no-progress", sweep, cwd=tmp_path)
+    assert result.returncode == 0 and "nothing to do" in result.stdout, result.stdout + result.stderr
+    assert len(runs(killed, "resume")) == len(after)
+    plan = CliRunner().invoke(main, ["--store", str(killed), "plan", str(sweep)])
+    assert plan.output.splitlines()[-2].split() == ["total", "14", "14", "0"], plan.output
+    status = CliRunner().invoke(main, ["--store", str(killed), "status"])
+    assert status.exit_code == 0 and status.output.splitlines()[1].split()[:6] == \
+        ["resume", "14", "14", "0", "0", "0"], status.output
+
+
+FAILING = """\
+name: failing
+experiment: tests
+preset: lenet
+data: {dataset: fashion_mnist, subset_train: 240, subset_test: 200}
+train: {iterations: 40it, batch_size: 24, optimizer: sgd, checkpoint_every: 10it, model: {hidden: [16]}}
+instability: {rewind: [0it], copies: 2, alphas: 3, splits: [test]}
+search:
+  sampler: grid
+  space: {train.lr: [0.01, 1000000.0]}    # the second variant diverges: its loss becomes inf/NaN
+  objective: {metric: instability, rewind: 0it}
+"""
+
+
+def test_failing_job_is_isolated_and_retried(tmp_path):
+    sweep = tmp_path / "failing.yaml"
+    sweep.write_text(FAILING)
+    store = tmp_path / "store"
+    result = lmc(store, "run", "--no-progress", sweep, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAILED" in result.stderr and "FloatingPointError" in result.stderr
+
+    def by_lr(all_runs):
+        out: dict = {}
+        for r in all_runs:
+            if r.data.tags["lmcsweep.kind"] in ("train", "branch", "interpolate"):
+                out.setdefault(r.data.params.get("hp.train.lr"), Counter())[(r.data.tags["lmcsweep.kind"],
+                                                                              r.info.status)] += 1
+        return out
+
+    first = runs(store, "failing")
+    counts = by_lr(first)
+    # the diverging variant: its dense run FAILED (error as tag and artifact), nothing below it ran
+    assert counts["1000000.0"] == Counter({("train", "FAILED"): 1})
+    # the other variant, independent of it, finished
+    assert counts["0.01"] == Counter({("train", "FINISHED"): 1, ("branch", "FINISHED"): 2,
+                                      ("interpolate", "FINISHED"): 1})
+    failed = next(r for r in first if r.info.status == "FAILED" and r.data.tags["lmcsweep.kind"] == "train")
+    assert "FloatingPointError" in failed.data.tags["lmcsweep.error"]
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    assert "error.txt" in [f.path for f in client.list_artifacts(failed.info.run_id)]
+    trials = {r.data.tags["lmcsweep.trial"]: r.info.status for r in first if r.data.tags["lmcsweep.kind"] == "trial"}
+    assert sorted(trials.values()) == ["FAILED", "FINISHED"]
+
+    # a plain second run reports the failure again and runs nothing
+    result = lmc(store, "run", "--no-progress", sweep, cwd=tmp_path)
+    assert result.returncode == 1 and "FAILED" in result.stderr
+    assert len(runs(store, "failing")) == len(first)
+
+    # --retry-failed runs it again (it fails again: the config diverges)
+    result = lmc(store, "run", "--no-progress", "--retry-failed", sweep, cwd=tmp_path)
+    assert result.returncode == 1 and "FloatingPointError" in result.stderr
+    counts = by_lr(runs(store, "failing"))
+    assert counts["1000000.0"] == Counter({("train", "FAILED"): 2})
+    assert counts["0.01"][("train", "FINISHED")] == 1  # the finished variant was not rerun

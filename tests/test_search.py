@@ -1,0 +1,162 @@
+"""Optuna variants: a grid is covered exactly once across a SIGKILL and a resume (real subprocess,
+real SQLite stores); trials are MLflow runs holding their hyperparameters; query records carry them;
+orphaned trials of random/tpe searches are asked again."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from lmcsweep.cli import main
+from lmcsweep.config import load_sweep
+from lmcsweep.sweep.search import open_study, study_name, study_trials
+
+SEARCH = """\
+name: grid
+experiment: tests
+preset: lenet
+data: {dataset: fashion_mnist, subset_train: 240, subset_test: 200}
+train: {iterations: 100it, batch_size: 24, checkpoint_every: 20it, model: {hidden: [16]}}
+instability: {rewind: [0it], copies: 2, alphas: 3, splits: [test]}
+search:
+  sampler: grid
+  space: {train.lr: [0.0012, 0.003], train.warmup: [0it, 20it]}
+  objective: {metric: instability, split: test, rewind: 0it}
+"""
+GRID = {(0.0012, "0it"), (0.0012, "20it"), (0.003, "0it"), (0.003, "20it")}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def test_grid_of_four_is_covered_once_across_a_kill(tmp_path):
+    sweep_file = tmp_path / "grid.yaml"
+    sweep_file.write_text(SEARCH)
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "lmcsweep.cli", "--store", str(store), "run", "--no-progress", str(sweep_file)]
+
+    # kill -9 while the second trial trains (its dense run has started writing checkpoints)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while not (store / "checkpoints").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert (store / "optuna.db").exists()  # the study exists before anything trains
+    while len(list((store / "checkpoints").glob("train_*"))) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 0.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the search ended before the kill"
+    sweep = load_sweep(sweep_file)
+    before = study_trials(sweep, store)
+    assert 1 <= sum(t["state"] == "COMPLETE" for t in before) < 4
+    assert [t["state"] for t in before].count("RUNNING") == 1
+
+    # resume: the orphan is marked failed and its point asked again; every point once
+    result = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = study_trials(sweep, store)
+    complete = [t for t in trials if t["state"] == "COMPLETE"]
+    assert len(complete) == 4
+    assert {(t["params"]["train.lr"], t["params"]["train.warmup"]) for t in complete} == GRID
+    assert [t for t in trials if t["state"] != "COMPLETE"] == \
+        [t for t in trials if t["state"] == "FAIL" and t["orphaned"]] and len(trials) == 5
+    assert all(t["value"] is not None and 0 <= t["value"] <= 1 for t in complete)
+
+    # the MLflow side: a trial run per trial under the sweep run, holding its hyperparameters
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, "tags.`lmcsweep.sweep` = 'grid'", max_results=5000)
+    sweep_run = next(r for r in runs if r.data.tags["lmcsweep.kind"] == "sweep")
+    trial_runs = {r.info.run_id: r for r in runs if r.data.tags["lmcsweep.kind"] == "trial"}
+    finished = [r for r in trial_runs.values() if r.info.status == "FINISHED"]
+    assert Counter(r.info.status for r in trial_runs.values()) == Counter({"FINISHED": 4, "KILLED": 1})
+    assert {(float(r.data.params["hp.train.lr"]), r.data.params["hp.train.warmup"]) for r in finished} == GRID
+    for r in trial_runs.values():
+        assert r.data.tags["mlflow.parentRunId"] == sweep_run.info.run_id
+    for t in complete:
+        run = trial_runs[t["mlflow_run_id"]]
+        assert run.data.tags["lmcsweep.trial"] == str(t["number"]) and run.info.status == "FINISHED"
+        assert abs(run.data.metrics["objective"] - t["value"]) < 1e-12
+    # every job of a trial nests (through its parents) under the trial's run
+    by_id = {r.info.run_id: r for r in runs}
+    for r in runs:
+        if r.data.tags["lmcsweep.kind"] in ("train", "branch", "interpolate"):
+            parent = r
+            while parent.data.tags["lmcsweep.kind"] != "trial":
+                parent = by_id[parent.data.tags["mlflow.parentRunId"]]
+            assert parent.data.tags["lmcsweep.trial"] == r.data.tags["lmcsweep.trial"]
+
+    # query records carry the trial's hyperparameters
+    out = CliRunner().invoke(main, ["--store", str(store), "query", "--sweep", "grid", "--format", "json"])
+    records = json.loads(out.output)
+    assert {(r["hp.train.lr"], r["hp.train.warmup"]) for r in records} == GRID
+    for t in complete:
+        mine = [r for r in records if r["trial"] == t["number"]]
+        assert len(mine) == 1 and mine[0]["instability"] == t["value"]
+
+    # a second run has nothing to do; plan sees every job done
+    again = CliRunner().invoke(main, ["--store", str(store), "run", "--no-progress", str(sweep_file)])
+    assert again.exit_code == 0 and "nothing to do" in again.output, again.output
+    assert len(study_trials(sweep, store)) == 5
+    plan = CliRunner().invoke(main, ["--store", str(store), "plan", str(sweep_file)])
+    assert "4 trials" in plan.output and plan.output.splitlines()[-2].split() == ["total", "16", "16", "0"]
+
+
+def _sweep(tmp_path: Path, search: str):
+    path = tmp_path / "s.yaml"
+    path.write_text(SEARCH.split("search:")[0] + textwrap.dedent(search))
+    return load_sweep(path)
+
+
+def test_orphaned_random_trial_is_asked_again_once(tmp_path):
+    sweep = _sweep(tmp_path, """\
+        search:
+          sampler: random
+          trials: 3
+          space: {train.lr: {low: 0.0001, high: 0.01, log: true}, train.warmup: [0it, 20it]}
+        """)
+    study, _ = open_study(sweep, tmp_path)
+    first = study.ask()
+    first.suggest_float("train.lr", 0.0001, 0.01, log=True)
+    first.suggest_categorical("train.warmup", ["0it", "20it"])
+    # the process dies here; the next one finds the trial RUNNING
+    for _ in range(2):  # opening twice queues the point once
+        open_study(sweep, tmp_path)
+    trials = study_trials(sweep, tmp_path)
+    assert [(t["state"], bool(t["orphaned"])) for t in trials] == [("FAIL", True), ("WAITING", False)]
+    assert trials[1]["params"] == trials[0]["params"]
+
+
+def test_study_identity(tmp_path):
+    base = _sweep(tmp_path, "search: {sampler: grid, space: {train.lr: [0.1, 0.2]}}\n")
+    more_trials = _sweep(tmp_path, "search: {sampler: grid, trials: 9, space: {train.lr: [0.1, 0.2]}}\n")
+    edited = _sweep(tmp_path, "search: {sampler: grid, space: {train.lr: [0.1, 0.3]}}\n")
+    assert study_name(base) == study_name(more_trials) != study_name(edited)
+    assert study_name(base).startswith("grid-")
+
+
+def test_invalid_variant_fails_only_its_trial(tmp_path):
+    from lmcsweep.sweep.search import trial_plans
+
+    path = tmp_path / "s.yaml"
+    path.write_text(SEARCH.split("search:")[0].replace("100it", "20it") +
+                    "search: {sampler: grid, space: {train.warmup: [0it, 500it]}}\n")
+    sweep = load_sweep(path)
+    plans = trial_plans(sweep)  # warmup 500it > 20 iterations of training: not a valid variant
+    assert [p.overrides for p in plans] == [{"train.warmup": "0it"}]
+    store = tmp_path / "store"
+    result = CliRunner().invoke(main, ["--store", str(store), "run", "--no-progress", str(path)])
+    assert result.exit_code == 1 and "invalid variant" in result.output, result.output
+    trials = sorted(study_trials(sweep, store), key=lambda t: t["params"]["train.warmup"])
+    assert [(t["params"]["train.warmup"], t["state"]) for t in trials] == [("0it", "COMPLETE"), ("500it", "FAIL")]
+    assert "train.warmup: warmup (500 iterations) is longer than training (20)" in trials[1]["error"]
