@@ -74,7 +74,7 @@ def _print_plan(sweep, tracker) -> None:
 
         plans = trial_plans(sweep, tracker.root)
     jobs = {j.hash for p in plans for j in p.jobs}
-    done = set(tracker.finished_jobs(list(jobs))) if jobs and tracker.exists() else set()
+    done = set(tracker.done_jobs(jobs)) if jobs and tracker.exists() else set()
     s = summary(plans, done)
     click.echo(f"sweep {sweep.name} (experiment {sweep.experiment}, preset {sweep.preset}"
                + (f", {len(plans)} trials" if sweep.search else "") + ")")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 
-import torch
-
 SEED_KINDS = ("init", "data_order", "augmentation")
 
 
@@ -23,6 +21,8 @@ def derive_seed(*parts: object) -> int:
 
 def generator(*parts: object, device: str | torch.device = "cpu") -> torch.Generator:
     """A torch.Generator seeded with `derive_seed(*parts)`."""
+    import torch  # here, so that planning (which derives seeds) does not load torch
+
     gen = torch.Generator(device=device)
     gen.manual_seed(derive_seed(*parts))
     return gen

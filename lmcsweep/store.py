@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
+# torch is imported where it is used, so that `lmcsweep plan` and `status` start quickly
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -25,6 +25,8 @@ def atomic_save(obj: Any, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            import torch
+
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
@@ -77,6 +79,8 @@ class Store:
         path = self.checkpoint_path(job, iteration)
         if not path.exists():
             raise FileNotFoundError(f"no checkpoint of job {job} at iteration {iteration} ({path})")
+        import torch
+
         return torch.load(path, map_location=device, weights_only=False)
 
     def save_resume(self, job: str, state: dict[str, Any]) -> None:
@@ -86,6 +90,8 @@ class Store:
         path = self.job_dir(job) / "resume.pt"
         if not path.exists():
             return None
+        import torch
+
         return torch.load(path, map_location=device, weights_only=False)
 
     def clear_resume(self, job: str) -> None:

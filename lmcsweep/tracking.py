@@ -21,8 +21,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 logging.getLogger("mlflow").setLevel(logging.ERROR)
 logging.getLogger("alembic").setLevel(logging.ERROR)
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+# mlflow itself is imported where it is first used: importing it takes seconds, and `lmcsweep plan`
+# answers from the SQLite file without it.
 
 TAG = "lmcsweep."
 KINDS = ("sweep", "trial", "train", "branch", "interpolate", "level")
@@ -42,12 +42,14 @@ class Tracker:
         if self.uri.startswith("sqlite:///"):
             Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         self.artifact_root = (self.root / "artifacts").as_uri()
-        self._client: MlflowClient | None = None
+        self._client = None
 
     @property
-    def client(self) -> MlflowClient:
-        """Made on first use: making it sets up a new store's database, which takes seconds."""
+    def client(self):
+        """The MlflowClient, made on first use: making it sets up a new store's database."""
         if self._client is None:
+            from mlflow.tracking import MlflowClient
+
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
@@ -85,11 +87,15 @@ class Tracker:
         return run.info.run_id
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100])
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
         self.client.log_batch(run_id, tags=[RunTag(k if "." in k and not k.startswith(TAG) and k.startswith("mlflow")
                                                    else (k if k.startswith(TAG) else TAG + k), str(v))
                                             for k, v in tags.items()])
@@ -97,6 +103,8 @@ class Tracker:
     def log_metrics(self, run_id: str, metrics: list[tuple[str, float, int]]) -> None:
         """Log (key, value, step) triples in batches of up to 1000."""
         now = int(time.time() * 1000)
+        from mlflow.entities import Metric
+
         items = [Metric(k, float(v), now, int(s)) for k, v, s in metrics]
         for i in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[i:i + 1000])
@@ -141,15 +149,97 @@ class Tracker:
             if not token or len(runs) >= max_results:
                 return runs
 
-    def finished_jobs(self, jobs: list[str] | None = None) -> dict[str, Any]:
-        """job hash -> its computed FINISHED run (the original, not a reuse record)."""
+    def done_jobs(self, jobs: list[str] | set[str] | None = None) -> dict[str, str]:
+        """job hash -> run id of a computed FINISHED run of it, anywhere in the store. On a database
+        store one query reads just the two tags (whole runs, with all their params, cost ~10 ms
+        each to load); on others, one search."""
+        wanted = None if jobs is None else set(jobs)
+        light = self._done_jobs_sql()
+        if light is None:
+            light = {j: r.info.run_id for j, r in self._finished_job_runs().items()}
+        return {j: r for j, r in light.items() if wanted is None or j in wanted}
+
+    def _done_jobs_sql(self) -> dict[str, str] | None:
+        query = (f"SELECT t.value, r.run_uuid FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid "
+                 f"JOIN tags o ON o.run_uuid = t.run_uuid AND o.key = '{TAG}origin' AND o.value = 'computed' "
+                 f"JOIN experiments e ON e.experiment_id = r.experiment_id "
+                 f"WHERE t.key = '{TAG}job' AND r.status = '{FINISHED}' AND r.lifecycle_stage = 'active' "
+                 f"AND e.lifecycle_stage = 'active' ORDER BY r.start_time")
+        rows = self._sqlite(query)
+        if rows is None:
+            rows = self._sqlalchemy_done_rows()
+        if rows is None:
+            return None
+        out: dict[str, str] = {}
+        for value, run_id in rows:
+            out.setdefault(value, run_id)
+        return out
+
+    def _sqlite(self, query: str) -> list[tuple] | None:
+        """Rows of a read-only query on the embedded SQLite file (MLflow's schema: runs, tags,
+        experiments), without importing mlflow; None when the store is elsewhere or differs."""
+        import sqlite3
+
+        if not self.uri.startswith("sqlite:///"):
+            return None
+        path = Path(self.uri[len("sqlite:///"):])
+        if not path.exists():
+            return []
+        try:
+            with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30) as db:
+                return db.execute(query).fetchall()
+        except sqlite3.Error:
+            return None
+
+    def _sqlalchemy_done_rows(self) -> list[tuple] | None:
+        try:
+            from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlRun, SqlTag
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+            from sqlalchemy import and_, select
+            from sqlalchemy.orm import aliased
+
+            store = self.client._tracking_client.store
+            if not isinstance(store, SqlAlchemyStore):
+                return None
+            job, origin = aliased(SqlTag), aliased(SqlTag)
+            query = (select(job.value, SqlRun.run_uuid)
+                     .join(SqlRun, SqlRun.run_uuid == job.run_uuid)
+                     .join(origin, and_(origin.run_uuid == job.run_uuid, origin.key == TAG + "origin",
+                                        origin.value == "computed"))
+                     .join(SqlExperiment, SqlExperiment.experiment_id == SqlRun.experiment_id)
+                     .where(job.key == TAG + "job", SqlRun.status == FINISHED, SqlRun.lifecycle_stage == "active",
+                            SqlExperiment.lifecycle_stage == "active")
+                     .order_by(SqlRun.start_time))
+            with store.ManagedSessionMaker() as session:
+                return [tuple(row) for row in session.execute(query).all()]
+        except Exception:  # noqa: BLE001 -- MLflow internals moved: fall back to the public search
+            return None
+
+    def _finished_job_runs(self) -> dict[str, Any]:
         flt = f"attributes.status = '{FINISHED}' and tags.`{TAG}origin` = 'computed'"
-        found, jobs = {}, (None if jobs is None else set(jobs))
+        found = {}
         for run in self.search(flt):
             job = run.data.tags.get(TAG + "job")
-            if job and (jobs is None or job in jobs):
+            if job:
                 found.setdefault(job, run)
         return found
+
+    def finished_jobs(self, jobs: list[str] | None = None) -> dict[str, Any]:
+        """job hash -> its computed FINISHED run (the original, not a reuse record). Only the runs
+        asked for are loaded (by run id, 100 to a search)."""
+        wanted = None if jobs is None else set(jobs)
+        ids = self._done_jobs_sql()
+        if ids is None:  # not a database store: one search of everything finished
+            return {j: r for j, r in self._finished_job_runs().items() if wanted is None or j in wanted}
+        ids = {j: r for j, r in ids.items() if wanted is None or j in wanted}
+        if not ids:
+            return {}
+        by_id = {}
+        run_ids = sorted(set(ids.values()))
+        for i in range(0, len(run_ids), 100):
+            chunk = ", ".join(f"'{r}'" for r in run_ids[i:i + 100])
+            by_id.update({run.info.run_id: run for run in self.search(f"attributes.run_id IN ({chunk})")})
+        return {j: by_id[r] for j, r in ids.items() if r in by_id}
 
     def runs_of_sweep(self, sweep: str, kind: str | None = None, status: str | None = None) -> list[Any]:
         flt = f"tags.`{TAG}sweep` = '{sweep}'"

@@ -33,11 +33,14 @@ def _hp(run: Any) -> dict[str, Any]:
     return out
 
 
-def instability_records(tracker: Tracker, sweep: str | None = None) -> list[dict[str, Any]]:
-    """One record per FINISHED interpolation run and split."""
+def instability_records(tracker: Tracker, sweep: str | None = None,
+                        trial: int | None = None) -> list[dict[str, Any]]:
+    """One record per FINISHED interpolation run and split (of one Optuna trial when `trial` is set)."""
     flt = f"tags.`{TAG}kind` = 'interpolate' and attributes.status = '{FINISHED}'"
     if sweep:
         flt += f" and tags.`{TAG}sweep` = '{sweep}'"
+    if trial is not None:
+        flt += f" and tags.`{TAG}trial` = '{trial}'"
     records = []
     for run in tracker.search(flt):
         m = run.data.metrics

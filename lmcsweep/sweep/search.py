@@ -323,7 +323,7 @@ def objective_value(tracker: Any, plan: Plan) -> float:
         return accuracy if objective.metric == "accuracy" else 1.0 - accuracy
 
     ids = {r.info.run_id for r in runs if tag(r, "kind") == "interpolate"}
-    records = [r for r in instability_records(tracker, sweep.name)
+    records = [r for r in instability_records(tracker, sweep.name, plan.trial)
                if r["run_id"] in ids and r["split"] == objective.split and r["level"] == objective.level
                and r["control"] == control]
     by_rewind: dict[int, list[float]] = {}
@@ -400,7 +400,7 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
             fail(f"invalid variant: {exc}")
             continue
         hashes = [j.hash for j in plan.jobs]
-        done = set(runner._tree_runs(plan.sweep, n)["finished"]) | set(tracker.finished_jobs(hashes))
+        done = set(tracker.done_jobs(hashes))
         left = summary([plan], done)["iterations_remaining"]
         bar = tqdm(total=left, unit="it", disable=not runner.show_progress or left == 0, dynamic_ncols=True,
                    mininterval=0.5, desc=f"trial {n}")

@@ -56,7 +56,7 @@ def sweep_status(tracker: Tracker, store_root: str | Path, name: str | None = No
     """One row per sweep: jobs, done, running, failed, pending (None when its config is unknown)."""
     flt = f"tags.`{TAG}sweep` = '{name}'" if name else f"tags.`{TAG}sweep` != ''"
     runs = sorted(tracker.search(flt), key=lambda r: r.info.start_time or 0)
-    finished_anywhere = set(tracker.finished_jobs())
+    finished_anywhere = set(tracker.done_jobs())
     by_sweep: dict[str, list[Any]] = {}
     for run in runs:
         by_sweep.setdefault(tag(run, "sweep"), []).append(run)
