@@ -523,6 +523,11 @@ def semantic_problems(sweep: SweepConfig, lines: _Lines, file: str) -> list[Prob
     if imp is not None and (imp.style or PRESETS[sweep.preset].imp_style) == "one_shot" and imp.levels != 1:
         problems.append(Problem(file, lines.line(("imp", "levels")), "imp.levels",
                                 "one_shot pruning has exactly one level"))
+    if imp is not None and imp.instability and inst is None:
+        problems.append(Problem(file, lines.line(("imp", "instability")), "imp.instability",
+                                "needs an `instability` section (copies, alphas, splits, noise)"))
+    if imp is not None and len(set(imp.controls)) != len(imp.controls):
+        problems.append(Problem(file, lines.line(("imp", "controls")), "imp.controls", "values repeat"))
     if sweep.search is not None:
         problems.extend(_search_problems(sweep, lines, file))
     return problems

@@ -67,6 +67,7 @@ def train(
     gradient (so momentum cannot revive them) and are zeroed again after every step.
     """
     pauses = sorted({p for p in pause_at if start < p < end} | {end})
+    masks = prune.multipliers(masks) if masks is not None else None
     model.train()
     loss_sum, count = torch.zeros((), device=device), 0
     it = start
@@ -132,6 +133,7 @@ def train_group(
     would have in any other group (masks stacked likewise, all-True for unmasked copies).
     """
     copies = len(batches)
+    masks = prune.multipliers(masks) if masks is not None else None
     pauses = sorted({p for p in pause_at if start < p < end} | {end})
     net.train()
     loss_sum, count = torch.zeros(copies, device=device), 0

@@ -302,6 +302,10 @@ def run_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, progress: bool
                 runner.run_plan(plan, experiment_id, outcome.sweep_run, outcome, bar)
             finally:
                 bar.close()
+        if sweep.imp is not None and (outcome.computed or outcome.reused):
+            from .imp import log_matching  # matching needs every replicate: logged once they are all there
+
+            log_matching(tracker, sweep.name)
         tracker.finish(outcome.sweep_run, FAILED if outcome.failed else FINISHED)
     outcome.seconds = time.time() - started
     return outcome

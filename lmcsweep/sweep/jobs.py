@@ -324,7 +324,7 @@ def run_prune(ctx: Context, job: Job, run_id: str) -> None:
     f = job.fields
     model = ctx.model(0)
     if f["source"] is None:  # level 0: the dense network
-        masks = prune.full_masks(model, prune.prunable_for(model, exempt_layers(ctx.sweep)))
+        masks = prune.full_masks(model, prune.prunable_for(model, f.get("exempt", exempt_layers(ctx.sweep))))
     else:
         weights = ctx.store.load_checkpoint(f["source"], ctx.hyper.iterations)["model"]
         previous = load_masks(ctx, f["previous"])

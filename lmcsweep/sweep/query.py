@@ -62,6 +62,58 @@ def instability_records(tracker: Tracker, sweep: str | None = None,
     return records
 
 
+IMP_FIELDS = ["sweep", "run_id", "trial", "preset", "dataset", "replicate", "level", "density", "rewind",
+              "control", "accuracy", "instability_test", "instability_train", "accuracy_mean", "dense_accuracy",
+              "dense_std", "matching_std", "matching_02"]
+
+
+def imp_records(tracker: Tracker, sweep: str | None = None) -> list[dict[str, Any]]:
+    """One record per trained IMP subnetwork: the copy-0 branch of every level and control (level 0,
+    the dense network under the full mask, is the reference for matching). `density` is measured
+    (the branch's `density` metric); instability_<split> is the mean over the pairs of its
+    interpolations (None without them); matching fields as in `imp.add_matching`."""
+    from .imp import add_matching
+
+    base = f"attributes.status = '{FINISHED}'" + (f" and tags.`{TAG}sweep` = '{sweep}'" if sweep else "")
+    pairs: dict[tuple, dict[str, list[float]]] = {}
+    for run in tracker.search(base + f" and tags.`{TAG}kind` = 'interpolate'"):
+        if tag(run, "level") is None:
+            continue
+        by_split = pairs.setdefault(_imp_key(run), {})
+        for split in ("test", "train"):
+            if f"instability_{split}" in run.data.metrics:
+                by_split.setdefault(split, []).append(run.data.metrics[f"instability_{split}"])
+    records, seen = [], set()
+    for run in tracker.search(base + f" and tags.`{TAG}kind` = 'branch' and tags.`{TAG}copy` = '0'"):
+        m = run.data.metrics
+        if tag(run, "level") is None or "final_test_accuracy" not in m:
+            continue
+        ident = (tag(run, "sweep"), tag(run, "trial"), tag(run, "job"))
+        if ident in seen:
+            continue
+        seen.add(ident)
+        inst = pairs.get(_imp_key(run), {})
+        records.append({
+            "sweep": tag(run, "sweep"), "run_id": run.info.run_id, "trial": _int(tag(run, "trial")),
+            "preset": tag(run, "preset"), "dataset": tag(run, "dataset"),
+            "replicate": _int(tag(run, "replicate")), "level": _int(tag(run, "level")),
+            "density": _float(m.get("density", tag(run, "density", 1.0))),
+            "rewind": _int(tag(run, "rewind")), "control": tag(run, "control"),
+            "accuracy": m["final_test_accuracy"],
+            **{f"instability_{s}": (sum(inst[s]) / len(inst[s]) if inst.get(s) else None) for s in ("test", "train")},
+            **_hp(run),
+        })
+    add_matching(records)
+    records = [{**{k: r.get(k) for k in IMP_FIELDS}, **r} for r in records]
+    records.sort(key=lambda r: (r["sweep"] or "", -1 if r["trial"] is None else r["trial"], r["replicate"] or 0,
+                                r["rewind"] or 0, r["level"] or 0, r["control"] or ""))
+    return records
+
+
+def _imp_key(run: Any) -> tuple:
+    return tuple(tag(run, t) for t in ("sweep", "trial", "replicate", "rewind", "level", "control"))
+
+
 def render(records: list[dict[str, Any]], fmt: str) -> str:
     """Records as a text table, CSV or JSON."""
     if fmt == "json":

@@ -1,0 +1,175 @@
+"""IMP with rewinding (Algorithm 2 of the paper) as jobs of the plan, and matching read back.
+
+For every replicate, every imp.rewind point k and every level L = 0 .. imp.levels:
+
+- a ``prune`` job (an MLflow ``level`` run nested under the replicate) writes the level's mask:
+  level 0 is the full mask of the prunable layers (conv and linear weights, minus the exempt
+  ones); level L >= 1 prunes globally the `fraction` smallest-magnitude surviving weights of level
+  L-1's trained subnetwork (its copy-0 branch at T), or, with ``style: one_shot``, prunes that
+  network straight to the target density (one level);
+- the level's branches: ``m ⊙ W_k`` trained from k to T with fresh SGD noise (the copies share the
+  mask; with ``imp.instability`` they are ``instability.copies`` and every pair is interpolated);
+- per control of ``imp.controls``, the same branches under ``random_prune`` (a random mask with
+  IMP's per-layer counts) or ``random_reinit`` (IMP's mask on weights freshly drawn from a separate
+  seed). Controls are skipped at level 0: at density 1 a random mask is the full mask, and the
+  dense network reinitialised is just another replicate.
+
+Level L's mask depends on level L-1's trained weights only through job hashes, so the chain is
+static and known before anything runs; a finished level is found by its hash and never retrained.
+
+Matching is a property of a group of replicates, so it is computed when records are read
+(`query.imp_records`) and, at the end of a sweep run, logged on the copy-0 branch runs and on the
+level runs (`log_matching`).
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from ..config import PRESETS
+from ..seeds import derive_seed
+from .plan import Job, Plan, add_instability, exempt_layers, replicate_seed
+
+CONTROLS = ("random_prune", "random_reinit")
+
+
+def imp_style(plan: Plan) -> str:
+    return plan.sweep.imp.style or PRESETS[plan.sweep.preset].imp_style
+
+
+def target_density(plan: Plan) -> float:
+    """One-shot pruning's target: imp.target_density, else the preset's IMP density (Table 1)."""
+    imp = plan.sweep.imp
+    return imp.target_density if imp.target_density is not None else PRESETS[plan.sweep.preset].imp_density
+
+
+def nominal_density(plan: Plan, level: int) -> float:
+    """The density level `level` aims at: (1 - fraction)^level, or the one-shot target at level 1."""
+    if level == 0:
+        return 1.0
+    if imp_style(plan) == "one_shot":
+        return target_density(plan)
+    return (1.0 - plan.sweep.imp.fraction) ** level
+
+
+def control_seed(plan: Plan, control: str, replicate: int, level: int, k: int) -> int:
+    """The seed of a control's random mask (random_prune) or fresh weights (random_reinit)."""
+    return derive_seed(control, replicate_seed(plan.sweep, replicate), level, k) % 2**31
+
+
+def add_imp(plan: Plan, train: Job, replicate: int) -> list[Job]:
+    """Adds the IMP levels (prune jobs, branches, controls, interpolations) of one replicate.
+
+    Returns the prune jobs, in plan order."""
+    sweep, hyper = plan.sweep, plan.hyper
+    imp, inst = sweep.imp, sweep.instability
+    style = imp_style(plan)
+    copies = inst.copies if (imp.instability and inst is not None) else 1
+    exempt = exempt_layers(sweep)
+    prunes: list[Job] = []
+    for k in sorted({step.to_iterations(hyper.iterations_per_epoch) for step in imp.rewind}):
+        previous: Job | None = None
+        source: Job | None = None
+        for level in range(imp.levels + 1):
+            density = nominal_density(plan, level)
+            fields = {
+                "train": train.hash, "rewind": k, "level": level,
+                "source": source.hash if source else None,
+                "previous": previous.hash if previous else None,
+                "style": style,
+                "fraction": imp.fraction if style == "iterative" else None,
+                "target_density": target_density(plan) if style == "one_shot" else None,
+                "exempt": exempt,
+            }
+            parents = [source.hash, previous.hash] if source and previous else [train.hash]
+            job = plan.add(Job(
+                kind="prune", hash=_hash(fields, parents), fields=fields, parents=parents,
+                tree_parent=train.hash, tags={"replicate": replicate, "rewind": k, "level": level,
+                                              "density": round(density, 6), "control": None},
+                name=f"level {level} k={k}", iterations=0, trial=plan.trial,
+            ))
+            prunes.append(job)
+            first = len(plan.jobs)
+            branches = add_instability(plan, train, replicate, k, level=level, mask=job.hash, control=None,
+                                       tree_parent=job.hash, copies=copies)
+            for control in (imp.controls if level > 0 else []):
+                add_instability(plan, train, replicate, k, level=level, mask=job.hash, control=control,
+                                tree_parent=job.hash, copies=copies,
+                                extra={"control_seed": control_seed(plan, control, replicate, level, k)})
+            for added in plan.jobs[first:]:   # branches and interpolations carry the level's density
+                added.tags["density"] = round(density, 6)
+            previous, source = job, branches[0]
+    return prunes
+
+
+def _hash(fields: dict[str, Any], parents: list[str]) -> str:
+    from ..config import job_hash
+
+    return job_hash("prune", fields, parents)
+
+
+# --------------------------------------------------------------------------------------------
+# Matching
+
+
+def add_matching(records: list[dict[str, Any]]) -> None:
+    """Sets, in place, on IMP records (one per trained subnetwork, replicate by replicate):
+
+    - ``accuracy_mean``: mean accuracy over the replicates of its (sweep, trial, rewind, level,
+      control) group;
+    - ``dense_accuracy`` / ``dense_std``: mean and sample std (0 with one replicate) over replicates
+      of the dense reference, level 0 of the same (sweep, trial, rewind);
+    - ``matching_std``: accuracy_mean >= dense_accuracy - dense_std (the paper's "within one std");
+    - ``matching_02``: accuracy_mean >= dense_accuracy - 0.002 (the sparsity sweep's 0.2 points).
+
+    Without a level-0 record for the group's rewind point the four reference fields are None.
+    """
+    groups: dict[tuple, list[float]] = {}
+    for r in records:
+        groups.setdefault(_group(r), []).append(r["accuracy"])
+    for r in records:
+        ref = groups.get(_group({**r, "level": 0, "control": None}))
+        mean = statistics.fmean(groups[_group(r)])
+        r["accuracy_mean"] = mean
+        if not ref:
+            r.update(dense_accuracy=None, dense_std=None, matching_std=None, matching_02=None)
+            continue
+        dense = statistics.fmean(ref)
+        std = statistics.stdev(ref) if len(ref) > 1 else 0.0
+        r.update(dense_accuracy=dense, dense_std=std, matching_std=bool(mean >= dense - std - 1e-12),
+                 matching_02=bool(mean >= dense - 0.002 - 1e-12))
+
+
+def _group(r: dict[str, Any]) -> tuple:
+    return (r["sweep"], r["trial"], r["rewind"], r["level"], r["control"])
+
+
+def log_matching(tracker: Any, sweep: str) -> int:
+    """Logs matching_std / matching_02 (1 or 0) and the group's accuracy_mean on every copy-0
+    branch run of an IMP level in `sweep`, and IMP's (control none) on its level run. Returns how
+    many runs were written to."""
+    from .query import imp_records
+
+    records = imp_records(tracker, sweep)
+    level_runs = {}
+    for run in tracker.runs_of_sweep(sweep, kind="level", status="FINISHED"):
+        t = run.data.tags
+        key = (t.get("lmcsweep.trial"), t.get("lmcsweep.replicate"), t.get("lmcsweep.rewind"),
+               t.get("lmcsweep.level"))
+        level_runs[key] = run.info.run_id
+    written = 0
+    for r in records:
+        if r["matching_std"] is None:
+            continue
+        metrics = [("matching_std", float(r["matching_std"]), 0), ("matching_02", float(r["matching_02"]), 0),
+                   ("accuracy_mean", r["accuracy_mean"], 0)]
+        tracker.log_metrics(r["run_id"], metrics)
+        written += 1
+        if r["control"] is None:
+            key = (None if r["trial"] is None else str(r["trial"]), str(r["replicate"]), str(r["rewind"]),
+                   str(r["level"]))
+            if key in level_runs:
+                tracker.log_metrics(level_runs[key], metrics)
+                written += 1
+    return written
