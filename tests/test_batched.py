@@ -183,6 +183,7 @@ def test_options_recorded_on_runs(cli, write_sweep, store):
     for r in kinds["train"] + kinds["branch"]:
         assert r.data.params["train.precision"] == "bf16"
         assert r.data.params["train.compile"] == "False"
+        assert r.data.params["train.channels_last"] == "False" and r.data.params["data.device"] == "cpu"
     assert [r.data.params["train.group"] for r in kinds["branch"]] == ["3"] * 3
     assert len(kinds["interpolate"]) == 3 and all(r.info.status == "FINISHED" for r in runs)
 

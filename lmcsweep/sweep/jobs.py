@@ -47,9 +47,18 @@ class Context:
                    for k, v in h.model_options.items()}
         model = build_model(h.model, self.data.num_classes, self.data.shape, init_seed, **options)
         model = model.to(self.device)
-        if self.device.type == "cuda" and len(self.data.shape) == 3 and self.data.shape[0] > 1:
+        if self.channels_last():
             model = model.to(memory_format=torch.channels_last)
         return model
+
+    def channels_last(self) -> bool:
+        """Image models on a GPU use the channels_last layout (CPU results are never touched)."""
+        return self.device.type == "cuda" and len(self.data.shape) == 3 and self.data.shape[0] > 1
+
+    def log_device_params(self, run_id: str) -> None:
+        """The speed settings a training run actually used, as params beside train.precision/compile."""
+        self.writer.submit(self.tracker.log_params, run_id, {
+            "train.channels_last": self.channels_last(), "data.device": str(self.device)})
 
     def compiled(self, model: torch.nn.Module) -> torch.nn.Module:
         """`torch.compile(model)` with train.compile on (same parameters, so optimizers and state
@@ -131,6 +140,7 @@ def run_train(ctx: Context, job: Job, run_id: str) -> None:
         start = resume["iteration"]
         ctx.progress(start)
     save_at = sorted(set(job.fields.get("save_at", [])) | {0})
+    ctx.log_device_params(run_id)
     if start == 0:
         ctx.writer.submit(ctx.store.save_checkpoint, job.hash, 0, _state(model, optimizer, 0))
     loader = ctx.loader("train", seeds["data_order"], seeds["augmentation"])
@@ -287,6 +297,8 @@ def _train_copies(ctx: Context, copies: list[Copy]) -> dict[str, BaseException]:
         names = sorted({n for c in copies if c.masks for n in c.masks})
         masks = {n: torch.stack([c.masks[n] if c.masks and n in c.masks else
                                  torch.ones_like(params[n][0], dtype=torch.bool) for c in copies]) for n in names}
+    for c in copies:
+        ctx.log_device_params(c.run_id)
     fast = ctx.compiled(net)
     test = ctx.eval_batches("test")
     steps = train_group(fast, optimizer, [c.loader.train_batches(start, T) for c in copies], h, start, T,
