@@ -241,6 +241,24 @@ class Tracker:
             by_id.update({run.info.run_id: run for run in self.search(f"attributes.run_id IN ({chunk})")})
         return {j: by_id[r] for j, r in ids.items() if r in by_id}
 
+    def run_rows(self, sweep: str | None = None) -> list[dict[str, Any]]:
+        """Every lmcsweep run (of `sweep`) as {run_id, status, start_time, sweep, kind, job, trial},
+        oldest first: one query on the SQLite file, else one search."""
+        keys = ("sweep", "kind", "job", "trial")
+        cols = ", ".join(f"MAX(CASE WHEN t.key = '{TAG}{k}' THEN t.value END)" for k in keys)
+        query = (f"SELECT r.run_uuid, r.status, r.start_time, {cols} FROM runs r "
+                 f"JOIN tags t ON t.run_uuid = r.run_uuid JOIN experiments e ON e.experiment_id = r.experiment_id "
+                 f"WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active' "
+                 f"AND t.key IN ({', '.join(repr(TAG + k) for k in keys)}) GROUP BY r.run_uuid ORDER BY r.start_time")
+        rows = self._sqlite(query)
+        if rows is not None:
+            out = [dict(zip(("run_id", "status", "start_time", *keys), row)) for row in rows]
+            return [r for r in out if r["sweep"] and (sweep is None or r["sweep"] == sweep)]
+        runs = self.search(f"tags.`{TAG}sweep` = '{sweep}'" if sweep else f"tags.`{TAG}sweep` != ''")
+        out = [{"run_id": r.info.run_id, "status": r.info.status, "start_time": r.info.start_time,
+                **{k: r.data.tags.get(TAG + k) for k in keys}} for r in runs]
+        return sorted(out, key=lambda r: r["start_time"] or 0)
+
     def runs_of_sweep(self, sweep: str, kind: str | None = None, status: str | None = None) -> list[Any]:
         flt = f"tags.`{TAG}sweep` = '{sweep}'"
         if kind:

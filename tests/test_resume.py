@@ -25,8 +25,8 @@ name: resume
 experiment: tests
 preset: lenet
 data: {dataset: fashion_mnist, subset_train: 240, subset_test: 200}
-train: {iterations: 300it, batch_size: 24, eval_every: 100it, checkpoint_every: 20it, model: {hidden: [32]}}
-replicates: 2
+train: {iterations: 200it, batch_size: 24, eval_every: 100it, checkpoint_every: 20it, model: {hidden: [32]}}
+replicates: 1
 instability: {rewind: [0it, 40it], copies: 2, alphas: 3, splits: [test]}
 """
 
@@ -78,6 +78,8 @@ def test_sigkill_mid_training_then_resume_is_exact(tmp_path):
                   for job in interrupted}
     left_running = [r for r in runs(killed, "resume") if r.info.status == "RUNNING"]
     assert left_running
+    status = CliRunner().invoke(main, ["--store", str(killed), "status", "resume"])
+    assert status.exit_code == 0 and "interrupted" in status.output, status.output
 
     # 2. resume: finishes the sweep, the killed runs are marked KILLED
     result = lmc(killed, "run", "--no-progress", sweep, cwd=tmp_path)
@@ -89,7 +91,7 @@ def test_sigkill_mid_training_then_resume_is_exact(tmp_path):
     finished = Counter(r.data.tags["lmcsweep.job"] for r in after
                        if r.info.status == "FINISHED" and "lmcsweep.job" in r.data.tags
                        and r.data.tags["lmcsweep.kind"] != "sweep")
-    assert len(finished) == 14 and set(finished.values()) == {1}, finished
+    assert len(finished) == 7 and set(finished.values()) == {1}, finished
     # the interrupted jobs went on from their resume checkpoint, not from the start
     for job, iteration in stopped_at.items():
         run = next(r for r in after if r.data.tags.get("lmcsweep.job") == job and r.info.status == "FINISHED")
@@ -101,21 +103,23 @@ def test_sigkill_mid_training_then_resume_is_exact(tmp_path):
     result = lmc(clean, "run", "--no-progress", sweep, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert records(killed, "resume") == records(clean, "resume")
-    assert len(records(clean, "resume")) == 4
-    for final in sorted((clean / "checkpoints").glob("*/it300.pt")):
+    assert len(records(clean, "resume")) == 2
+    finals = sorted((clean / "checkpoints").glob("*/it200.pt"))
+    assert len(finals) == 5  # the dense run and 2 x 2 branches, at T
+    for final in finals:
         a = torch.load(final, weights_only=False)["model"]
         b = torch.load(killed / "checkpoints" / final.parent.name / final.name, weights_only=False)["model"]
         assert all(torch.equal(a[k], b[k]) for k in a), final.parent.name
 
     # 4. a second run does nothing; plan and status agree
-    result = lmc(killed, "run", "--no-progress", sweep, cwd=tmp_path)
-    assert result.returncode == 0 and "nothing to do" in result.stdout, result.stdout + result.stderr
+    result = CliRunner().invoke(main, ["--store", str(killed), "run", "--no-progress", str(sweep)])
+    assert result.exit_code == 0 and "nothing to do" in result.output, result.output
     assert len(runs(killed, "resume")) == len(after)
     plan = CliRunner().invoke(main, ["--store", str(killed), "plan", str(sweep)])
-    assert plan.output.splitlines()[-2].split() == ["total", "14", "14", "0"], plan.output
+    assert plan.output.splitlines()[-2].split() == ["total", "7", "7", "0"], plan.output
     status = CliRunner().invoke(main, ["--store", str(killed), "status"])
     assert status.exit_code == 0 and status.output.splitlines()[1].split()[:6] == \
-        ["resume", "14", "14", "0", "0", "0"], status.output
+        ["resume", "7", "7", "0", "0", "0"], status.output
 
 
 FAILING = """\
@@ -162,14 +166,14 @@ def test_failing_job_is_isolated_and_retried(tmp_path):
     trials = {r.data.tags["lmcsweep.trial"]: r.info.status for r in first if r.data.tags["lmcsweep.kind"] == "trial"}
     assert sorted(trials.values()) == ["FAILED", "FINISHED"]
 
-    # a plain second run reports the failure again and runs nothing
-    result = lmc(store, "run", "--no-progress", sweep, cwd=tmp_path)
-    assert result.returncode == 1 and "FAILED" in result.stderr
+    # a plain second run reports the failure again and runs nothing (in process from here: no training)
+    result = CliRunner().invoke(main, ["--store", str(store), "run", "--no-progress", str(sweep)])
+    assert result.exit_code == 1 and "FAILED" in result.output, result.output
     assert len(runs(store, "failing")) == len(first)
 
     # --retry-failed runs it again (it fails again: the config diverges)
-    result = lmc(store, "run", "--no-progress", "--retry-failed", sweep, cwd=tmp_path)
-    assert result.returncode == 1 and "FloatingPointError" in result.stderr
+    result = CliRunner().invoke(main, ["--store", str(store), "run", "--no-progress", "--retry-failed", str(sweep)])
+    assert result.exit_code == 1 and "FloatingPointError" in result.output, result.output
     counts = by_lr(runs(store, "failing"))
     assert counts["1000000.0"] == Counter({("train", "FAILED"): 2})
     assert counts["0.01"][("train", "FINISHED")] == 1  # the finished variant was not rerun

@@ -379,7 +379,10 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
             study.sampler = _sampler(search, len(study.get_trials(deepcopy=False)))
         trial = study.ask()
         n = trial.number
-        point = suggest(trial, search)
+        try:
+            point, problem = suggest(trial, search), None
+        except ValueError as exc:  # e.g. a range both log and stepped
+            point, problem = {}, f"invalid search space: {exc}"
         params = hp_params(point)
         trial_run = tracker.start(experiment_id, f"trial {n}", "trial",
                                   runner._tags(sweep, {"trial": n, "study": study.study_name}),
@@ -393,6 +396,10 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
             trial.set_user_attr(ERROR, message[:5000])
             study.tell(trial, state=TrialState.FAIL)
 
+        if problem:
+            outcome.failed[f"trial {n}"] = problem
+            fail(problem)
+            continue
         try:
             plan = build_plan(variant(sweep, point), trial=n, overrides=params)
         except ConfigError as exc:

@@ -2,7 +2,8 @@
 
 The jobs of a sweep are rebuilt from the config its sweep run recorded (so no sweep file is
 needed); a job is done when a FINISHED run of its hash exists anywhere in the store, running or
-failed when this sweep's latest run of it is, and pending otherwise. Two MLflow searches in all.
+failed when this sweep's latest run of it is, and pending otherwise. The runs are read in one
+query of the store's tags (`Tracker.run_rows`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, SweepConfig, _Lines, validate
-from ..tracking import FAILED, FINISHED, KILLED, RUNNING, TAG, Tracker, tag
+from ..tracking import FAILED, FINISHED, RUNNING, Tracker
 from .plan import Plan, build_plan
 
 
@@ -24,15 +25,15 @@ def sweep_plans(sweep: SweepConfig, store_root: str | Path | None) -> list[Plan]
     return [build_plan(sweep)]
 
 
-def _recorded_config(tracker: Tracker, run: Any) -> SweepConfig | None:
+def _recorded_config(tracker: Tracker, run: dict[str, Any]) -> SweepConfig | None:
     """The sweep config its sweep run recorded last (config-<digest>.json, else config.json)."""
-    for name in (f"config-{tag(run, 'job')}.json", "config.json"):
+    for name in (f"config-{run['job']}.json", "config.json"):
         try:
-            raw = tracker.download_json(run.info.run_id, name)
+            raw = tracker.download_json(run["run_id"], name)
         except Exception:  # noqa: BLE001 -- missing artifact: try the next name
             continue
         try:
-            return validate(raw, _Lines(), f"{tag(run, 'sweep')} (recorded config)")
+            return validate(raw, _Lines(), f"{run['sweep']} (recorded config)")
         except ConfigError:
             return None
     return None
@@ -53,34 +54,30 @@ def runner_alive(store_root: str | Path, name: str) -> bool:
 
 
 def sweep_status(tracker: Tracker, store_root: str | Path, name: str | None = None) -> list[dict[str, Any]]:
-    """One row per sweep: jobs, done, running, failed, pending (None when its config is unknown)."""
-    flt = f"tags.`{TAG}sweep` = '{name}'" if name else f"tags.`{TAG}sweep` != ''"
-    runs = sorted(tracker.search(flt), key=lambda r: r.info.start_time or 0)
-    finished_anywhere = set(tracker.done_jobs())
-    by_sweep: dict[str, list[Any]] = {}
-    for run in runs:
-        by_sweep.setdefault(tag(run, "sweep"), []).append(run)
-    rows = []
-    for sweep_name, sweep_runs in sorted(by_sweep.items()):
-        latest: dict[str, str] = {}  # job hash -> status of this sweep's latest run of it
-        trials = {FINISHED: 0, RUNNING: 0, FAILED: 0, KILLED: 0}
+    """One row per sweep: jobs, done, running, failed, interrupted, pending (None when its recorded
+    config cannot be read), trial runs by status, the sweep run's status, whether a runner is alive."""
+    rows_by_sweep: dict[str, list[dict[str, Any]]] = {}
+    for row in tracker.run_rows(name):
+        rows_by_sweep.setdefault(row["sweep"], []).append(row)
+    finished_anywhere = set(tracker.done_jobs()) if rows_by_sweep else set()
+    out = []
+    for sweep_name, runs in sorted(rows_by_sweep.items()):
+        latest: dict[str, str] = {}  # job hash -> status of this sweep's latest run of it (FINISHED sticks)
+        trials: dict[str, int] = {}
         sweep_run = None
-        for run in sweep_runs:
-            kind, status = tag(run, "kind"), run.info.status
-            if kind == "sweep":
+        for run in runs:
+            if run["kind"] == "sweep":
                 sweep_run = run
-            elif kind == "trial":
-                trials[status] = trials.get(status, 0) + 1
-            elif tag(run, "job"):
-                if latest.get(tag(run, "job")) != FINISHED:
-                    latest[tag(run, "job")] = status
+            elif run["kind"] == "trial":
+                trials[run["status"]] = trials.get(run["status"], 0) + 1
+            elif run["job"] and latest.get(run["job"]) != FINISHED:
+                latest[run["job"]] = run["status"]
         config = _recorded_config(tracker, sweep_run) if sweep_run is not None else None
         hashes = ({j.hash for p in sweep_plans(config, store_root) for j in p.jobs} if config is not None
                   else set(latest))
         alive = runner_alive(store_root, sweep_name)
-        row = {"sweep": sweep_name, "experiment": None, "jobs": len(hashes), "done": 0, "running": 0,
-               "failed": 0, "interrupted": 0, "pending": 0, "trials": trials if any(trials.values()) else None,
-               "status": sweep_run.info.status if sweep_run is not None else "?",
+        row = {"sweep": sweep_name, "jobs": len(hashes), "done": 0, "running": 0, "failed": 0, "interrupted": 0,
+               "pending": 0, "trials": trials or None, "status": sweep_run["status"] if sweep_run else "?",
                "runner": "active" if alive else "none"}
         for h in hashes:
             state = latest.get(h)
@@ -94,5 +91,5 @@ def sweep_status(tracker: Tracker, store_root: str | Path, name: str | None = No
                 row["pending"] += 1
         if config is None:
             row["pending"] = None
-        rows.append(row)
-    return rows
+        out.append(row)
+    return out
