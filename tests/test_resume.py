@@ -60,20 +60,26 @@ def test_sigkill_mid_training_then_resume_is_exact(tmp_path):
     sweep.write_text(SWEEP)
     killed, clean = tmp_path / "killed", tmp_path / "clean"
 
-    # 1. run, and kill -9 at a random moment once training has written a resume checkpoint
+    # 1. run, and kill -9 at a random point of training: right after the k-th resume checkpoint seen
+    #    (k random; a resume checkpoint exists only while its job is training)
     seed = random.randrange(10**6)
-    delay = random.Random(seed).uniform(0.0, 1.5)
+    k = random.Random(seed).randint(1, 12)
     proc = subprocess.Popen([sys.executable, "-m", "lmcsweep.cli", "--store", str(killed), "run", "--no-progress",
                              str(sweep)], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen: set = set()
     deadline = time.time() + 300
-    while not resume_files(killed) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(delay)
+    while len(seen) < k and proc.poll() is None and time.time() < deadline:
+        for path in resume_files(killed):
+            try:
+                seen.add((path.parent.name, path.stat().st_mtime_ns))
+            except FileNotFoundError:  # the job finished meanwhile
+                pass
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill (seed {seed})"
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill (k {k}, seed {seed})"
     interrupted = [p.parent.name for p in resume_files(killed)]
-    assert interrupted, f"killed outside training (delay {delay:.2f}s, seed {seed})"
+    assert interrupted, f"killed outside training (k {k}, seed {seed})"
     stopped_at = {job: torch.load(killed / "checkpoints" / job / "resume.pt", weights_only=False)["iteration"]
                   for job in interrupted}
     left_running = [r for r in runs(killed, "resume") if r.info.status == "RUNNING"]
