@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from lmcsweep import seeds
-from lmcsweep.models.imagenet import InceptionV3, resnet50
 from lmcsweep.models.lenet import LeNet
 from lmcsweep.models.resnet_cifar import ResNetCifar
 from lmcsweep.models.vgg_cifar import VGGCifar
@@ -55,13 +54,24 @@ class ModelSpec:
     description: str
 
 
+def _imagenet(name: str) -> Callable[..., nn.Module]:
+    """Builders of the torchvision networks, imported on first use (torchvision is slow to import)."""
+
+    def build(*args, **kwargs) -> nn.Module:
+        from lmcsweep.models import imagenet
+
+        return getattr(imagenet, name)(*args, **kwargs)
+
+    return build
+
+
 MODELS: dict[str, ModelSpec] = {
     "lenet": ModelSpec(LeNet, _kaiming_fan_in, "LeNet-300-100 (options: hidden)"),
     "resnet20": ModelSpec(ResNetCifar, _kaiming_fan_in,
                           "CIFAR ResNet, 6n+2 (options: depth=20, width=16, shortcut='B'|'A')"),
     "vgg16": ModelSpec(VGGCifar, _kaiming_fan_in, "CIFAR VGG-16 with BN (options: width, widths)"),
-    "resnet50": ModelSpec(resnet50, _torchvision_resnet, "torchvision ResNet-50"),
-    "inception_v3": ModelSpec(InceptionV3, _torchvision_inception,
+    "resnet50": ModelSpec(_imagenet("resnet50"), _torchvision_resnet, "torchvision ResNet-50"),
+    "inception_v3": ModelSpec(_imagenet("InceptionV3"), _torchvision_inception,
                               "torchvision Inception-v3 (options: aux_logits=True)"),
 }
 
