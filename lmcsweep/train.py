@@ -204,7 +204,7 @@ def stack_optimizer_states(states: list[dict]) -> dict:
             if torch.is_tensor(value) and value.dim() > 0:
                 merged[key] = torch.stack(values)
             elif value is None or all(torch.equal(torch.as_tensor(v), torch.as_tensor(value)) for v in values):
-                merged[key] = value
+                merged[key] = value.clone() if torch.is_tensor(value) else value
             else:
                 raise ValueError(f"copies disagree on optimizer state {key!r}; they cannot share a group")
         out["state"][idx] = merged

@@ -199,3 +199,20 @@ def test_gpu_bench_tiny_mode_runs():
                          env={**__import__("os").environ, "PYTHON": sys.executable}, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ratios:" in out.stdout and "project 4 copies stacked" in out.stdout
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_copy_equals_plain_training_loop(name):
+    """On CPU the stacked path computes each copy with the plain layers' own functions: a copy's
+    weights equal the same network trained alone by the plain `train` loop, bit for bit."""
+    from lmcsweep.train import train
+
+    parent, opt_state, h, loaders, _ = _setup(name, [21, 22], 6, False)
+    stacked = _train(name, [21, 22])
+    for s in (21, 22):
+        model = copy.deepcopy(parent)
+        optimizer = make_optimizer(model, h)
+        optimizer.load_state_dict(copy.deepcopy(opt_state))
+        for _ in train(model, optimizer, loaders[s].train_batches(0, 6), h, 0, 6):
+            pass
+        _same(model.state_dict(), stacked[s][0])

@@ -6,10 +6,12 @@ model's own forward runs unchanged on a batch with the copies folded into the ba
 examples are rows c*N .. (c+1)*N-1. Activations, pooling, flatten and residual adds never mix rows,
 so only the swapped layers need to know about copies.
 
-Exactness on CPU (tested): copy c's outputs and gradients do not depend on how many copies, or which,
-share the module. Linear is one batched matmul whose slices are computed alike; Conv2d and BatchNorm
-run copy by copy (each BatchNorm keeps its own copy's running statistics). `grouped=True` runs the
-convolutions of all copies as one grouped convolution instead: faster on a GPU, not bit-identical.
+Exactness on CPU (tested): Linear, Conv2d and BatchNorm run copy by copy with the plain layers'
+own functions (each BatchNorm keeps its own copy's running statistics), so copy c's outputs and
+gradients are bit-identical to the plain model's, whatever copies share the module; what is shared
+is everything else (activations, loss, optimizer update, data). `grouped=True` (used on a GPU) runs
+all copies' Linear layers as one batched matmul and their convolutions as one grouped convolution:
+fewer, bigger kernels, equal up to float rounding.
 
 `shared_input`: for evaluating many networks on the same data (interpolation), the first layer may
 take the plain batch [N, ...] once for all copies; with `endpoints` set it computes its output at
@@ -50,9 +52,10 @@ class _Stacked(nn.Module):
 
 
 class StackedLinear(_Stacked):
-    def __init__(self, layers: list[nn.Linear]):
+    def __init__(self, layers: list[nn.Linear], grouped: bool = False):
         super().__init__()
         self.copies = len(layers)
+        self.grouped = grouped
         self.weight = _stacked(layers, "weight")
         self.bias = _stacked(layers, "bias")
 
@@ -63,6 +66,11 @@ class StackedLinear(_Stacked):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.endpoints is not None:
             return self._from_endpoints(x)
+        if not self.grouped:
+            weights = self.weight.unbind(0)
+            biases = [None] * self.copies if self.bias is None else self.bias.unbind(0)
+            xs = [x] * self.copies if self.shared else x.chunk(self.copies)
+            return torch.cat([F.linear(xs[c], weights[c], biases[c]) for c in range(self.copies)])
         w = self.weight.transpose(1, 2)
         if self.shared:
             xs = x.reshape(1, -1, x.shape[-1]).expand(self.copies, -1, -1)
@@ -102,8 +110,9 @@ class StackedConv2d(_Stacked):
             y = F.conv2d(xg, w, b, self.stride, self.padding, self.dilation, self.groups * C)
             return y.view(n, C, -1, *y.shape[2:]).transpose(0, 1).reshape(C * n, -1, *y.shape[2:])
         xs = [x] * C if self.shared else self._per_copy(x)
-        bias = [None] * C if self.bias is None else self.bias
-        return torch.cat([self.plain(xs[c], self.weight[c], bias[c]) for c in range(C)])
+        weights = self.weight.unbind(0)  # one backward (a stack) for all copies' gradients
+        biases = [None] * C if self.bias is None else self.bias.unbind(0)
+        return torch.cat([self.plain(xs[c], weights[c], biases[c]) for c in range(C)])
 
 
 class StackedBatchNorm(_Stacked):
@@ -129,6 +138,8 @@ class StackedBatchNorm(_Stacked):
             self.num_batches_tracked.add_(1)
         xs = self._per_copy(x)
         use_batch = self.training or self.running_mean is None
+        weights = [None] * self.copies if self.weight is None else self.weight.unbind(0)
+        biases = [None] * self.copies if self.bias is None else self.bias.unbind(0)
         out = []
         for c in range(self.copies):
             if self.training and self.track_running_stats and self.momentum is None:
@@ -136,7 +147,7 @@ class StackedBatchNorm(_Stacked):
             keep = self.running_mean is not None and (not self.training or self.track_running_stats)
             out.append(F.batch_norm(
                 xs[c], self.running_mean[c] if keep else None, self.running_var[c] if keep else None,
-                None if self.weight is None else self.weight[c], None if self.bias is None else self.bias[c],
+                weights[c], biases[c],
                 use_batch, factor, self.eps))
         return torch.cat(out)
 
@@ -147,7 +158,7 @@ def stack(models: list[nn.Module], grouped: bool = False) -> nn.Module:
     for name, module in list(models[0].named_modules()):
         layers = [m.get_submodule(name) for m in models] if name else models
         if isinstance(module, nn.Linear):
-            new: nn.Module | None = StackedLinear(layers)
+            new: nn.Module | None = StackedLinear(layers, grouped)
         elif isinstance(module, nn.Conv2d):
             new = StackedConv2d(layers, grouped)
         elif isinstance(module, _BatchNorm):
