@@ -46,9 +46,10 @@ class _Stacked(nn.Module):
     def _from_endpoints(self, x: torch.Tensor) -> torch.Tensor:
         alphas, (wa, ba), (wb, bb) = self.endpoints
         ya, yb = self.plain(x, wa, ba), self.plain(x, wb, bb)
-        shape = (-1,) + (1,) * ya.dim()
-        a = alphas.to(ya.dtype).view(shape)
-        return (a * ya + (1 - a) * yb).flatten(0, 1)
+        a = alphas.to(ya.dtype).view((-1,) + (1,) * ya.dim())
+        out = torch.addcmul(yb, a, ya - yb)  # yb + alpha (ya - yb): one pass; exact at alpha 0
+        out[alphas == 1] = ya                # and at alpha 1
+        return out.flatten(0, 1)
 
 
 class StackedLinear(_Stacked):
