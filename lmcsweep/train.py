@@ -64,38 +64,11 @@ def train(
     pause) at each iteration of `pause_at` inside (start, end] and at `end`.
 
     `batches` yields the batches of iterations start..end-1. With `masks`, pruned weights get no
-    gradient (so momentum cannot revive them) and are zeroed again after every step.
+    gradient (so momentum cannot revive them) and are zeroed again after every step. One network is
+    a group of one copy: the loop is `train_group`'s.
     """
-    pauses = sorted({p for p in pause_at if start < p < end} | {end})
-    masks = prune.multipliers(masks) if masks is not None else None
-    model.train()
-    loss_sum, count = torch.zeros((), device=device), 0
-    it = start
-    for x, y in batches:
-        if it >= end:
-            break
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(hyper, it)
-        with autocast(hyper, device):
-            loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if masks is not None:
-            prune.mask_gradients(model, masks)
-        optimizer.step()
-        if masks is not None:
-            prune.apply_masks(model, masks)
-        loss_sum += loss.detach().float()
-        count += 1
-        it += 1
-        if it == pauses[0]:
-            yield it, (loss_sum / count).item()
-            loss_sum.zero_()
-            count = 0
-            pauses.pop(0)
-            model.train()
-    if it < end:
-        raise RuntimeError(f"the data ran out at iteration {it}, before {end}")
+    for it, losses in train_group(model, optimizer, [batches], hyper, start, end, pause_at, masks, device):
+        yield it, losses[0]
 
 
 @torch.no_grad()
@@ -125,8 +98,10 @@ def train_group(
     masks: prune.Masks | None = None,
     device: torch.device = torch.device("cpu"),
 ) -> Iterator[tuple[int, list[float]]]:
-    """`train` for copies stacked in one module (`models.stacked.stack`): copy c takes its batches
-    from `batches[c]`; yields (iteration, each copy's mean training loss since the last pause).
+    """The training loop, for copies stacked in one module (`models.stacked.stack`) or for one plain
+    network (one stream of batches): copy c takes its batches from `batches[c]`; yields
+    (iteration, each copy's mean training loss since the last pause) at each iteration of
+    `pause_at` inside (start, end] and at `end`.
 
     The copies share nothing but the computation: each loss is its own copy's mean over its batch,
     and the optimizer's update is elementwise, so a copy's gradients, state and weights are those it
@@ -141,8 +116,8 @@ def train_group(
     for pairs in zip(*batches):
         if it >= end:
             break
-        x = torch.cat([p[0] for p in pairs])
-        y = torch.cat([p[1] for p in pairs])
+        x = torch.cat([p[0] for p in pairs]) if copies > 1 else pairs[0][0]
+        y = torch.cat([p[1] for p in pairs]) if copies > 1 else pairs[0][1]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(hyper, it)
         with autocast(hyper, device):
