@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--model", default=None, choices=["lenet", "resnet20"])
     ap.add_argument("--copies", default="1,2,4")
+    ap.add_argument("--per-copy", action="store_true", help="on a GPU: stacked layers copy by copy, not grouped")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models = [args.model] if args.model else (["lenet", "resnet20"] if device.type == "cuda" else ["lenet"])
@@ -63,7 +64,8 @@ def main() -> None:
                                                        "test": 100, "seed": 0})
         h = hyper(name, args.iterations, 0)
         aug = "none" if name == "lenet" else "crop_flip"
-        loaders = [make_loader(data, "train", h.batch_size, seed, seed, aug, device=str(device)) for seed in range(4)]
+        loaders = [make_loader(data, "train", h.batch_size, seed, seed, aug, device=str(device))
+                   for seed in range(max(counts))]
         T = args.iterations
 
         def model():
@@ -76,7 +78,7 @@ def main() -> None:
                 pass
 
         def together(n):
-            net = stack([model() for _ in range(n)], grouped=device.type == "cuda")
+            net = stack([model() for _ in range(n)], grouped=device.type == "cuda" and not args.per_copy)
             opt = make_optimizer(net, h)
             for _ in train_group(net, opt, [loaders[c].train_batches(0, T) for c in range(n)], h, 0, T, (), None,
                                  device):

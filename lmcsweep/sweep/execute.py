@@ -232,7 +232,8 @@ class Runner:
         h = plan.hyper
         params = {f"train.{k}": v for k, v in h.__dict__.items()}
         if job.kind == "branch":
-            params["train.group"] = group  # copies trained with it (its result does not depend on it)
+            # copies trained with it (its result does not depend on it); on a GPU copies train apart
+            params["train.group"] = group if pick_device(plan.sweep.train.device).type != "cuda" else 1
         params.update({f"data.{k}": v for k, v in plan.sweep.data.model_dump(mode="json").items() if v is not None})
         params.update(self._prov)
         params["device"] = str(pick_device(plan.sweep.train.device))

@@ -273,7 +273,11 @@ def run_branches(ctx: Context, todo: list[tuple[Job, str]]) -> dict[str, BaseExc
             groups.setdefault(copy.group_key(), []).append(copy)
         except Exception as exc:  # noqa: BLE001 -- recorded on that copy's run by the runner
             failed[job.hash] = exc
-    for copies in groups.values():
+    # On a GPU, stacked copies (one grouped convolution / batched matmul per layer) measured slower
+    # than copies trained one after another (ResNet-20 on an H200, bench/copies.py): train them apart.
+    together = [g for copies in groups.values()
+                for g in ([copies] if ctx.device.type != "cuda" else [[c] for c in copies])]
+    for copies in together:
         try:
             failed.update(_train_copies(ctx, copies))
         except Exception as exc:  # noqa: BLE001
@@ -287,7 +291,9 @@ def run_branches(ctx: Context, todo: list[tuple[Job, str]]) -> dict[str, BaseExc
 
 def _train_copies(ctx: Context, copies: list[Copy]) -> dict[str, BaseException]:
     h, T, start = ctx.hyper, ctx.hyper.iterations, copies[0].start
-    net = stack([c.model for c in copies], grouped=ctx.device.type == "cuda")
+    if len(copies) == 1:  # one copy needs no stacking: its own model and optimizer, the plain layers
+        return _train_alone(ctx, copies[0])
+    net = stack([c.model for c in copies])
     optimizer = make_optimizer(net, h)
     if copies[0].optimizer.state_dict()["state"]:
         optimizer.load_state_dict(stack_optimizer_states([c.optimizer.state_dict() for c in copies]))
@@ -318,6 +324,28 @@ def _train_copies(ctx: Context, copies: list[Copy]) -> dict[str, BaseException]:
                                                                  ("final_test_error", final[c]["error"], T)])
         ctx.writer.submit(ctx.store.clear_resume, copy.job.hash)
     return out
+
+
+def _train_alone(ctx: Context, copy: Copy) -> dict[str, BaseException]:
+    """`_train_copies` for a group of one: the same loop on the plain network (bit-identical on CPU
+    to the stacked path, tests/test_batched.py; and much faster on a GPU, bench/copies.py)."""
+    h, T, start, model = ctx.hyper, ctx.hyper.iterations, copy.start, copy.model
+    ctx.log_device_params(copy.run_id)
+    fast = ctx.compiled(model)
+    test = ctx.eval_batches("test")
+    steps = train_group(fast, copy.optimizer, [copy.loader.train_batches(start, T)], h, start, T,
+                        _pauses(h, start, T, []), copy.masks, ctx.device)
+    errors = _loop(ctx, [copy.job.hash], [copy.run_id], steps, start, T, lambda: [evaluate(fast, test())],
+                   lambda c, it: _state(model, copy.optimizer, it))
+    if errors[0] is not None:
+        return {copy.job.hash: FloatingPointError(errors[0])}
+    final = evaluate(fast, test())
+    ctx.writer.submit(ctx.store.save_checkpoint, copy.job.hash, T, {"model": _state(model, copy.optimizer, T)["model"],
+                                                                     "iteration": T})
+    ctx.writer.submit(ctx.tracker.log_metrics, copy.run_id, [("final_test_accuracy", final["accuracy"], T),
+                                                             ("final_test_error", final["error"], T)])
+    ctx.writer.submit(ctx.store.clear_resume, copy.job.hash)
+    return {}
 
 
 def run_branch(ctx: Context, job: Job, run_id: str) -> None:
