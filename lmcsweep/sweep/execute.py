@@ -162,8 +162,9 @@ class Runner:
             for member in group:
                 parent = run_of.get(member.tree_parent, parent_run) if member.tree_parent else parent_run
                 run_id = self.tracker.start(experiment_id, member.name, _mlflow_kind(member),
-                                            {**self._job_tags(plan, member), "origin": "computed"},
-                                            parent=parent, params=self._params(plan, member, len(group)))
+                                            {**self._job_tags(plan, member), "origin": "computed"}, parent=parent)
+                # params go through the background writer, off the training path (flushed before FINISHED)
+                context.writer.submit(self.tracker.log_params, run_id, self._params(plan, member, len(group)))
                 run_of[member.hash] = run_id
                 runs.append((member, run_id))
                 handled.add(member.hash)
@@ -181,6 +182,10 @@ class Runner:
                     context.writer.flush()
                 except Exception:  # noqa: BLE001 -- the job failed already
                     pass
+            try:
+                context.writer.flush()
+            except Exception as exc:  # noqa: BLE001 -- its params or metrics could not be written
+                errors = {member.hash: errors.get(member.hash, exc) for member, _ in runs}
             for member, run_id in runs:
                 exc = errors.get(member.hash)
                 if exc is None:
