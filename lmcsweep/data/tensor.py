@@ -76,6 +76,8 @@ class BaseLoader:
         return self.epoch_order(epoch)[batch * b:(batch + 1) * b]
 
     def finish(self, x_uint8: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+        if self.augmentation == "none":  # no draws to make: no generator to seed
+            return prepare_batch(x_uint8, "none", None, self.norm, self.size)
         gen = augmentation_generator(self.aug_seed, epoch, batch)
         return prepare_batch(x_uint8, self.augmentation, gen, self.norm, self.size)
 
