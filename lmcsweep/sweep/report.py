@@ -30,6 +30,15 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, ax, xlabel: str, ylabel: str, path: Path) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def instability_figure(records: list[dict[str, Any]], path: Path) -> bool:
     groups: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
@@ -52,12 +61,7 @@ def instability_figure(records: list[dict[str, Any]], path: Path) -> bool:
     ax.set_xscale("symlog", linthresh=threshold)
     ax.set_xlim(-0.3 * threshold, max(all_k) * 1.5 + 1)
     ax.set_xticks(all_k, [str(k) for k in all_k])
-    ax.set_xlabel("rewind iteration k")
-    ax.set_ylabel("instability (%)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, ax, "rewind iteration k", "instability (%)", path)
     return True
 
 
@@ -78,12 +82,7 @@ def sparsity_figure(records: list[dict[str, Any]], path: Path) -> bool:
         ax.plot([100 * d for d in ds], [statistics.median(by_d[d]) for d in ds], marker="o", label=label)
     ax.set_xscale("log")
     ax.invert_xaxis()
-    ax.set_xlabel("weights remaining (%)")
-    ax.set_ylabel("test accuracy (%), median over replicates")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, ax, "weights remaining (%)", "test accuracy (%), median over replicates", path)
     return True
 
 
