@@ -407,9 +407,10 @@ def run_interpolate(ctx: Context, job: Job, run_id: str) -> None:
         metrics += [(f"error_{split}", e, i) for i, e in enumerate(curve)]
         metrics += [(f"{key}_{split}", float(stats[key]), 0)
                     for key in ("instability", "error_endpoints", "error_max", "stable")]
-    ctx.tracker.log_metrics(run_id, metrics)
-    ctx.tracker.log_dict(run_id, result, "curve.json")
-    ctx.tracker.log_figure(run_id, _plot(result, job), "curve.png")
+    ctx.writer.submit(ctx.tracker.log_metrics, run_id, metrics)
+    # the curve's artifacts are drawn and written off the main path (flushed before FINISHED)
+    ctx.writer.submit(ctx.tracker.log_dict, run_id, result, "curve.json")
+    ctx.writer.submit(lambda: ctx.tracker.log_figure(run_id, _plot(result, job), "curve.png"))
 
 
 def _plot(result: dict[str, Any], job: Job):
