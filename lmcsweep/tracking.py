@@ -276,9 +276,6 @@ class Tracker:
             self.client.set_terminated(run.info.run_id, KILLED)
         return len([r for r in runs if r.data.tags.get(TAG + "kind") != "sweep"])
 
-    def sweep_names(self) -> list[str]:
-        return sorted({r.data.tags.get(TAG + "sweep", "") for r in self.search(f"tags.`{TAG}kind` = 'sweep'")} - {""})
-
     def download_json(self, run_id: str, path: str) -> Any:
         local = self.client.download_artifacts(run_id, path)
         return json.loads(Path(local).read_text())

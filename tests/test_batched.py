@@ -199,6 +199,9 @@ def test_gpu_bench_tiny_mode_runs():
                          env={**__import__("os").environ, "PYTHON": sys.executable}, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ratios:" in out.stdout and "project 4 copies stacked" in out.stdout
+    rates = {line.split("  ")[1].strip(): float(line.split()[-2]) for line in out.stdout.splitlines()
+             if line.endswith("images/s")}
+    assert len(rates) == 4 and all(r > 0 for r in rates.values()), out.stdout
 
 
 @pytest.mark.parametrize("name", list(NETS))

@@ -179,10 +179,6 @@ def copy_state(net: nn.Module, c: int) -> dict[str, torch.Tensor]:
     return {k: v[c].detach().clone() for k, v in net.state_dict().items()}
 
 
-def stacked_layers(net: nn.Module) -> list[tuple[str, _Stacked]]:
-    return [(n, m) for n, m in net.named_modules() if isinstance(m, _Stacked)]
-
-
 def first_layer(model: nn.Module, example: torch.Tensor) -> str | None:
     """Name of the first Linear/Conv2d that `model` applies to its input, if the first parameterised
     layer applied is one (found by running `example` [1, ...] with hooks); else None."""
