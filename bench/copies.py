@@ -1,6 +1,9 @@
-"""Copies trained together: time of 1, 2 and 4 copies stacked (`train_group`) against one copy
-trained alone with the plain loop (`train`), side by side in one process, median of repeats.
+"""Copies trained together: time of 1, 2 and 4 copies trained together (`copies.together`, as the
+runner does) against one copy trained alone, side by side in one process, median of repeats.
 
+Two baselines for "one alone": the project's own (`together` with one copy: one kernel thread, the
+way every copy trains so its numbers never depend on its group or the core count) and the plain
+`train` loop at torch's default thread count (what a lone script would get from all cores).
 LeNet-300-100 on in-memory Fashion-MNIST, Adam, batch 60, on CPU; with CUDA also ResNet-20 on
 synthetic CIFAR-shaped data (SGD, batch 128). Each copy has its own data order. Targets (CPU, LeNet):
 2 copies <= 1.4x one alone, 4 copies <= 2.2x.
@@ -19,8 +22,8 @@ import torch
 from lmcsweep.config import Hyper
 from lmcsweep.data import load_dataset, make_loader
 from lmcsweep.models import build_model
-from lmcsweep.models.stacked import stack
-from lmcsweep.train import make_optimizer, train, train_group
+from lmcsweep.copies import together
+from lmcsweep.train import make_optimizer, train
 
 
 def hyper(model: str, iterations: int, ipe: int) -> Hyper:
@@ -51,7 +54,6 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--model", default=None, choices=["lenet", "resnet20"])
     ap.add_argument("--copies", default="1,2,4")
-    ap.add_argument("--per-copy", action="store_true", help="on a GPU: stacked layers copy by copy, not grouped")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models = [args.model] if args.model else (["lenet", "resnet20"] if device.type == "cuda" else ["lenet"])
@@ -72,34 +74,36 @@ def main() -> None:
             m = build_model(name, data.num_classes, data.shape, 0).to(device)
             return m.to(memory_format=torch.channels_last) if device.type == "cuda" and name != "lenet" else m
 
-        def alone():
+        def one(c):
             m = model()
-            for _ in train(m, make_optimizer(m, h), loaders[0].train_batches(0, T), h, 0, T, (), None, device):
+            for _ in train(m, make_optimizer(m, h), loaders[c].train_batches(0, T), h, 0, T, (), None, device):
                 pass
 
-        def together(n):
-            net = stack([model() for _ in range(n)], grouped=device.type == "cuda" and not args.per_copy)
-            opt = make_optimizer(net, h)
-            for _ in train_group(net, opt, [loaders[c].train_batches(0, T) for c in range(n)], h, 0, T, (), None,
-                                 device):
-                pass
+        def alone():  # the plain loop, torch's default threads
+            one(0)
+
+        def together_(n):
+            for out in together([lambda c=c: one(c) for c in range(n)], device):
+                if isinstance(out, BaseException):
+                    raise out
 
         alone()  # warm-up
         for n in counts:
-            together(n)
+            together_(n)
         times: dict[str, list[float]] = {"alone": []} | {f"x{n}": [] for n in counts}
         for _ in range(args.repeats):  # interleaved, so load on the machine hits all alike
             times["alone"].append(timed(alone, device))
             for n in counts:
-                times[f"x{n}"].append(timed(lambda: together(n), device))
-        base = statistics.median(times["alone"])
+                times[f"x{n}"].append(timed(lambda: together_(n), device))
+        plain = statistics.median(times["alone"])
+        base = statistics.median(times["x1"]) if 1 in counts else plain
         print(f"{name} on {device} ({torch.get_num_threads()} threads), {T} iterations, batch {h.batch_size}, "
               f"median of {args.repeats}")
-        print(f"  one alone (train):        {base:7.3f} s  {T / base:8.1f} it/s")
+        print(f"  one alone, plain loop ({torch.get_num_threads()} kernel threads): {plain:7.3f} s  {T / plain:8.1f} it/s")
         for n in counts:
             t = statistics.median(times[f"x{n}"])
-            print(f"  {n} copies (train_group):  {t:7.3f} s  ratio to one alone {t / base:5.2f}x"
-                  f"  ({n / (t / base):4.2f} copies per alone-time)")
+            print(f"  {n} copies together:  {t:7.3f} s  {t / base:5.2f}x one alone (project)"
+                  f"  {t / plain:5.2f}x one alone (plain loop)  {n * base / t:4.2f} copies per alone-time")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One prepared GPU check (under 8 minutes on a lent machine): ResNet-20 training throughput on
 # synthetic CIFAR-shaped data through the project's path (data + augmentation on the device,
-# channels_last) in fp32, bf16 autocast and bf16 + torch.compile, 4 copies stacked, and the same
-# training as a plain PyTorch DataLoader loop (CPU workers, torchvision transforms). Prints
-# images/s and the ratios, measured side by side in one run.
+# channels_last) in fp32, bf16 autocast and bf16 + torch.compile, and the same training as a plain
+# PyTorch DataLoader loop (CPU workers, torchvision transforms). Prints images/s and the ratios,
+# measured side by side in one run. Copies trained together: bench/copies.py --model resnet20.
 #
 #   bash bench/gpu.sh            # on the GPU machine
 #   bash bench/gpu.sh --tiny     # CPU, tiny sizes, no compile: keeps the script from rotting (a test runs it)
@@ -16,8 +16,7 @@ import torch, torch.nn.functional as F
 from lmcsweep.config import Hyper
 from lmcsweep.data import load_dataset, make_loader
 from lmcsweep.models import build_model
-from lmcsweep.models.stacked import stack
-from lmcsweep.train import make_optimizer, train, train_group
+from lmcsweep.train import make_optimizer, train
 
 tiny = "--tiny" in sys.argv
 device = torch.device("cpu" if tiny or not torch.cuda.is_available() else "cuda")
@@ -44,25 +43,19 @@ def sync():
     if device.type == "cuda":
         torch.cuda.synchronize()
 
-def project(precision="fp32", compile_=False, copies=1):
+def project(precision="fp32", compile_=False):
     h = hyper(precision, compile_)
-    loaders = [make_loader(data, "train", batch, s, s, "crop_flip", device=str(device)) for s in range(copies)]
-    if copies == 1:
-        m = model()
-        net = torch.compile(m) if compile_ else m
-        steps = train(net, make_optimizer(m, h), loaders[0].train_batches(0, warm + iters), h, 0, warm + iters,
-                      [warm], None, device)
-    else:
-        net = stack([model() for _ in range(copies)], grouped=device.type == "cuda")
-        steps = train_group(torch.compile(net) if compile_ else net, make_optimizer(net, h),
-                            [l.train_batches(0, warm + iters) for l in loaders], h, 0, warm + iters, [warm], None,
-                            device)
+    loader = make_loader(data, "train", batch, 0, 0, "crop_flip", device=str(device))
+    m = model()
+    net = torch.compile(m) if compile_ else m
+    steps = train(net, make_optimizer(m, h), loader.train_batches(0, warm + iters), h, 0, warm + iters,
+                  [warm], None, device)
     next(steps)  # warm-up (and compilation) up to iteration `warm`
     sync(); t = time.perf_counter()
     for _ in steps:
         pass
     sync()
-    return copies * iters * batch / (time.perf_counter() - t)
+    return iters * batch / (time.perf_counter() - t)
 
 def plain_dataloader():
     from torch.utils.data import DataLoader, Dataset
@@ -105,8 +98,7 @@ def plain_dataloader():
 runs = [("plain DataLoader loop, fp32", plain_dataloader),
         ("project fp32", lambda: project("fp32")),
         ("project bf16", lambda: project("bf16")),
-        ("project bf16 + compile", (lambda: project("bf16", True)) if not tiny else None),
-        ("project 4 copies stacked, bf16", lambda: project("bf16", copies=4))]
+        ("project bf16 + compile", (lambda: project("bf16", True)) if not tiny else None)]
 results = {}
 for name, fn in runs:
     if fn is None:

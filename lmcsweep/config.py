@@ -586,7 +586,15 @@ def canonical(obj: Any) -> str:
     return json.dumps(norm(obj), sort_keys=True, separators=(",", ":"))
 
 
+# The revision of the arithmetic jobs compute with, part of every job's identity. Bumped when an
+# update changes the numbers a job with the same inputs produces, so a store never mixes two
+# revisions' results: an older revision's jobs are recomputed, not reused. 2: fused optimizers and,
+# on CPU, one kernel thread per copy (`copies`).
+NUMERICS = 2
+
+
 def job_hash(kind: str, fields: dict[str, Any], parents: list[str] | tuple[str, ...] = ()) -> str:
-    """The identity of a job: a hash of its kind, the inputs that determine its result and its parents."""
-    text = canonical({"kind": kind, "fields": fields, "parents": list(parents)})
+    """The identity of a job: a hash of its kind, the inputs that determine its result, its parents
+    and the arithmetic's revision (`NUMERICS`)."""
+    text = canonical({"kind": kind, "fields": fields, "parents": list(parents), "numerics": NUMERICS})
     return f"{kind}_{hashlib.sha256(text.encode()).hexdigest()[:16]}"

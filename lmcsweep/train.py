@@ -17,11 +17,16 @@ from .config import Hyper
 
 
 def make_optimizer(model: torch.nn.Module, hyper: Hyper) -> torch.optim.Optimizer:
-    """SGD with momentum or Adam, with the preset's weight decay (coupled, as in OpenLTH)."""
+    """SGD with momentum or Adam, with the preset's weight decay (coupled, as in OpenLTH).
+
+    The fused implementations (one kernel per parameter, on CPU and GPU): the same update as
+    torch's default loops up to float rounding, and far less Python per step, which is what lets
+    copies train side by side on threads (`copies`)."""
     params = list(model.parameters())
     if hyper.optimizer == "adam":
-        return torch.optim.Adam(params, lr=hyper.lr, weight_decay=hyper.weight_decay)
-    return torch.optim.SGD(params, lr=hyper.lr, momentum=hyper.momentum, weight_decay=hyper.weight_decay)
+        return torch.optim.Adam(params, lr=hyper.lr, weight_decay=hyper.weight_decay, fused=True)
+    return torch.optim.SGD(params, lr=hyper.lr, momentum=hyper.momentum, weight_decay=hyper.weight_decay,
+                           fused=True)
 
 
 def lr_at(hyper: Hyper, iteration: int) -> float:
@@ -64,11 +69,40 @@ def train(
     pause) at each iteration of `pause_at` inside (start, end] and at `end`.
 
     `batches` yields the batches of iterations start..end-1. With `masks`, pruned weights get no
-    gradient (so momentum cannot revive them) and are zeroed again after every step. One network is
-    a group of one copy: the loop is `train_group`'s.
+    gradient (so momentum cannot revive them) and are zeroed again after every step. Copies of a
+    network train together by running this loop side by side (`copies.together`).
     """
-    for it, losses in train_group(model, optimizer, [batches], hyper, start, end, pause_at, masks, device):
-        yield it, losses[0]
+    masks = prune.multipliers(masks) if masks is not None else None
+    pauses = sorted({p for p in pause_at if start < p < end} | {end})
+    model.train()
+    loss_sum, count = torch.zeros((), device=device), 0
+    it = start
+    for x, y in batches:
+        if it >= end:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(hyper, it)
+        with autocast(hyper, device):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if masks is not None:
+            prune.mask_gradients(model, masks)
+        optimizer.step()
+        if masks is not None:
+            prune.apply_masks(model, masks)
+        loss_sum += loss.detach()
+        count += 1
+        it += 1
+        if it == pauses[0]:
+            yield it, (loss_sum / count).item()
+            loss_sum.zero_()
+            count = 0
+            pauses.pop(0)
+            model.train()
+    if it < end:
+        raise RuntimeError(f"the data ran out at iteration {it}, before {end}")
 
 
 @torch.no_grad()
@@ -85,62 +119,6 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
         n += len(y)
     error = wrong.item() / max(1, n)
     return {"error": error, "accuracy": 1.0 - error, "loss": loss.item() / max(1, n), "examples": n}
-
-
-def train_group(
-    net: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches: list[Iterable[tuple[torch.Tensor, torch.Tensor]]],
-    hyper: Hyper,
-    start: int,
-    end: int,
-    pause_at: Iterable[int] = (),
-    masks: prune.Masks | None = None,
-    device: torch.device = torch.device("cpu"),
-) -> Iterator[tuple[int, list[float]]]:
-    """The training loop, for copies stacked in one module (`models.stacked.stack`) or for one plain
-    network (one stream of batches): copy c takes its batches from `batches[c]`; yields
-    (iteration, each copy's mean training loss since the last pause) at each iteration of
-    `pause_at` inside (start, end] and at `end`.
-
-    The copies share nothing but the computation: each loss is its own copy's mean over its batch,
-    and the optimizer's update is elementwise, so a copy's gradients, state and weights are those it
-    would have in any other group (masks stacked likewise, all-True for unmasked copies).
-    """
-    copies = len(batches)
-    masks = prune.multipliers(masks) if masks is not None else None
-    pauses = sorted({p for p in pause_at if start < p < end} | {end})
-    net.train()
-    loss_sum, count = torch.zeros(copies, device=device), 0
-    it = start
-    for pairs in zip(*batches):
-        if it >= end:
-            break
-        x = torch.cat([p[0] for p in pairs]) if copies > 1 else pairs[0][0]
-        y = torch.cat([p[1] for p in pairs]) if copies > 1 else pairs[0][1]
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(hyper, it)
-        with autocast(hyper, device):
-            logits = net(x)
-        losses = F.cross_entropy(logits.float(), y, reduction="none").view(copies, -1).mean(1)
-        optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        if masks is not None:
-            prune.mask_gradients(net, masks)
-        optimizer.step()
-        if masks is not None:
-            prune.apply_masks(net, masks)
-        loss_sum += losses.detach()
-        count += 1
-        it += 1
-        if it == pauses[0]:
-            yield it, (loss_sum / count).tolist()
-            loss_sum.zero_()
-            count = 0
-            pauses.pop(0)
-            net.train()
-    if it < end:
-        raise RuntimeError(f"the data ran out at iteration {it}, before {end}")
 
 
 @torch.no_grad()
@@ -165,30 +143,3 @@ def evaluate_group(net: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, t
         error = wrong[c].item() / max(1, n)
         out.append({"error": error, "accuracy": 1.0 - error, "loss": loss[c].item() / max(1, n), "examples": n})
     return out
-
-
-def stack_optimizer_states(states: list[dict]) -> dict:
-    """The state dict of an optimizer over stacked parameters, from the copies' own state dicts
-    (torch.optim format); per-weight tensors are stacked, scalars (Adam's step) must agree."""
-    first = states[0]
-    out: dict = {"param_groups": first["param_groups"], "state": {}}
-    for idx, entry in first["state"].items():
-        merged = {}
-        for key, value in entry.items():
-            values = [s["state"][idx][key] for s in states]
-            if torch.is_tensor(value) and value.dim() > 0:
-                merged[key] = torch.stack(values)
-            elif value is None or all(torch.equal(torch.as_tensor(v), torch.as_tensor(value)) for v in values):
-                merged[key] = value.clone() if torch.is_tensor(value) else value
-            else:
-                raise ValueError(f"copies disagree on optimizer state {key!r}; they cannot share a group")
-        out["state"][idx] = merged
-    return out
-
-
-def copy_optimizer_state(state: dict, c: int) -> dict:
-    """Copy c's optimizer state dict (torch.optim format) from a stacked optimizer's state dict."""
-    return {"param_groups": state["param_groups"],
-            "state": {idx: {k: (v[c].clone() if torch.is_tensor(v) and v.dim() > 0 else
-                                (v.clone() if torch.is_tensor(v) else v)) for k, v in entry.items()}
-                      for idx, entry in state["state"].items()}}

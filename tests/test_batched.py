@@ -13,8 +13,9 @@ from lmcsweep import interpolate as interp
 from lmcsweep.config import Hyper
 from lmcsweep.data import load_dataset, make_loader
 from lmcsweep.models import build_model
-from lmcsweep.models.stacked import copy_state, stack
-from lmcsweep.train import copy_optimizer_state, make_optimizer, stack_optimizer_states, train_group
+from lmcsweep.copies import together
+from lmcsweep.models.stacked import stack
+from lmcsweep.train import make_optimizer, train
 
 NETS = {  # name: (options, shape, optimizer, batch)
     "lenet": ({"hidden": (64, 32)}, (1, 28, 28), "adam", 60),
@@ -55,25 +56,33 @@ def _setup(name: str, seeds: list[int], iterations: int, masked: bool):
     return parent, opt.state_dict(), h, loaders, masks
 
 
-def _train(name, seeds, iterations=6, masked=False, start=0, end=None, states=None):
+def _train(name, seeds, iterations=6, masked=False, start=0, end=None, states=None, workers=None, threads=None):
+    """Train the copies `seeds` together (`copies.together`); each copy's (weights and statistics,
+    optimizer state, losses)."""
     parent, opt_state, h, loaders, masks = _setup(name, seeds, iterations, masked)
     end = iterations if end is None else end
-    models = []
-    for s in seeds:
-        m = copy.deepcopy(parent)
+
+    def task(s):
+        model = copy.deepcopy(parent)
+        optimizer = make_optimizer(model, h)
         if states is not None:
-            m.load_state_dict(states[s][0])
-        models.append(m)
-    net = stack(models)
-    optimizer = make_optimizer(net, h)
-    optimizer.load_state_dict(stack_optimizer_states(
-        [states[s][1] if states is not None else opt_state for s in seeds]))
-    stacked_masks = None if masks is None else {n: torch.stack([m] * len(seeds)) for n, m in masks.items()}
-    losses = list(train_group(net, optimizer, [loaders[s].train_batches(start, end) for s in seeds], h, start, end,
-                              range(start, end), stacked_masks))
-    state = optimizer.state_dict()
-    return {s: (copy_state(net, c), copy_optimizer_state(state, c), [l[1][c] for l in losses])
-            for c, s in enumerate(seeds)}
+            model.load_state_dict(states[s][0])
+        optimizer.load_state_dict(copy.deepcopy(states[s][1] if states is not None else opt_state))
+        losses = [loss for _, loss in train(model, optimizer, loaders[s].train_batches(start, end), h, start, end,
+                                            range(start, end), masks)]
+        return ({k: v.clone() for k, v in model.state_dict().items()}, copy.deepcopy(optimizer.state_dict()), losses)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        results = together([lambda s=s: task(s) for s in seeds], workers=workers)
+        assert torch.get_num_threads() == (threads or before)
+    finally:
+        torch.set_num_threads(before)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return dict(zip(seeds, results))
 
 
 def _same(a, b):
@@ -92,11 +101,12 @@ def _same_optimizer(a, b):
 @pytest.mark.parametrize("name,masked", [("lenet", True), ("resnet20", False), ("vgg16", True)])
 def test_copy_result_independent_of_group(name, masked):
     """Exactly on CPU: a copy's weights, BatchNorm statistics, optimizer state and losses are the same
-    alone, in a group of 2 or of 4, in any position."""
+    alone, in a group of 2 or of 4, in any position, on one worker thread or on four."""
     alone = {s: _train(name, [s], masked=masked)[s] for s in (11, 12, 13, 14)}
     pair = _train(name, [12, 11], masked=masked)
-    four = _train(name, [14, 11, 13, 12], masked=masked)
-    for group in (pair, four):
+    four = _train(name, [14, 11, 13, 12], masked=masked, workers=4)
+    serial = _train(name, [13, 14], masked=masked, workers=1)
+    for group in (pair, four, serial):
         for s, (state, opt, losses) in group.items():
             _same(alone[s][0], state)
             _same_optimizer(alone[s][1], opt)
@@ -105,16 +115,38 @@ def test_copy_result_independent_of_group(name, masked):
     if name != "lenet":  # BatchNorm: each copy's running statistics its own
         key = next(k for k in alone[11][0] if k.endswith("running_mean"))
         assert not torch.equal(alone[11][0][key], alone[12][0][key])
+    if masked:  # pruned weights stay exactly zero in every copy
+        _, _, _, _, masks = _setup(name, [11], 6, True)
+        for n, m in masks.items():
+            assert not four[11][0][n][~m].any()
 
 
-def test_group_resumed_alone_continues_exactly():
-    """A copy's resume checkpoint written by a group (weights + its slice of the optimizer state)
-    continues alone to the same end as the uninterrupted group."""
+def test_copy_numbers_do_not_depend_on_the_thread_count():
+    """Copies run their kernels on one thread whatever the process's setting (which is restored)."""
+    one = _train("lenet", [5, 6], threads=1)
+    two = _train("lenet", [5, 6], threads=2)
+    for s in (5, 6):
+        _same(one[s][0], two[s][0])
+
+
+def test_copy_resumed_alone_continues_exactly():
+    """A copy's state at a resume point, written while it trained in a group, continues alone to the
+    same end as the uninterrupted group."""
     full = _train("resnet20", [1, 2, 3])
     half = _train("resnet20", [1, 2, 3], end=3)
     resumed = _train("resnet20", [2], start=3, states={2: half[2][:2]})
     _same(full[2][0], resumed[2][0])
     _same_optimizer(full[2][1], resumed[2][1])
+
+
+def test_together_keeps_failures_apart():
+    """One copy's exception is its own result; the others finish."""
+    def bad():
+        raise FloatingPointError("diverged")
+
+    out = together([lambda: 1, bad, lambda: 3], workers=2)
+    assert out[0] == 1 and out[2] == 3
+    assert isinstance(out[1], FloatingPointError)
 
 
 def test_grouped_convolution_close_to_per_copy():
@@ -198,24 +230,26 @@ def test_gpu_bench_tiny_mode_runs():
     out = subprocess.run(["bash", str(root / "bench" / "gpu.sh"), "--tiny"], capture_output=True, text=True,
                          env={**__import__("os").environ, "PYTHON": sys.executable}, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "ratios:" in out.stdout and "project 4 copies stacked" in out.stdout
+    assert "ratios:" in out.stdout and "plain DataLoader loop" in out.stdout
     rates = {line.split("  ")[1].strip(): float(line.split()[-2]) for line in out.stdout.splitlines()
              if line.endswith("images/s")}
-    assert len(rates) == 4 and all(r > 0 for r in rates.values()), out.stdout
+    assert len(rates) == 3 and all(r > 0 for r in rates.values()), out.stdout
 
 
 @pytest.mark.parametrize("name", list(NETS))
 def test_copy_equals_plain_training_loop(name):
-    """On CPU the stacked path computes each copy with the plain layers' own functions: a copy's
-    weights equal the same network trained alone by the plain `train` loop, bit for bit."""
-    from lmcsweep.train import train
-
+    """A copy trained together is the plain `train` loop on one kernel thread, bit for bit."""
     parent, opt_state, h, loaders, _ = _setup(name, [21, 22], 6, False)
-    stacked = _train(name, [21, 22])
-    for s in (21, 22):
-        model = copy.deepcopy(parent)
-        optimizer = make_optimizer(model, h)
-        optimizer.load_state_dict(copy.deepcopy(opt_state))
-        for _ in train(model, optimizer, loaders[s].train_batches(0, 6), h, 0, 6):
-            pass
-        _same(model.state_dict(), stacked[s][0])
+    together_ = _train(name, [21, 22])
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for s in (21, 22):
+            model = copy.deepcopy(parent)
+            optimizer = make_optimizer(model, h)
+            optimizer.load_state_dict(copy.deepcopy(opt_state))
+            for _ in train(model, optimizer, loaders[s].train_batches(0, 6), h, 0, 6):
+                pass
+            _same(model.state_dict(), together_[s][0])
+    finally:
+        torch.set_num_threads(before)

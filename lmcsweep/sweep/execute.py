@@ -18,6 +18,7 @@ import fcntl
 import importlib.metadata
 import os
 import subprocess
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -153,7 +154,7 @@ class Runner:
             if context is None:
                 context = self._context(plan, jobs, progress)
             group = [job]
-            if job.kind == "branch":  # its ready siblings train with it, as one stacked computation
+            if job.kind == "branch":  # its ready siblings train with it (`copies.together`)
                 group += [j for j in plan.jobs if j is not job and j.kind == "branch"
                           and _sibling_key(j) == _sibling_key(job) and j.hash not in tree["finished"]
                           and j.hash not in done_elsewhere and j.hash not in handled
@@ -222,7 +223,12 @@ class Runner:
                             subset_test=d.subset_test,
                             synthetic=d.synthetic.model_dump() if d.synthetic else None)
         device = pick_device(sweep.train.device)
-        update = (lambda n: progress.update(n)) if progress is not None else (lambda n: None)
+        lock = threading.Lock()  # copies training side by side report progress from their threads
+
+        def update(n: int) -> None:
+            if progress is not None:
+                with lock:
+                    progress.update(n)
         return Context(sweep=sweep, hyper=hyper, store=self.store, tracker=self.tracker, device=device,
                        data=data, jobs=jobs, progress=update)
 
@@ -236,13 +242,14 @@ class Runner:
     def _params(self, plan: Plan, job: Job, group: int = 1) -> dict[str, Any]:
         h = plan.hyper
         params = {f"train.{k}": v for k, v in h.__dict__.items()}
-        if job.kind == "branch":
-            # copies trained with it (its result does not depend on it); on a GPU copies train apart
-            params["train.group"] = group if pick_device(plan.sweep.train.device).type != "cuda" else 1
+        device = pick_device(plan.sweep.train.device)
+        if job.kind == "branch":  # copies trained with it (side by side on CPU; its result does not depend on it)
+            params["train.group"] = group if device.type == "cpu" and not h.compile else 1
         params.update({f"data.{k}": v for k, v in plan.sweep.data.model_dump(mode="json").items() if v is not None})
         params.update(self._prov)
-        params["device"] = str(pick_device(plan.sweep.train.device))
-        params["torch_threads"] = torch.get_num_threads()
+        params["device"] = str(device)
+        # kernel threads: a copy's arithmetic runs on one on CPU (`copies`); dense training on all
+        params["torch_threads"] = 1 if job.kind == "branch" and device.type == "cpu" else torch.get_num_threads()
         params.update({f"hp.{k}": v for k, v in plan.overrides.items()})
         for key, value in job.fields.items():
             if key == "seeds":

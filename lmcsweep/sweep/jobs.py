@@ -19,11 +19,10 @@ from .. import prune
 from ..config import Hyper, SweepConfig
 from ..data import DataSet, load_dataset, make_loader
 from ..models import build_model
-from ..models.stacked import copy_state, stack
 from ..store import Store, Writer
 from ..tracking import Tracker
-from ..train import (copy_optimizer_state, evaluate, evaluate_group, make_optimizer, stack_optimizer_states, train,
-                     train_group)
+from ..copies import send, together
+from ..train import evaluate, make_optimizer, train
 from .plan import Job, exempt_layers
 
 
@@ -37,7 +36,6 @@ class Context:
     data: DataSet
     jobs: dict[str, Job]
     progress: Callable[[int], None] = lambda n: None
-    metric_buffer: list[tuple[str, float, int]] = field(default_factory=list)
     writer: Writer = field(default_factory=Writer)   # checkpoints and metrics, off the training path
 
     # -- helpers shared by the bodies ------------------------------------------------------
@@ -86,40 +84,31 @@ def _pauses(h: Hyper, start: int, end: int, save_at: list[int]) -> set[int]:
     return pauses | set(range(0, end, h.eval_every)) | set(range(0, end, h.checkpoint_every))
 
 
-def _loop(ctx: Context, names: list[str], runs: list[str], steps, start: int, end: int,
-          evaluate_all: Callable[[], list[dict[str, float]]], snapshot: Callable[[int, int], dict[str, Any]],
-          on_save: Callable[[int], None] = lambda it: None, save_at: tuple[int, ...] = ()) -> list[str | None]:
-    """Drive `steps` (a `train` generator for one network, `train_group` for copies) from start to
-    end: progress, per-copy finite-loss checks, test metrics every eval_every, resume checkpoints
-    (`snapshot(copy, it)`) every checkpoint_every. Metrics and checkpoints go through ctx.writer.
-    Returns each copy's error message (None: fine); a copy that failed stops being logged or saved."""
+def _loop(ctx: Context, name: str, run_id: str, steps, start: int, end: int,
+          evaluate_now: Callable[[], dict[str, float]], snapshot: Callable[[int], dict[str, Any]],
+          on_save: Callable[[int], None] = lambda it: None, save_at: tuple[int, ...] = ()) -> None:
+    """Drive `steps` (a `train` generator) from start to end: progress, a finite-loss check, test
+    metrics every eval_every, resume checkpoints (`snapshot(it)`) every checkpoint_every. Metrics
+    and checkpoints go through ctx.writer, off the training path."""
     h = ctx.hyper
-    errors: list[str | None] = [None] * len(runs)
-    metrics: list[list[tuple[str, float, int]]] = [[] for _ in runs]
+    metrics: list[tuple[str, float, int]] = []
     last = start
-    for it, losses in steps:
-        losses = losses if isinstance(losses, list) else [losses]
-        for c, loss in enumerate(losses):
-            if errors[c] is None and not math.isfinite(loss):
-                errors[c] = f"FloatingPointError: training loss is {loss} at iteration {it} ({names[c]})"
-            metrics[c].append(("loss", loss, it))
-        if all(errors):
-            raise FloatingPointError(errors[0].split(": ", 1)[1])
-        ctx.progress((it - last) * len(runs))
+    for it, loss in steps:
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss} at iteration {it} ({name})")
+        metrics.append(("loss", loss, it))
+        ctx.progress(it - last)
         last = it
         if it in save_at:
             on_save(it)
         if it % h.eval_every == 0 or it == end:
-            for c, m in enumerate(evaluate_all()):
-                metrics[c] += [("test_accuracy", m["accuracy"], it), ("test_loss", m["loss"], it)]
+            m = evaluate_now()
+            metrics += [("test_accuracy", m["accuracy"], it), ("test_loss", m["loss"], it)]
         if (it % h.checkpoint_every == 0 and it < end) or it == end:
-            for c, run_id in enumerate(runs):
-                if errors[c] is None:
-                    ctx.writer.submit(ctx.tracker.log_metrics, run_id, metrics[c])
-                    if it < end:
-                        ctx.writer.submit(ctx.store.save_resume, names[c], {**snapshot(c, it), "run_id": run_id})
-            metrics = [[] for _ in runs]
-    return errors
+            ctx.writer.submit(ctx.tracker.log_metrics, run_id, metrics)
+            if it < end:
+                ctx.writer.submit(ctx.store.save_resume, name, {**snapshot(it), "run_id": run_id})
+            metrics = []
 
 
 def _state(model, optimizer, it: int) -> dict[str, Any]:
@@ -149,8 +138,8 @@ def run_train(ctx: Context, job: Job, run_id: str) -> None:
     save = [k for k in save_at if k > start]
     steps = train(fast, optimizer, loader.train_batches(start, T), ctx.hyper, start, T,
                   _pauses(ctx.hyper, start, T, save), None, ctx.device)
-    _loop(ctx, [job.hash], [run_id], steps, start, T, lambda: [ctx.test_metrics(fast)],
-          lambda c, it: {"model": _clone(model.state_dict()), "optimizer": _clone(optimizer.state_dict()),
+    _loop(ctx, job.hash, run_id, steps, start, T, lambda: ctx.test_metrics(fast),
+          lambda it: {"model": _clone(model.state_dict()), "optimizer": _clone(optimizer.state_dict()),
                          "iteration": it},
           lambda it: ctx.writer.submit(ctx.store.save_checkpoint, job.hash, it, _state(model, optimizer, it)),
           tuple(save))
@@ -215,12 +204,6 @@ class Copy:
     masks: prune.Masks | None
     loader: Any
 
-    def group_key(self) -> tuple:
-        """Copies train together only from the same iteration with the same optimizer-state layout."""
-        state = self.optimizer.state_dict()["state"]
-        return (self.start, tuple(sorted((i, tuple(sorted(e))) for i, e in state.items())),
-                tuple(float(e["step"]) for e in state.values() if "step" in e))
-
 
 def prepare_branch(ctx: Context, job: Job, run_id: str) -> Copy:
     """A copy from checkpoint k (under a mask or control), or from its own resume checkpoint."""
@@ -244,8 +227,8 @@ def prepare_branch(ctx: Context, job: Job, run_id: str) -> Copy:
         state = ensure_checkpoint(ctx, train_job, k)
         if f["control"] != "random_reinit":
             model.load_state_dict(state["model"])
-            if f["optimizer"] == "continue":
-                optimizer.load_state_dict(state["optimizer"])
+            if f["optimizer"] == "continue":  # its own tensors: load_state_dict keeps the ones it is given
+                optimizer.load_state_dict(_clone(state["optimizer"]))
         if masks is not None:
             prune.apply_masks(model, masks)
             _masked_optimizer_state(optimizer, model, masks)
@@ -258,30 +241,39 @@ def prepare_branch(ctx: Context, job: Job, run_id: str) -> Copy:
 
 def run_branches(ctx: Context, todo: list[tuple[Job, str]]) -> dict[str, BaseException]:
     """Sibling branches (same train job, rewind point and mask; a level's controls too) trained
-    together: copies that start from the same iteration with the same optimizer-state layout are
-    stacked into one module (`models.stacked`) and trained by `train_group`. Each keeps its own run,
-    resume checkpoint and outcome; returns {job hash: exception} for the copies that failed.
-
-    A copy's result does not depend on its group (tests/test_batched.py): a branch always trains
-    through the stacked path, alone as a group of one.
-    """
+    together (`copies.together`: side by side in worker processes on CPU, one after another on a
+    GPU). Each keeps its own run, resume checkpoint and outcome; returns {job hash: exception} for
+    the copies that failed. A copy's result does not depend on its group (tests/test_batched.py)."""
     failed: dict[str, BaseException] = {}
-    groups: dict[tuple, list[Copy]] = {}
+    copies: list[Copy] = []
     for job, run_id in todo:
         try:
-            copy = prepare_branch(ctx, job, run_id)
-            groups.setdefault(copy.group_key(), []).append(copy)
+            copies.append(prepare_branch(ctx, job, run_id))
         except Exception as exc:  # noqa: BLE001 -- recorded on that copy's run by the runner
             failed[job.hash] = exc
-    # On a GPU, stacked copies (one grouped convolution / batched matmul per layer) measured slower
-    # than copies trained one after another (ResNet-20 on an H200, bench/copies.py): train them apart.
-    together = [g for copies in groups.values()
-                for g in ([copies] if ctx.device.type != "cuda" else [[c] for c in copies])]
-    for copies in together:
-        try:
-            failed.update(_train_copies(ctx, copies))
-        except Exception as exc:  # noqa: BLE001
-            failed.update({c.job.hash: exc for c in copies})
+    try:
+        ctx.writer.flush()  # nothing half-written when workers fork
+    except Exception as exc:  # noqa: BLE001
+        return {job.hash: exc for job, _ in todo}
+
+    def in_child() -> None:  # a worker process: its own writer thread; runs and progress go through us
+        ctx.writer = _WorkerWriter(ctx.tracker)
+        ctx.progress = lambda n: send(("progress", n))
+
+    def on_message(message: tuple) -> None:
+        if message[0] == "progress":
+            ctx.progress(message[1])
+        else:  # ("tracker", method, args): logged here, in order, by our writer
+            ctx.writer.submit(getattr(ctx.tracker, message[1]), *message[2])
+
+    def task(copy: Copy) -> None:
+        _train_copy(ctx, copy)
+        if isinstance(ctx.writer, _WorkerWriter):
+            ctx.writer.flush()  # its checkpoints are on disk before it reports done
+
+    outcomes = together([lambda c=c: task(c) for c in copies], ctx.device, concurrent=not ctx.hyper.compile,
+                        processes=ctx.sweep.data.loader != "ffcv", in_child=in_child, on_message=on_message)
+    failed.update({c.job.hash: out for c, out in zip(copies, outcomes) if isinstance(out, BaseException)})
     try:
         ctx.writer.flush()
     except Exception as exc:  # noqa: BLE001
@@ -289,63 +281,38 @@ def run_branches(ctx: Context, todo: list[tuple[Job, str]]) -> dict[str, BaseExc
     return failed
 
 
-def _train_copies(ctx: Context, copies: list[Copy]) -> dict[str, BaseException]:
-    h, T, start = ctx.hyper, ctx.hyper.iterations, copies[0].start
-    if len(copies) == 1:  # one copy needs no stacking: its own model and optimizer, the plain layers
-        return _train_alone(ctx, copies[0])
-    net = stack([c.model for c in copies])
-    optimizer = make_optimizer(net, h)
-    if copies[0].optimizer.state_dict()["state"]:
-        optimizer.load_state_dict(stack_optimizer_states([c.optimizer.state_dict() for c in copies]))
-    masks = None
-    if any(c.masks is not None for c in copies):
-        params = dict(net.named_parameters())
-        names = sorted({n for c in copies if c.masks for n in c.masks})
-        masks = {n: torch.stack([c.masks[n] if c.masks and n in c.masks else
-                                 torch.ones_like(params[n][0], dtype=torch.bool) for c in copies]) for n in names}
-    for c in copies:
-        ctx.log_device_params(c.run_id)
-    fast = ctx.compiled(net)
-    test = ctx.eval_batches("test")
-    steps = train_group(fast, optimizer, [c.loader.train_batches(start, T) for c in copies], h, start, T,
-                        _pauses(h, start, T, []), masks, ctx.device)
-    snapshot = lambda c, it: {"model": copy_state(net, c),  # noqa: E731
-                              "optimizer": copy_optimizer_state(optimizer.state_dict(), c), "iteration": it}
-    errors = _loop(ctx, [c.job.hash for c in copies], [c.run_id for c in copies], steps, start, T,
-                   lambda: evaluate_group(fast, test()), snapshot)
-    final = evaluate_group(fast, test())
-    out: dict[str, BaseException] = {}
-    for c, copy in enumerate(copies):
-        if errors[c] is not None:
-            out[copy.job.hash] = FloatingPointError(errors[c])
-            continue
-        ctx.writer.submit(ctx.store.save_checkpoint, copy.job.hash, T, {"model": copy_state(net, c), "iteration": T})
-        ctx.writer.submit(ctx.tracker.log_metrics, copy.run_id, [("final_test_accuracy", final[c]["accuracy"], T),
-                                                                 ("final_test_error", final[c]["error"], T)])
-        ctx.writer.submit(ctx.store.clear_resume, copy.job.hash)
-    return out
+class _WorkerWriter(Writer):
+    """The writer of a copy worker process: store writes on its own thread; calls on the tracker go
+    to the parent (`copies.send`), which owns the database connection."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        super().__init__()
+        self.tracker = tracker
+
+    def submit(self, fn, *args) -> None:
+        if getattr(fn, "__self__", None) is self.tracker:
+            send(("tracker", fn.__name__, args))
+        else:
+            super().submit(fn, *args)
 
 
-def _train_alone(ctx: Context, copy: Copy) -> dict[str, BaseException]:
-    """`_train_copies` for a group of one: the same loop on the plain network (bit-identical on CPU
-    to the stacked path, tests/test_batched.py; and much faster on a GPU, bench/copies.py)."""
+def _train_copy(ctx: Context, copy: Copy) -> None:
+    """One branch from its start to T: the training loop on its plain network, test metrics on the
+    evaluation cadence, resume checkpoints, then its final checkpoint and metrics."""
     h, T, start, model = ctx.hyper, ctx.hyper.iterations, copy.start, copy.model
     ctx.log_device_params(copy.run_id)
     fast = ctx.compiled(model)
     test = ctx.eval_batches("test")
-    steps = train_group(fast, copy.optimizer, [copy.loader.train_batches(start, T)], h, start, T,
-                        _pauses(h, start, T, []), copy.masks, ctx.device)
-    errors = _loop(ctx, [copy.job.hash], [copy.run_id], steps, start, T, lambda: [evaluate(fast, test())],
-                   lambda c, it: _state(model, copy.optimizer, it))
-    if errors[0] is not None:
-        return {copy.job.hash: FloatingPointError(errors[0])}
+    steps = train(fast, copy.optimizer, copy.loader.train_batches(start, T), h, start, T,
+                  _pauses(h, start, T, []), copy.masks, ctx.device)
+    _loop(ctx, copy.job.hash, copy.run_id, steps, start, T, lambda: evaluate(fast, test()),
+          lambda it: _state(model, copy.optimizer, it))
     final = evaluate(fast, test())
     ctx.writer.submit(ctx.store.save_checkpoint, copy.job.hash, T, {"model": _state(model, copy.optimizer, T)["model"],
                                                                      "iteration": T})
     ctx.writer.submit(ctx.tracker.log_metrics, copy.run_id, [("final_test_accuracy", final["accuracy"], T),
                                                              ("final_test_error", final["error"], T)])
     ctx.writer.submit(ctx.store.clear_resume, copy.job.hash)
-    return {}
 
 
 def run_branch(ctx: Context, job: Job, run_id: str) -> None:

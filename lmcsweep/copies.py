@@ -1,0 +1,197 @@
+"""Copies trained together: the sibling networks of one fork (the copies of an instability analysis,
+the subnetwork of an IMP level and its controls) train at the same time.
+
+On CPU every copy runs its own training loop (the plain network, its own optimizer, data order and
+augmentation) in a worker, one worker per core, with all its arithmetic on one intra-op thread.
+The workers are forked processes on Linux (threads elsewhere, and with the FFCV loader): in
+threads the copies' Python contends for the GIL (two LeNet copies measured 1.18x one alone on
+threads, about 1.0x in processes once the fork's ~60 ms is paid; bench/copies.py).
+
+Why not one batched computation: a weight gradient is a sum over the batch, and MKL and oneDNN
+split that sum differently for different thread counts and batched shapes, so a copy stacked with
+others (or trained alone on two intra-op threads) gets other bits than the same copy trained alone.
+With one thread per copy its numbers are the same alone, in any group, in any position and on a
+machine with any number of cores (same CPU instruction set). Stacking is not faster on CPU either:
+two LeNet copies stacked on a leading axis took 2.6x one copy on one core.
+
+On a GPU copies train one after another, each as its plain network (stacked copies measured
+1.6-3.8x slower than one copy for ResNet-20 on an H200); with train.compile on, too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+def cores() -> int:
+    """How many copies may train at once on CPU: the intra-op thread count torch would use (it
+    follows OMP_NUM_THREADS and the CPU affinity a scheduler such as SLURM gives the process)."""
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        allowed = os.cpu_count() or 1
+    return max(1, min(allowed, torch.get_num_threads()))
+
+
+@contextlib.contextmanager
+def one_thread_each() -> Iterator[int]:
+    """While inside, every torch kernel runs on one intra-op thread; yields the number of worker
+    threads the cores allow (read before the switch) and restores the thread count on exit."""
+    before = torch.get_num_threads()
+    workers = cores()
+    torch.set_num_threads(1)
+    try:
+        yield workers
+    finally:
+        torch.set_num_threads(before)
+
+
+def together(tasks: Sequence[Callable[[], T]], device: torch.device = torch.device("cpu"),
+             concurrent: bool = True, workers: int | None = None, processes: bool = True,
+             in_child: Callable[[], None] | None = None,
+             on_message: Callable[[Any], None] | None = None) -> list[T | BaseException]:
+    """Run each task (one copy's whole training) and return its result or the exception it raised,
+    in order. On CPU, every kernel on one thread, the tasks spread over `workers` (default: one per
+    core): forked worker processes where the platform forks (`processes`), else threads. On a GPU
+    or with `concurrent` off they run one after another in this thread (on CPU still one kernel
+    thread each, so a copy's numbers never depend on how it was run).
+
+    In a worker process `in_child()` runs first (to swap what must not be shared across a fork:
+    database connections, writer threads); the tasks' results and exceptions come back pickled,
+    and anything a task passes to `send` reaches `on_message` here, in order, while they run.
+    """
+    global _handler
+    previous, _handler = _handler, on_message
+    try:
+        if device.type != "cpu":
+            return [_guarded(t) for t in tasks]
+        with one_thread_each() as n:
+            n = max(1, min(len(tasks), workers or n))
+            if not concurrent or n == 1:
+                return [_guarded(t) for t in tasks]
+            if processes and _can_fork():
+                return _in_processes(tasks, n, in_child, on_message)
+            with ThreadPoolExecutor(n, thread_name_prefix="lmcsweep-copy") as pool:
+                return list(pool.map(_guarded, tasks))
+    finally:
+        _handler = previous
+
+
+def send(message: Any) -> None:
+    """From a task: pass `message` to the caller's `on_message` (directly, unless in a worker process)."""
+    _outbox(message)
+
+
+def _direct(message: Any) -> None:
+    handler = _handler
+    if handler is not None:
+        handler(message)
+
+
+_handler: Callable[[Any], None] | None = None
+_outbox: Callable[[Any], None] = _direct
+
+
+def _guarded(task: Callable[[], T]) -> T | BaseException:
+    try:
+        return task()
+    except Exception as exc:  # noqa: BLE001 -- one copy's failure is its own
+        return exc
+
+
+def _can_fork() -> bool:
+    """Linux only: fork keeps the data and models in shared pages and the tasks need no pickling;
+    the workers die with this process (PR_SET_PDEATHSIG), so a killed run leaves none behind."""
+    return sys.platform.startswith("linux") and hasattr(os, "fork")
+
+
+def _in_processes(tasks: Sequence[Callable[[], T]], n: int, in_child, on_message) -> list[T | BaseException]:
+    import multiprocessing.connection as mpc
+    import pickle
+    import traceback
+
+    results: list[Any] = [_NOT_RUN] * len(tasks)
+    readers: dict[Any, int] = {}
+    pids: list[int] = []
+    parent_pid = os.getpid()
+    for w in range(n):
+        reader, writer = mpc.Pipe(duplex=False)
+        with warnings.catch_warnings():  # a torch process always has threads; its workers use none
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the worker: its share of the tasks, then exit without running any cleanup
+            code = 0
+            try:
+                reader.close()
+                _die_with_parent(parent_pid)
+                global _outbox
+                # plain pickle, by value (torch's reducers would share tensors through fds that die with us)
+                put = lambda obj: writer.send_bytes(pickle.dumps(obj))  # noqa: E731
+                _outbox = lambda message: put(("message", message))  # noqa: E731
+                if in_child is not None:
+                    in_child()
+                for i in range(w, len(tasks), n):
+                    out = _guarded(tasks[i])
+                    if isinstance(out, BaseException):
+                        text = "".join(traceback.format_exception(out))
+                        try:
+                            pickle.dumps(out)
+                        except Exception:  # noqa: BLE001 -- send what can be sent
+                            out = RuntimeError(f"{type(out).__name__}: {out}")
+                        out.add_note(f"in copy worker process {os.getpid()}:\n{text}")
+                    put(("done", i, out))
+            except BaseException:  # noqa: BLE001
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        writer.close()
+        readers[reader] = w
+        pids.append(pid)
+    try:
+        while readers:
+            for reader in mpc.wait(list(readers)):
+                try:
+                    kind, *rest = pickle.loads(reader.recv_bytes())
+                except EOFError:
+                    del readers[reader]
+                    continue
+                if kind == "message":
+                    if on_message is not None:
+                        on_message(rest[0])
+                else:
+                    results[rest[0]] = rest[1]
+    finally:
+        statuses = [os.waitpid(pid, 0)[1] for pid in pids]
+    for i, r in enumerate(results):
+        if r is _NOT_RUN:
+            status = statuses[i % n]
+            results[i] = RuntimeError(f"the copy worker process died before finishing (wait status {status})")
+    return results
+
+
+_NOT_RUN = object()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the parent died before the line above
+        os._exit(1)
