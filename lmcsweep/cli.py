@@ -110,6 +110,9 @@ def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, retry_failed:
         for sweep in sweeps:
             _print_plan(sweep, tracker)
         return
+    from .tracking import prepare_store
+
+    prepare_store(tracker.uri)  # a new store's schema is made while torch imports
     from .sweep.execute import run_sweep
 
     failed = False

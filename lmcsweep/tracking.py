@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,25 @@ def default_uri(root: str | Path) -> str:
     return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
+_preparing: dict[str, subprocess.Popen] = {}
+_SCHEMA = "import sys; from mlflow.tracking import MlflowClient; MlflowClient(sys.argv[1]).search_experiments()"
+
+
+def prepare_store(uri: str) -> None:
+    """Start creating a new SQLite store's schema in a helper process, so that MLflow's import and
+    migrations (~3 s) overlap this process's own start-up (torch, data, plan); the first
+    `Tracker.client` for `uri` in this process waits for it, so one process creates the schema, as
+    MLflow requires. Nothing for an existing store or another backend."""
+    if not uri.startswith("sqlite:///") or uri in _preparing:
+        return
+    db = Path(uri[len("sqlite:///"):])
+    if db.exists():
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    _preparing[uri] = subprocess.Popen([sys.executable, "-c", _SCHEMA, uri], stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 class Tracker:
     """A thin, explicit layer over MlflowClient for lmcsweep's run tree."""
 
@@ -48,10 +69,18 @@ class Tracker:
     def client(self):
         """The MlflowClient, made on first use: making it sets up a new store's database."""
         if self._client is None:
+            self._schema_ready()
             from mlflow.tracking import MlflowClient
 
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
+
+    def _schema_ready(self) -> None:
+        """Wait for a `prepare_store` helper still making this store's schema (had it failed, the
+        client makes the schema itself and reports any error)."""
+        helper = _preparing.pop(self.uri, None)
+        if helper is not None:
+            helper.wait()
 
     # -- experiments ---------------------------------------------------------------------
     def experiment(self, name: str) -> str:
@@ -180,6 +209,7 @@ class Tracker:
         experiments), without importing mlflow; None when the store is elsewhere or differs."""
         import sqlite3
 
+        self._schema_ready()
         if not self.uri.startswith("sqlite:///"):
             return None
         path = Path(self.uri[len("sqlite:///"):])
