@@ -149,6 +149,8 @@ class TrainConfig(Strict):
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpu_threads: int = Field(1, ge=1, description="kernel threads per network trained on CPU; part of a job's "
+                             "identity (MKL and oneDNN sum weight gradients differently for other counts)")
 
 
 Noise = Literal["data_order", "augmentation"]
@@ -426,6 +428,7 @@ class Hyper:
     checkpoint_every: int
     precision: str = "fp32"
     compile: bool = False
+    cpu_threads: int = 1
 
     def identity(self) -> dict[str, Any]:
         """The fields that determine a training result (cadences and compile excluded)."""
@@ -475,7 +478,7 @@ def resolve(sweep: SweepConfig) -> Hyper:
         gamma=t.gamma or p.gamma, final_lr=t.final_lr if t.final_lr is not None else p.final_lr,
         warmup=its(t.warmup, p.warmup), iterations_per_epoch=ipe,
         eval_every=its(t.eval_every, default_cadence), checkpoint_every=its(t.checkpoint_every, default_cadence),
-        precision=t.precision, compile=t.compile,
+        precision=t.precision, compile=t.compile, cpu_threads=t.cpu_threads,
     )
 
 

@@ -2,17 +2,20 @@
 the subnetwork of an IMP level and its controls) train at the same time.
 
 On CPU every copy runs its own training loop (the plain network, its own optimizer, data order and
-augmentation) in a worker, one worker per core, with all its arithmetic on one intra-op thread.
-The workers are forked processes on Linux (threads elsewhere, and with the FFCV loader): in
-threads the copies' Python contends for the GIL (two LeNet copies measured 1.18x one alone on
-threads, about 1.0x in processes once the fork's ~60 ms is paid; bench/copies.py).
+augmentation) in a worker, with its kernels on `train.cpu_threads` intra-op threads (default 1)
+and as many workers as the cores allow (cores // cpu_threads). The workers are forked processes on
+Linux with one kernel thread each (threads elsewhere, with more kernel threads, and with the FFCV
+loader): in threads the copies' Python contends for
+the GIL (two LeNet copies measured 1.18x one alone on threads, about 1.05x in processes;
+bench/copies.py).
 
 Why not one batched computation: a weight gradient is a sum over the batch, and MKL and oneDNN
 split that sum differently for different thread counts and batched shapes, so a copy stacked with
-others (or trained alone on two intra-op threads) gets other bits than the same copy trained alone.
-With one thread per copy its numbers are the same alone, in any group, in any position and on a
-machine with any number of cores (same CPU instruction set). Stacking is not faster on CPU either:
-two LeNet copies stacked on a leading axis took 2.6x one copy on one core.
+others (or trained on another number of threads) gets other bits than the same copy trained alone.
+With a fixed thread count per copy (part of the job's identity, as train.cpu_threads) its numbers
+are the same alone, in any group, in any position and on a machine with any number of cores (same
+CPU instruction set). Stacking is not faster on CPU either: two LeNet copies stacked on a leading
+axis took 2.6x one copy on one core.
 
 On a GPU copies train one after another, each as its plain network (stacked copies measured
 1.6-3.8x slower than one copy for ResNet-20 on an H200); with train.compile on, too.
@@ -44,27 +47,31 @@ def cores() -> int:
 
 
 @contextlib.contextmanager
-def one_thread_each() -> Iterator[int]:
-    """While inside, every torch kernel runs on one intra-op thread; yields the number of worker
-    threads the cores allow (read before the switch) and restores the thread count on exit."""
+def kernel_threads(threads: int, device: torch.device = torch.device("cpu")) -> Iterator[None]:
+    """While inside, torch kernels on CPU run on `threads` intra-op threads (restored on exit);
+    nothing changes on a GPU."""
+    if device.type != "cpu":
+        yield
+        return
     before = torch.get_num_threads()
-    workers = cores()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     try:
-        yield workers
+        yield
     finally:
         torch.set_num_threads(before)
 
 
 def together(tasks: Sequence[Callable[[], T]], device: torch.device = torch.device("cpu"),
-             concurrent: bool = True, workers: int | None = None, processes: bool = True,
+             concurrent: bool = True, workers: int | None = None, threads: int = 1, processes: bool = True,
              in_child: Callable[[], None] | None = None,
              on_message: Callable[[Any], None] | None = None) -> list[T | BaseException]:
     """Run each task (one copy's whole training) and return its result or the exception it raised,
-    in order. On CPU, every kernel on one thread, the tasks spread over `workers` (default: one per
-    core): forked worker processes where the platform forks (`processes`), else threads. On a GPU
-    or with `concurrent` off they run one after another in this thread (on CPU still one kernel
-    thread each, so a copy's numbers never depend on how it was run).
+    in order. On CPU every kernel runs on `threads` threads (train.cpu_threads) and the tasks spread
+    over `workers` (default: cores // threads): forked worker processes where the platform forks
+    (`processes`) and threads is 1, else threads (GNU OpenMP's thread pool does not survive a fork:
+    a forked child running multi-threaded kernels hangs). On a GPU or with `concurrent` off they run one after another in
+    this thread (on CPU still on `threads` kernel threads, so a copy's numbers never depend on how
+    it was run).
 
     In a worker process `in_child()` runs first (to swap what must not be shared across a fork:
     database connections, writer threads); the tasks' results and exceptions come back pickled,
@@ -75,11 +82,11 @@ def together(tasks: Sequence[Callable[[], T]], device: torch.device = torch.devi
     try:
         if device.type != "cpu":
             return [_guarded(t) for t in tasks]
-        with one_thread_each() as n:
-            n = max(1, min(len(tasks), workers or n))
+        n = max(1, min(len(tasks), workers or cores() // threads))
+        with kernel_threads(threads):
             if not concurrent or n == 1:
                 return [_guarded(t) for t in tasks]
-            if processes and _can_fork():
+            if processes and threads == 1 and _can_fork():
                 return _in_processes(tasks, n, in_child, on_message)
             with ThreadPoolExecutor(n, thread_name_prefix="lmcsweep-copy") as pool:
                 return list(pool.map(_guarded, tasks))

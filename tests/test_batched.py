@@ -56,7 +56,8 @@ def _setup(name: str, seeds: list[int], iterations: int, masked: bool):
     return parent, opt.state_dict(), h, loaders, masks
 
 
-def _train(name, seeds, iterations=6, masked=False, start=0, end=None, states=None, workers=None, threads=None):
+def _train(name, seeds, iterations=6, masked=False, start=0, end=None, states=None, workers=None, threads=None,
+           kernel=1):
     """Train the copies `seeds` together (`copies.together`); each copy's (weights and statistics,
     optimizer state, losses)."""
     parent, opt_state, h, loaders, masks = _setup(name, seeds, iterations, masked)
@@ -75,7 +76,7 @@ def _train(name, seeds, iterations=6, masked=False, start=0, end=None, states=No
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:
-        results = together([lambda s=s: task(s) for s in seeds], workers=workers)
+        results = together([lambda s=s: task(s) for s in seeds], workers=workers, threads=kernel)
         assert torch.get_num_threads() == (threads or before)
     finally:
         torch.set_num_threads(before)
@@ -253,3 +254,11 @@ def test_copy_equals_plain_training_loop(name):
             _same(model.state_dict(), together_[s][0])
     finally:
         torch.set_num_threads(before)
+
+
+def test_copies_on_two_kernel_threads_are_exact_in_any_group():
+    """train.cpu_threads 2: a copy's kernels always run on two threads, alone or in a group."""
+    alone = _train("lenet", [31], kernel=2)
+    for workers in (1, 2):  # one after another, or side by side (oversubscribed here, and still exact)
+        pair = _train("lenet", [32, 31], kernel=2, workers=workers)
+        _same(alone[31][0], pair[31][0])

@@ -248,8 +248,7 @@ class Runner:
         params.update({f"data.{k}": v for k, v in plan.sweep.data.model_dump(mode="json").items() if v is not None})
         params.update(self._prov)
         params["device"] = str(device)
-        # kernel threads: a copy's arithmetic runs on one on CPU (`copies`); dense training on all
-        params["torch_threads"] = 1 if job.kind == "branch" and device.type == "cpu" else torch.get_num_threads()
+        params["torch_threads"] = torch.get_num_threads()  # evaluation's; training's is train.cpu_threads
         params.update({f"hp.{k}": v for k, v in plan.overrides.items()})
         for key, value in job.fields.items():
             if key == "seeds":

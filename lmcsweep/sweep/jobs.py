@@ -21,7 +21,7 @@ from ..data import DataSet, load_dataset, make_loader
 from ..models import build_model
 from ..store import Store, Writer
 from ..tracking import Tracker
-from ..copies import send, together
+from ..copies import kernel_threads, send, together
 from ..train import evaluate, make_optimizer, train
 from .plan import Job, exempt_layers
 
@@ -138,11 +138,12 @@ def run_train(ctx: Context, job: Job, run_id: str) -> None:
     save = [k for k in save_at if k > start]
     steps = train(fast, optimizer, loader.train_batches(start, T), ctx.hyper, start, T,
                   _pauses(ctx.hyper, start, T, save), None, ctx.device)
-    _loop(ctx, job.hash, run_id, steps, start, T, lambda: ctx.test_metrics(fast),
-          lambda it: {"model": _clone(model.state_dict()), "optimizer": _clone(optimizer.state_dict()),
-                         "iteration": it},
-          lambda it: ctx.writer.submit(ctx.store.save_checkpoint, job.hash, it, _state(model, optimizer, it)),
-          tuple(save))
+    with kernel_threads(ctx.hyper.cpu_threads, ctx.device):
+        _loop(ctx, job.hash, run_id, steps, start, T, lambda: ctx.test_metrics(fast),
+              lambda it: {"model": _clone(model.state_dict()), "optimizer": _clone(optimizer.state_dict()),
+                          "iteration": it},
+              lambda it: ctx.writer.submit(ctx.store.save_checkpoint, job.hash, it, _state(model, optimizer, it)),
+              tuple(save))
     ctx.writer.submit(ctx.store.save_checkpoint, job.hash, T, _state(model, optimizer, T))
     m = ctx.test_metrics(fast)
     ctx.writer.submit(ctx.tracker.log_metrics, run_id,
@@ -176,8 +177,10 @@ def ensure_checkpoint(ctx: Context, train_job: Job, k: int) -> dict[str, Any]:
     optimizer = make_optimizer(model, ctx.hyper)
     optimizer.load_state_dict(state["optimizer"])
     loader = ctx.loader("train", seeds["data_order"], seeds["augmentation"])
-    for _ in train(model, optimizer, loader.train_batches(saved[-1], k), ctx.hyper, saved[-1], k, (), None, ctx.device):
-        pass
+    with kernel_threads(ctx.hyper.cpu_threads, ctx.device):  # the same kernels as the run it replays
+        for _ in train(model, optimizer, loader.train_batches(saved[-1], k), ctx.hyper, saved[-1], k, (), None,
+                       ctx.device):
+            pass
     out = _state(model, optimizer, k)
     ctx.store.save_checkpoint(train_job.hash, k, out)
     return out
@@ -272,7 +275,8 @@ def run_branches(ctx: Context, todo: list[tuple[Job, str]]) -> dict[str, BaseExc
             ctx.writer.flush()  # its checkpoints are on disk before it reports done
 
     outcomes = together([lambda c=c: task(c) for c in copies], ctx.device, concurrent=not ctx.hyper.compile,
-                        processes=ctx.sweep.data.loader != "ffcv", in_child=in_child, on_message=on_message)
+                        threads=ctx.hyper.cpu_threads, processes=ctx.sweep.data.loader != "ffcv",
+                        in_child=in_child, on_message=on_message)
     failed.update({c.job.hash: out for c, out in zip(copies, outcomes) if isinstance(out, BaseException)})
     try:
         ctx.writer.flush()
