@@ -8,7 +8,7 @@ LeNet-300-100 on in-memory Fashion-MNIST, Adam, batch 60, on CPU; with CUDA also
 synthetic CIFAR-shaped data (SGD, batch 128). Each copy has its own data order. Targets (CPU, LeNet):
 2 copies <= 1.4x one alone, 4 copies <= 2.2x.
 
-    .venv/bin/python bench/copies.py [--iterations 300] [--repeats 5] [--model lenet|resnet20]
+    .venv/bin/python bench/copies.py [--iterations 1000] [--repeats 5] [--model lenet|resnet20]
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def timed(fn, device) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--iterations", type=int, default=300)
+    ap.add_argument("--iterations", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--model", default=None, choices=["lenet", "resnet20"])
     ap.add_argument("--copies", default="1,2,4")

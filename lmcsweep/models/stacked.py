@@ -1,21 +1,22 @@
-"""Copies of one network as one module: each parameter and buffer stacked on a leading copy axis.
+"""Networks of one architecture as one module: each parameter and buffer stacked on a leading axis.
 
+Used to evaluate the networks along an interpolation path together (`interpolate.error_curves`):
 `stack(models)` deep-copies the first model and swaps its Linear, Conv2d and BatchNorm layers for
-stacked versions holding every copy's tensors ([C, ...], same names as in the plain model). The
-model's own forward runs unchanged on a batch with the copies folded into the batch axis: copy c's
-examples are rows c*N .. (c+1)*N-1. Activations, pooling, flatten and residual adds never mix rows,
-so only the swapped layers need to know about copies.
+stacked versions holding every network's tensors ([C, ...], same names as in the plain model). The
+model's own forward runs unchanged on a batch with the networks folded into the batch axis:
+network c's examples are rows c*N .. (c+1)*N-1. Activations, pooling, flatten and residual adds
+never mix rows, so only the swapped layers need to know about copies.
 
-Exactness on CPU (tested): Linear, Conv2d and BatchNorm run copy by copy with the plain layers'
-own functions (each BatchNorm keeps its own copy's running statistics), so copy c's outputs and
-gradients are bit-identical to the plain model's, whatever copies share the module; what is shared
-is everything else (activations, loss, optimizer update, data). `grouped=True` (used on a GPU) runs
-all copies' Linear layers as one batched matmul and their convolutions as one grouped convolution:
-fewer, bigger kernels, equal up to float rounding.
+By default Linear, Conv2d and BatchNorm run network by network with the plain layers' own
+functions (each BatchNorm with its own statistics), so outputs equal the plain models' bit for bit.
+`grouped=True` runs all Linear layers as one batched matmul and the convolutions as one grouped
+convolution: fewer, bigger kernels, equal up to float rounding.
 
-`shared_input`: for evaluating many networks on the same data (interpolation), the first layer may
-take the plain batch [N, ...] once for all copies; with `endpoints` set it computes its output at
-every alpha from the two end networks' outputs (it is linear in its weights).
+`shared` (on the first layer): it may take the plain batch [N, ...] once for all networks; with
+`endpoints` set it computes its output at every alpha from the two end networks' outputs (it is
+linear in its weights).
+
+(Training copies stacked this way was tried and dropped: see `copies`.)
 """
 
 from __future__ import annotations
@@ -172,11 +173,6 @@ def stack(models: list[nn.Module], grouped: bool = False) -> nn.Module:
         setattr(net.get_submodule(parent) if parent else net, leaf, new)
     net.copies = len(models)
     return net.to(next(models[0].parameters()).device)
-
-
-def copy_state(net: nn.Module, c: int) -> dict[str, torch.Tensor]:
-    """Copy c's state dict in the plain model's format (cloned)."""
-    return {k: v[c].detach().clone() for k, v in net.state_dict().items()}
 
 
 def first_layer(model: nn.Module, example: torch.Tensor) -> str | None:
