@@ -262,3 +262,27 @@ def test_copies_on_two_kernel_threads_are_exact_in_any_group():
     for workers in (1, 2):  # one after another, or side by side (oversubscribed here, and still exact)
         pair = _train("lenet", [32, 31], kernel=2, workers=workers)
         _same(alone[31][0], pair[31][0])
+
+
+def test_replicates_dense_runs_train_together_exactly(write_sweep, store, tmp_path):
+    """The dense networks of two replicates train side by side (train.group 2 on their runs) and
+    end bit-identical to replicate 0 trained on its own in another store."""
+    from click.testing import CliRunner
+
+    from lmcsweep.cli import main
+
+    both = write_sweep(name="reps", replicates=2, filename="both.yaml")
+    one = write_sweep(name="reps", replicates=1, filename="one.yaml")
+    alone_store = tmp_path / "alone"
+    for path, where in ((both, store), (one, alone_store)):
+        result = CliRunner().invoke(main, ["--store", str(where), "run", "--no-progress", str(path)])
+        assert result.exit_code == 0, result.output
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id],
+                              "tags.`lmcsweep.kind` = 'train'")
+    assert len(runs) == 2 and all(r.data.params["train.group"] == "2" for r in runs)
+    shared = [p.parent.name for p in (alone_store / "checkpoints").glob("train_*/it60.pt")]
+    assert len(shared) == 1
+    a = torch.load(store / "checkpoints" / shared[0] / "it60.pt", weights_only=False)["model"]
+    b = torch.load(alone_store / "checkpoints" / shared[0] / "it60.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

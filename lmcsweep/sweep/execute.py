@@ -32,7 +32,7 @@ from ..config import PRESETS, SweepConfig, canonical, job_hash, sweep_fingerprin
 from ..data import load_dataset
 from ..store import Store
 from ..tracking import FAILED, FINISHED, TAG, Tracker, tag
-from .jobs import BODIES, Context, run_branches
+from .jobs import BODIES, Context, run_branches, run_trains
 from .plan import Job, Plan
 
 
@@ -154,9 +154,10 @@ class Runner:
             if context is None:
                 context = self._context(plan, jobs, progress)
             group = [job]
-            if job.kind == "branch":  # its ready siblings train with it (`copies.together`)
-                group += [j for j in plan.jobs if j is not job and j.kind == "branch"
-                          and _sibling_key(j) == _sibling_key(job) and j.hash not in tree["finished"]
+            if job.kind in ("branch", "train"):  # ready jobs like it train with it (`copies.together`)
+                group += [j for j in plan.jobs if j is not job and j.kind == job.kind
+                          and (job.kind == "train" or _sibling_key(j) == _sibling_key(job))
+                          and j.hash not in tree["finished"]
                           and j.hash not in done_elsewhere and j.hash not in handled
                           and (j.hash not in tree["failed"] or self.retry_failed)]
             runs = []
@@ -175,6 +176,8 @@ class Runner:
             try:
                 if job.kind == "branch":
                     errors = run_branches(context, runs)
+                elif job.kind == "train":  # the dense networks of all replicates
+                    errors = run_trains(context, runs)
                 else:
                     BODIES[job.kind](context, job, runs[0][1])
             except Exception as exc:  # noqa: BLE001 -- any failure of a job is recorded, the sweep goes on
@@ -243,7 +246,7 @@ class Runner:
         h = plan.hyper
         params = {f"train.{k}": v for k, v in h.__dict__.items()}
         device = pick_device(plan.sweep.train.device)
-        if job.kind == "branch":  # copies trained with it (side by side on CPU; its result does not depend on it)
+        if job.kind in ("branch", "train"):  # networks trained with it (side by side on CPU; not in its identity)
             params["train.group"] = group if device.type == "cpu" and not h.compile else 1
         params.update({f"data.{k}": v for k, v in plan.sweep.data.model_dump(mode="json").items() if v is not None})
         params.update(self._prov)

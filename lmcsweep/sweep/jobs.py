@@ -244,20 +244,36 @@ def prepare_branch(ctx: Context, job: Job, run_id: str) -> Copy:
 
 def run_branches(ctx: Context, todo: list[tuple[Job, str]]) -> dict[str, BaseException]:
     """Sibling branches (same train job, rewind point and mask; a level's controls too) trained
-    together (`copies.together`: side by side in worker processes on CPU, one after another on a
-    GPU). Each keeps its own run, resume checkpoint and outcome; returns {job hash: exception} for
-    the copies that failed. A copy's result does not depend on its group (tests/test_batched.py)."""
+    together (`run_together`). Each keeps its own run, resume checkpoint and outcome; returns {job
+    hash: exception} for the copies that failed. A copy's result does not depend on its group
+    (tests/test_batched.py)."""
     failed: dict[str, BaseException] = {}
-    copies: list[Copy] = []
+    bodies: list[tuple[str, Callable[[], None]]] = []
     for job, run_id in todo:
         try:
-            copies.append(prepare_branch(ctx, job, run_id))
+            copy = prepare_branch(ctx, job, run_id)
+            bodies.append((job.hash, lambda c=copy: _train_copy(ctx, c)))
         except Exception as exc:  # noqa: BLE001 -- recorded on that copy's run by the runner
             failed[job.hash] = exc
+    failed.update(run_together(ctx, bodies))
+    return failed
+
+
+def run_trains(ctx: Context, todo: list[tuple[Job, str]]) -> dict[str, BaseException]:
+    """The dense networks of several replicates (they need nothing but their seeds) trained
+    together (`run_together`); returns {job hash: exception} for those that failed."""
+    return run_together(ctx, [(job.hash, lambda j=job, r=run_id: run_train(ctx, j, r)) for job, run_id in todo])
+
+
+def run_together(ctx: Context, bodies: list[tuple[str, Callable[[], None]]]) -> dict[str, BaseException]:
+    """Job bodies run side by side by `copies.together` (worker processes on CPU, one after another
+    on a GPU); returns {job hash: exception} for the bodies that failed. A worker process writes
+    its checkpoints itself and sends its MLflow calls and progress here, where our writer logs them
+    in order (this process owns the database connection)."""
     try:
         ctx.writer.flush()  # nothing half-written when workers fork
     except Exception as exc:  # noqa: BLE001
-        return {job.hash: exc for job, _ in todo}
+        return {name: exc for name, _ in bodies}
 
     def in_child() -> None:  # a worker process: its own writer thread; runs and progress go through us
         ctx.writer = _WorkerWriter(ctx.tracker)
@@ -266,22 +282,22 @@ def run_branches(ctx: Context, todo: list[tuple[Job, str]]) -> dict[str, BaseExc
     def on_message(message: tuple) -> None:
         if message[0] == "progress":
             ctx.progress(message[1])
-        else:  # ("tracker", method, args): logged here, in order, by our writer
+        else:  # ("tracker", method, args)
             ctx.writer.submit(getattr(ctx.tracker, message[1]), *message[2])
 
-    def task(copy: Copy) -> None:
-        _train_copy(ctx, copy)
+    def task(body: Callable[[], None]) -> None:
+        body()
         if isinstance(ctx.writer, _WorkerWriter):
             ctx.writer.flush()  # its checkpoints are on disk before it reports done
 
-    outcomes = together([lambda c=c: task(c) for c in copies], ctx.device, concurrent=not ctx.hyper.compile,
-                        threads=ctx.hyper.cpu_threads, processes=ctx.sweep.data.loader != "ffcv",
-                        in_child=in_child, on_message=on_message)
-    failed.update({c.job.hash: out for c, out in zip(copies, outcomes) if isinstance(out, BaseException)})
+    outcomes = together([lambda b=body: task(b) for _, body in bodies], ctx.device,
+                        concurrent=not ctx.hyper.compile, threads=ctx.hyper.cpu_threads,
+                        processes=ctx.sweep.data.loader != "ffcv", in_child=in_child, on_message=on_message)
+    failed = {name: out for (name, _), out in zip(bodies, outcomes) if isinstance(out, BaseException)}
     try:
         ctx.writer.flush()
     except Exception as exc:  # noqa: BLE001
-        failed.update({job.hash: exc for job, _ in todo if job.hash not in failed})
+        failed.update({name: exc for name, _ in bodies if name not in failed})
     return failed
 
 
