@@ -274,6 +274,9 @@ def run_together(ctx: Context, bodies: list[tuple[str, Callable[[], None]]]) -> 
         ctx.writer.flush()  # nothing half-written when workers fork
     except Exception as exc:  # noqa: BLE001
         return {name: exc for name, _ in bodies}
+    # the first torch.optim optimizer of a process imports torch._dynamo (~1 s): import it once here,
+    # before the fork, rather than in every worker
+    import torch._dynamo  # noqa: F401
 
     def in_child() -> None:  # a worker process: its own writer thread; runs and progress go through us
         ctx.writer = _WorkerWriter(ctx.tracker)
