@@ -68,10 +68,10 @@ def together(tasks: Sequence[Callable[[], T]], device: torch.device = torch.devi
     """Run each task (one copy's whole training) and return its result or the exception it raised,
     in order. On CPU every kernel runs on `threads` threads (train.cpu_threads) and the tasks spread
     over `workers` (default: cores // threads): forked worker processes where the platform forks
-    (`processes`) and threads is 1, else threads (GNU OpenMP's thread pool does not survive a fork:
-    a forked child running multi-threaded kernels hangs). On a GPU or with `concurrent` off they run one after another in
-    this thread (on CPU still on `threads` kernel threads, so a copy's numbers never depend on how
-    it was run).
+    (`processes`) and threads is 1, else threads (GNU OpenMP's thread pool does not survive a
+    fork: a forked child running multi-threaded kernels hangs). On a GPU or with `concurrent` off
+    they run one after another in this thread (on CPU still on `threads` kernel threads, so a
+    copy's numbers never depend on how it was run).
 
     In a worker process `in_child()` runs first (to swap what must not be shared across a fork:
     database connections, writer threads); the tasks' results and exceptions come back pickled,
@@ -125,6 +125,7 @@ def _can_fork() -> bool:
 def _in_processes(tasks: Sequence[Callable[[], T]], n: int, in_child, on_message) -> list[T | BaseException]:
     import multiprocessing.connection as mpc
     import pickle
+    import signal
     import traceback
 
     results: list[Any] = [_NOT_RUN] * len(tasks)
@@ -180,6 +181,11 @@ def _in_processes(tasks: Sequence[Callable[[], T]], n: int, in_child, on_message
                         on_message(rest[0])
                 else:
                     results[rest[0]] = rest[1]
+    except BaseException:  # we stop reading (an error here, Ctrl-C): the workers must not wait on us
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        raise
     finally:
         statuses = [os.waitpid(pid, 0)[1] for pid in pids]
     for i, r in enumerate(results):

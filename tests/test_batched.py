@@ -286,3 +286,27 @@ def test_replicates_dense_runs_train_together_exactly(write_sweep, store, tmp_pa
     a = torch.load(store / "checkpoints" / shared[0] / "it60.pt", weights_only=False)["model"]
     b = torch.load(alone_store / "checkpoints" / shared[0] / "it60.pt", weights_only=False)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_worker_processes_report_exceptions_and_messages():
+    """Forked workers: results and exceptions come back in order, messages reach the caller while
+    the tasks run, an exception names the worker's traceback, and a worker that dies is reported."""
+    import os
+
+    from lmcsweep.copies import send
+
+    seen = []
+
+    def work(i):
+        send(("progress", i))
+        if i == 1:
+            raise ValueError("bad copy")
+        if i == 2:
+            os._exit(3)  # dies without a word
+        return i * 10
+
+    out = together([lambda i=i: work(i) for i in range(4)], workers=2, on_message=seen.append)
+    assert out[0] == 0 and out[3] == 30
+    assert isinstance(out[1], ValueError) and "in copy worker process" in "".join(out[1].__notes__)
+    assert isinstance(out[2], RuntimeError) and "died" in str(out[2])
+    assert ("progress", 0) in seen and ("progress", 1) in seen
