@@ -57,7 +57,7 @@ def _setup(name: str, seeds: list[int], iterations: int, masked: bool):
 
 
 def _train(name, seeds, iterations=6, masked=False, start=0, end=None, states=None, workers=None, threads=None,
-           kernel=1):
+           kernel=1, processes=True):
     """Train the copies `seeds` together (`copies.together`); each copy's (weights and statistics,
     optimizer state, losses)."""
     parent, opt_state, h, loaders, masks = _setup(name, seeds, iterations, masked)
@@ -76,7 +76,8 @@ def _train(name, seeds, iterations=6, masked=False, start=0, end=None, states=No
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:
-        results = together([lambda s=s: task(s) for s in seeds], workers=workers, threads=kernel)
+        results = together([lambda s=s: task(s) for s in seeds], workers=workers, threads=kernel,
+                           processes=processes)
         assert torch.get_num_threads() == (threads or before)
     finally:
         torch.set_num_threads(before)
@@ -107,7 +108,8 @@ def test_copy_result_independent_of_group(name, masked):
     pair = _train(name, [12, 11], masked=masked)
     four = _train(name, [14, 11, 13, 12], masked=masked, workers=4)
     serial = _train(name, [13, 14], masked=masked, workers=1)
-    for group in (pair, four, serial):
+    threaded = _train(name, [11, 14], masked=masked, processes=False)  # where there is no fork
+    for group in (pair, four, serial, threaded):
         for s, (state, opt, losses) in group.items():
             _same(alone[s][0], state)
             _same_optimizer(alone[s][1], opt)
