@@ -138,6 +138,17 @@ class Tracker:
         for i in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[i:i + 1000])
 
+    def copy_metrics(self, source: str, target: str, max_step: int) -> None:
+        """Every metric of run `source` up to step `max_step`, logged again on run `target` (same
+        values, steps and timestamps)."""
+        from mlflow.entities import Metric
+
+        items = [Metric(m.key, m.value, m.timestamp, m.step)
+                 for key in self.client.get_run(source).data.metrics
+                 for m in self.client.get_metric_history(source, key) if m.step <= max_step]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(target, metrics=items[i:i + 1000])
+
     def log_dict(self, run_id: str, obj: Any, path: str) -> None:
         self.client.log_dict(run_id, obj, path)
 

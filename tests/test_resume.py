@@ -123,11 +123,17 @@ def test_sigkill_mid_training_then_resume_is_exact(tmp_path):
                        if r.info.status == "FINISHED" and "lmcsweep.job" in r.data.tags
                        and r.data.tags["lmcsweep.kind"] != "sweep")
     assert len(finished) == 7 and set(finished.values()) == {1}, finished
-    # the interrupted jobs went on from their resume checkpoint, not from the start
+    # the interrupted jobs went on from their resume checkpoint, not from the start, in a new run
+    # holding the whole curve (the killed run's history up to the resume point, then its own)
+    client = MlflowClient(f"sqlite:///{killed / 'mlflow.db'}")
     for job, iteration in stopped_at.items():
         run = next(r for r in after if r.data.tags.get("lmcsweep.job") == job and r.info.status == "FINISHED")
-        losses = MlflowClient(f"sqlite:///{killed / 'mlflow.db'}").get_metric_history(run.info.run_id, "loss")
-        assert min(m.step for m in losses) > iteration, (job, iteration)
+        assert run.data.tags["lmcsweep.resumed_from"] == str(iteration)
+        old = next(r for r in after if r.data.tags.get("lmcsweep.job") == job and r.info.status == "KILLED")
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+        old_steps = [m.step for m in client.get_metric_history(old.info.run_id, "loss") if m.step <= iteration]
+        assert len(steps) == len(set(steps)) and max(steps) == 200, (job, steps)
+        assert sorted(s for s in steps if s <= iteration) == sorted(old_steps), (job, iteration)
     assert not resume_files(killed)
 
     # 3. the same sweep uninterrupted in another store: identical results, bit for bit

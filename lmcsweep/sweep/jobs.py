@@ -128,6 +128,7 @@ def run_train(ctx: Context, job: Job, run_id: str) -> None:
         optimizer.load_state_dict(resume["optimizer"])
         start = resume["iteration"]
         ctx.progress(start)
+        _continue_history(ctx, resume, run_id)
     save_at = sorted(set(job.fields.get("save_at", [])) | {0})
     ctx.log_device_params(run_id)
     if start == 0:
@@ -150,6 +151,15 @@ def run_train(ctx: Context, job: Job, run_id: str) -> None:
                       [("final_test_accuracy", m["accuracy"], T), ("final_test_error", m["error"], T)])
     ctx.writer.submit(ctx.store.clear_resume, job.hash)
     ctx.writer.flush()
+
+
+def _continue_history(ctx: Context, resume: dict[str, Any], run_id: str) -> None:
+    """A job resumed in a new run: the interrupted run's metrics up to the resume point are logged
+    on the new run too (so its curves are whole), and the new run is tagged `resumed_from`."""
+    it = resume["iteration"]
+    ctx.writer.submit(ctx.tracker.set_tags, run_id, {"resumed_from": it})
+    if resume.get("run_id") and resume["run_id"] != run_id:
+        ctx.writer.submit(ctx.tracker.copy_metrics, resume["run_id"], run_id, it)
 
 
 def _clone(obj: Any) -> Any:
@@ -226,6 +236,7 @@ def prepare_branch(ctx: Context, job: Job, run_id: str) -> Copy:
         optimizer.load_state_dict(resume["optimizer"])
         start = resume["iteration"]
         ctx.progress(start - k)
+        _continue_history(ctx, resume, run_id)
     else:
         state = ensure_checkpoint(ctx, train_job, k)
         if f["control"] != "random_reinit":
