@@ -71,7 +71,8 @@ def _train(name, seeds, iterations=6, masked=False, start=0, end=None, states=No
         optimizer.load_state_dict(copy.deepcopy(states[s][1] if states is not None else opt_state))
         losses = [loss for _, loss in train(model, optimizer, loaders[s].train_batches(start, end), h, start, end,
                                             range(start, end), masks)]
-        return ({k: v.clone() for k, v in model.state_dict().items()}, copy.deepcopy(optimizer.state_dict()), losses)
+        return ({k: v.clone() for k, v in model.state_dict().items()}, copy.deepcopy(optimizer.state_dict()), losses,
+                torch.get_num_threads())
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
@@ -110,7 +111,8 @@ def test_copy_result_independent_of_group(name, masked):
     serial = _train(name, [13, 14], masked=masked, workers=1)
     threaded = _train(name, [11, 14], masked=masked, processes=False)  # where there is no fork
     for group in (pair, four, serial, threaded):
-        for s, (state, opt, losses) in group.items():
+        for s, (state, opt, losses, threads) in group.items():
+            assert threads == 1
             _same(alone[s][0], state)
             _same_optimizer(alone[s][1], opt)
             assert alone[s][2] == losses
@@ -264,6 +266,7 @@ def test_copies_on_two_kernel_threads_are_exact_in_any_group():
     for workers in (1, 2):  # one after another, or side by side (oversubscribed here, and still exact)
         pair = _train("lenet", [32, 31], kernel=2, workers=workers)
         _same(alone[31][0], pair[31][0])
+        assert alone[31][3] == pair[31][3] == pair[32][3] == 2  # the kernels ran on two threads
 
 
 def test_replicates_dense_runs_train_together_exactly(write_sweep, store, tmp_path):
