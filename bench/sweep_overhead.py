@@ -42,7 +42,7 @@ CATEGORIES = {  # category: (module, qualified names)
     "waiting for the writer": ("lmcsweep.store", ["Writer.flush"]),
     "provenance (git)": ("lmcsweep.sweep.execute", ["provenance"]),
     "plot": ("lmcsweep.sweep.jobs", ["_plot"]),
-    "optimizer construction (1st imports torch._dynamo)": ("lmcsweep.train", ["make_optimizer"]),
+    "optimizer construction": ("lmcsweep.train", ["make_optimizer"]),
     "model construction": ("lmcsweep.sweep.jobs", ["Context.model"]),
     "branch set-up (checkpoint, masks, loader)": ("lmcsweep.sweep.jobs", ["prepare_branch"]),
     "run params": ("lmcsweep.sweep.execute", ["Runner._params"]),

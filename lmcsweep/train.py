@@ -1,4 +1,4 @@
-"""The training loop, the optimizer and learning-rate schedule, and evaluation.
+"""The training loop, the learning-rate schedule, and evaluation.
 
 No file I/O and no tracking here: `train` is a generator that pauses at the iterations its caller
 asks for (rewind points, evaluation and checkpoint cadence) so the caller can save and log.
@@ -14,19 +14,13 @@ import torch.nn.functional as F
 
 from . import prune
 from .config import Hyper
+from .optim import Fused
 
 
-def make_optimizer(model: torch.nn.Module, hyper: Hyper) -> torch.optim.Optimizer:
-    """SGD with momentum or Adam, with the preset's weight decay (coupled, as in OpenLTH).
-
-    The fused implementations (one kernel per parameter, on CPU and GPU): the same update as
-    torch's default loops up to float rounding, and far less Python per step, which is what lets
-    copies train side by side on threads (`copies`)."""
-    params = list(model.parameters())
-    if hyper.optimizer == "adam":
-        return torch.optim.Adam(params, lr=hyper.lr, weight_decay=hyper.weight_decay, fused=True)
-    return torch.optim.SGD(params, lr=hyper.lr, momentum=hyper.momentum, weight_decay=hyper.weight_decay,
-                           fused=True)
+def make_optimizer(model: torch.nn.Module, hyper: Hyper) -> Fused:
+    """SGD with momentum or Adam, with the preset's weight decay (coupled, as in OpenLTH): the fused
+    kernels of torch.optim's fused=True, one call a step for all parameters (`optim.Fused`)."""
+    return Fused(model.parameters(), hyper.optimizer, hyper.lr, hyper.momentum, hyper.weight_decay)
 
 
 def lr_at(hyper: Hyper, iteration: int) -> float:
@@ -56,7 +50,7 @@ def autocast(hyper: Hyper, device: torch.device):
 
 def train(
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Fused,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     hyper: Hyper,
     start: int,

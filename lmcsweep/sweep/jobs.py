@@ -22,6 +22,7 @@ from ..models import build_model
 from ..store import Store, Writer
 from ..tracking import Tracker
 from ..copies import kernel_threads, send, together
+from ..optim import Fused
 from ..train import evaluate, make_optimizer, train
 from .plan import Job, exempt_layers
 
@@ -212,7 +213,7 @@ class Copy:
     job: Job
     run_id: str
     model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: Fused
     start: int
     masks: prune.Masks | None
     loader: Any
@@ -285,10 +286,6 @@ def run_together(ctx: Context, bodies: list[tuple[str, Callable[[], None]]]) -> 
         ctx.writer.flush()  # nothing half-written when workers fork
     except Exception as exc:  # noqa: BLE001
         return {name: exc for name, _ in bodies}
-    # the first torch.optim optimizer of a process imports torch._dynamo (~1 s): import it once here,
-    # before the fork, rather than in every worker
-    import torch._dynamo  # noqa: F401
-
     def in_child() -> None:  # a worker process: its own writer thread; runs and progress go through us
         ctx.writer = _WorkerWriter(ctx.tracker)
         ctx.progress = lambda n: send(("progress", n))
