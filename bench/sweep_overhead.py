@@ -2,10 +2,12 @@
 temporary store, broken down into process start, imports, planning, data loading, training +
 evaluation, MLflow and checkpoint I/O. Target: >= 85% of the wall time in training and evaluation.
 
-The sweep runs in a child process (the real CLI, in-process `main`) whose lmcsweep functions are
-wrapped with timers; time is charged to the outermost wrapped call on the main thread, and work on
-the background writer thread is reported beside it (it overlaps training). A second child runs the
-plain console script for the end-to-end wall time with `--plain`.
+The sweep runs in a child process that does what `lmcsweep run` does (start the tracking process,
+import torch, then the CLI's `_run`), with lmcsweep functions wrapped with timers; time is charged
+to the outermost wrapped call on the main thread, and work on the background writer thread is
+reported beside it (it overlaps training). MLflow's own work happens in the tracking process (it
+overlaps too); what this process spends on it is sending calls and waiting for answers. A second
+child runs the plain console script for the end-to-end wall time with `--plain`.
 
     .venv/bin/python bench/sweep_overhead.py [--sweep sweeps/quickstart.yaml]
 """
@@ -24,6 +26,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# `lmcsweep run` talks to MLflow through its tracking process: the time this process spends sending
+# calls and waiting for answers (a query waits for the writes sent before it)
+TRACKER_CALLS = ("experiment", "start", "log_params", "set_tags", "log_metrics", "log_dict", "log_text", "log_plot",
+                 "log_artifact", "finish", "reopen", "search", "finished_jobs", "runs_of_sweep", "mark_stale_running",
+                 "run", "done_jobs", "metric_history", "write_errors", "close")
 CATEGORIES = {  # category: (module, qualified names)
     "training+evaluation": ("lmcsweep.train", ["train", "evaluate", "evaluate_group"]),
     # copies train in worker processes (their loops, evaluations and own checkpoint writes, and the
@@ -33,15 +40,12 @@ CATEGORIES = {  # category: (module, qualified names)
     "planning + config": ("lmcsweep.sweep.plan", ["build_plan", "summary"]),
     "config": ("lmcsweep.config", ["load_sweep"]),
     "data loading": ("lmcsweep.data", ["load_dataset"]),
-    "mlflow": ("lmcsweep.tracking", ["Tracker." + n for n in (
-        "__init__", "experiment", "start", "log_params", "set_tags", "log_metrics", "log_dict", "log_text",
-        "log_figure", "log_artifact", "finish", "reopen", "search", "finished_jobs", "runs_of_sweep",
-        "mark_stale_running", "run")]),
+    # `lmcsweep run` talks to MLflow through its tracking process: the time this process spends
+    # sending calls and waiting for answers (queries wait for the writes before them)
     "checkpoint I/O": ("lmcsweep.store", ["Store.save_checkpoint", "Store.load_checkpoint", "Store.save_resume",
                                           "Store.load_resume", "Store.clear_resume", "atomic_save"]),
     "waiting for the writer": ("lmcsweep.store", ["Writer.flush"]),
     "provenance (git)": ("lmcsweep.sweep.execute", ["provenance"]),
-    "plot": ("lmcsweep.sweep.jobs", ["_plot"]),
     "optimizer construction": ("lmcsweep.train", ["make_optimizer"]),
     "model construction": ("lmcsweep.sweep.jobs", ["Context.model"]),
     "branch set-up (checkpoint, masks, loader)": ("lmcsweep.sweep.jobs", ["prepare_branch"]),
@@ -49,7 +53,15 @@ CATEGORIES = {  # category: (module, qualified names)
 }
 
 
-def child(sweep: str, store: str, started: float) -> None:
+def categories(by_call: bool) -> dict[str, tuple[str, list[str]]]:
+    if by_call:
+        mlflow = {f"mlflow: {n}": ("lmcsweep.tracking", [f"TrackingProcess.{n}"]) for n in TRACKER_CALLS}
+    else:
+        mlflow = {"mlflow (tracking process calls)": ("lmcsweep.tracking", [f"TrackingProcess.{n}" for n in TRACKER_CALLS])}
+    return {**CATEGORIES, **mlflow}
+
+
+def child(sweep: str, store: str, started: float, by_call: bool) -> None:
     t_main = time.time()
     import importlib
 
@@ -94,20 +106,22 @@ def child(sweep: str, store: str, started: float) -> None:
                         charge(time.perf_counter() - t)
         return wrapper
 
-    from lmcsweep.tracking import default_uri, prepare_store
+    import lmcsweep.cli as cli
+    from lmcsweep.store import Store
+    from lmcsweep.tracking import TrackingProcess
 
-    prepare_store(default_uri(store))  # what `lmcsweep run` does before its heavy imports
+    t = time.perf_counter()  # what `lmcsweep run` does: the tracking process starts first
+    tracker = TrackingProcess(None, store)
+    started_tracking = time.perf_counter() - t
+    sweeps = cli._load((sweep,))
     t = time.perf_counter()
     import torch  # noqa: F401  -- the heavy imports, timed on their own
-    import mlflow  # noqa: F401
-
-    import lmcsweep.cli as cli
     import lmcsweep.sweep.execute  # noqa: F401
     import lmcsweep.sweep.jobs  # noqa: F401
     imports = time.perf_counter() - t
     import inspect
 
-    for category, (module_name, names) in CATEGORIES.items():
+    for category, (module_name, names) in categories(by_call).items():
         module = importlib.import_module(module_name)
         for name in names:
             owner, _, attr = name.rpartition(".")
@@ -121,25 +135,30 @@ def child(sweep: str, store: str, started: float) -> None:
                         setattr(mod, attr, wrapped)
     t = time.perf_counter()
     try:
-        cli.main(["--store", store, "run", "--no-progress", sweep], standalone_mode=False)
+        try:
+            cli._run(sweeps, tracker, Store(store), progress=False, retry_failed=False)
+        finally:
+            tracker.close()
     finally:
         run = time.perf_counter() - t
         print(json.dumps({"process start": t_main - started, "imports": imports, "run": run, "main": totals,
-                          "background": background}))
+                          "background": background, "tracking start": started_tracking}))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sweep", default=str(ROOT / "sweeps" / "quickstart.yaml"))
     ap.add_argument("--plain", action="store_true", help="also time the uninstrumented console script")
-    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--by-call", action="store_true", help="MLflow time per tracker call")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child(args.child[0], args.child[1], float(args.child[2]))
+        return child(args.child[0], args.child[1], float(args.child[2]), args.child[3] == "1")
     exe = Path(sys.executable)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.time()
-        out = subprocess.run([str(exe), __file__, "--child", args.sweep, str(Path(tmp) / "a"), str(t)],
+        out = subprocess.run([str(exe), __file__, "--child", args.sweep, str(Path(tmp) / "a"), str(t),
+                              "1" if args.by_call else "0"],
                              capture_output=True, text=True, cwd=tmp)
         wall = time.time() - t
         if out.returncode != 0:
@@ -152,10 +171,10 @@ def main() -> None:
                                    env={**os.environ})
             plain_wall = time.time() - t
     main_t = report["main"]
-    rows = [("process start (interpreter)", report["process start"]), ("imports (torch, mlflow, lmcsweep)",
-                                                                        report["imports"])]
+    rows = [("process start (interpreter)", report["process start"]), ("tracking process start", report["tracking start"]),
+            ("imports (torch, lmcsweep)", report["imports"])]
     rows += sorted(main_t.items(), key=lambda kv: -kv[1])
-    accounted = report["process start"] + report["imports"] + sum(main_t.values())
+    accounted = report["process start"] + report["tracking start"] + report["imports"] + sum(main_t.values())
     rows.append(("other (job bodies: models, state copies, python)", wall - accounted))
     print(f"{Path(args.sweep).name}: wall {wall:.1f} s (instrumented `lmcsweep run` in a child process)"
           + (f"; {plain_wall:.1f} s plain `lmcsweep run` (exit {plain.returncode})" if args.plain else ""))

@@ -29,12 +29,14 @@ def _load(paths: tuple[str, ...]):
     return sweeps
 
 
-def _backends(ctx: click.Context):
+def _backends(ctx: click.Context, process: bool = False):
+    """The tracker and the store; with `process`, MLflow is served by a helper process
+    (`tracking.TrackingProcess`), started now so that its start-up overlaps torch's import."""
     from .store import Store
-    from .tracking import Tracker
+    from .tracking import Tracker, TrackingProcess
 
     root = ctx.obj["store"]
-    return Tracker(ctx.obj["tracking_uri"], root), Store(root)
+    return (TrackingProcess if process else Tracker)(ctx.obj["tracking_uri"], root), Store(root)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -104,15 +106,20 @@ def plan(ctx: click.Context, files: tuple[str, ...]) -> None:
 @click.pass_context
 def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, retry_failed: bool, progress: bool) -> None:
     """Run (or resume) sweep FILES. Finished jobs are never recomputed; killed ones resume."""
-    sweeps = _load(files)
-    tracker, store = _backends(ctx)
     if dry_run:
-        for sweep in sweeps:
+        tracker, _ = _backends(ctx)
+        for sweep in _load(files):
             _print_plan(sweep, tracker)
         return
-    from .tracking import prepare_store
+    tracker, store = _backends(ctx, process=True)  # first: its start-up overlaps ours
+    try:
+        failed = _run(_load(files), tracker, store, progress, retry_failed)
+    finally:
+        tracker.close()
+    sys.exit(1 if failed else 0)
 
-    prepare_store(tracker.uri)  # a new store's schema is made while torch imports
+
+def _run(sweeps, tracker, store, progress: bool, retry_failed: bool) -> bool:
     from .sweep.execute import run_sweep
 
     failed = False
@@ -129,7 +136,7 @@ def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, retry_failed:
         failed = failed or bool(outcome.failed)
         if not outcome.failed:
             click.echo(f"  see: lmcsweep query --sweep {sweep.name}    or    lmcsweep ui")
-    sys.exit(1 if failed else 0)
+    return failed
 
 
 @main.command()

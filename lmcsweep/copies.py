@@ -33,6 +33,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from .children import die_with_parent
+
 T = TypeVar("T")
 
 
@@ -141,7 +143,7 @@ def _in_processes(tasks: Sequence[Callable[[], T]], n: int, in_child, on_message
             code = 0
             try:
                 reader.close()
-                _die_with_parent(parent_pid)
+                die_with_parent(parent_pid)
                 global _outbox
                 # plain pickle, by value (torch's reducers would share tensors through fds that die with us)
                 put = lambda obj: writer.send_bytes(pickle.dumps(obj))  # noqa: E731
@@ -196,15 +198,3 @@ def _in_processes(tasks: Sequence[Callable[[], T]], n: int, in_child, on_message
 
 
 _NOT_RUN = object()
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent_pid:  # the parent died before the line above
-        os._exit(1)

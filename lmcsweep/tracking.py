@@ -35,23 +35,61 @@ def default_uri(root: str | Path) -> str:
     return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
-_preparing: dict[str, subprocess.Popen] = {}
-_SCHEMA = "import sys; from mlflow.tracking import MlflowClient; MlflowClient(sys.argv[1]).search_experiments()"
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
-def prepare_store(uri: str) -> None:
-    """Start creating a new SQLite store's schema in a helper process, so that MLflow's import and
-    migrations (~3 s) overlap this process's own start-up (torch, data, plan); the first
-    `Tracker.client` for `uri` in this process waits for it, so one process creates the schema, as
-    MLflow requires. Nothing for an existing store or another backend."""
-    if not uri.startswith("sqlite:///") or uri in _preparing:
-        return
-    db = Path(uri[len("sqlite:///"):])
-    if db.exists():
-        return
+def _template() -> Path | None:
+    """Where an empty store of this MLflow version is kept, to be copied for new stores: making
+    MLflow's schema (its migrations) takes ~1.5 s, copying the file milliseconds."""
+    import importlib.metadata
+
+    try:
+        version = importlib.metadata.version("mlflow")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmcsweep"
+    return cache / f"mlflow-{version}-empty.db"
+
+
+def _seed_from_template(db: Path, artifact_root: str) -> bool:
+    """Make the new SQLite store `db` a copy of the cached empty store (its Default experiment's
+    artifacts under `artifact_root`); False when there is no template or `db` exists meanwhile."""
+    import sqlite3
+
+    template = _template()
+    if template is None or not template.exists():
+        return False
     db.parent.mkdir(parents=True, exist_ok=True)
-    _preparing[uri] = subprocess.Popen([sys.executable, "-c", _SCHEMA, uri], stdin=subprocess.DEVNULL,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    try:
+        with sqlite3.connect(template) as src, sqlite3.connect(tmp) as dst:
+            src.backup(dst)
+            dst.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                        (f"{artifact_root}/0",))
+        os.link(tmp, db)  # never over a store made meanwhile
+        return True
+    except (OSError, sqlite3.Error):
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save_template(db: Path) -> None:
+    """Keep a copy of the store `db`, whose schema MLflow has just made, as the template."""
+    import sqlite3
+
+    template = _template()
+    if template is None or template.exists():
+        return
+    tmp = template.with_name(f".{template.name}.{os.getpid()}.tmp")
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(db) as src, sqlite3.connect(tmp) as dst:
+            src.backup(dst)
+        os.replace(tmp, template)
+    except (OSError, sqlite3.Error):  # no cache then: the next new store makes its schema too
+        tmp.unlink(missing_ok=True)
 
 
 class Tracker:
@@ -60,8 +98,6 @@ class Tracker:
     def __init__(self, uri: str | None = None, root: str | Path = "mlruns"):
         self.root = Path(root).resolve()
         self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(self.root)
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         self.artifact_root = (self.root / "artifacts").as_uri()
         self._client = None
 
@@ -69,18 +105,22 @@ class Tracker:
     def client(self):
         """The MlflowClient, made on first use: making it sets up a new store's database."""
         if self._client is None:
-            self._schema_ready()
+            db = _sqlite_path(self.uri)
+            new = db is not None and not db.exists() and not _seed_from_template(db, self.artifact_root)
+            if new:
+                db.parent.mkdir(parents=True, exist_ok=True)
             from mlflow.tracking import MlflowClient
 
             self._client = MlflowClient(tracking_uri=self.uri)
+            if new:
+                self._client.search_experiments(max_results=1)  # makes the schema
+                _save_template(db)
         return self._client
 
-    def _schema_ready(self) -> None:
-        """Wait for a `prepare_store` helper still making this store's schema (had it failed, the
-        client makes the schema itself and reports any error)."""
-        helper = _preparing.pop(self.uri, None)
-        if helper is not None:
-            helper.wait()
+    def write_errors(self) -> dict[str, str]:
+        """run id -> the first write that failed on it. Writes here raise at once, so always empty;
+        `TrackingProcess` writes in the background and reports them here."""
+        return {}
 
     # -- experiments ---------------------------------------------------------------------
     def experiment(self, name: str) -> str:
@@ -138,6 +178,11 @@ class Tracker:
         for i in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[i:i + 1000])
 
+    def metric_history(self, run_id: str) -> list[tuple[str, float, int]]:
+        """Every (key, value, step) logged on run `run_id`."""
+        return [(m.key, m.value, m.step) for key in self.client.get_run(run_id).data.metrics
+                for m in self.client.get_metric_history(run_id, key)]
+
     def copy_metrics(self, source: str, target: str, max_step: int) -> None:
         """Every metric of run `source` up to step `max_step`, logged again on run `target` (same
         values, steps and timestamps)."""
@@ -155,8 +200,10 @@ class Tracker:
     def log_text(self, run_id: str, text: str, path: str) -> None:
         self.client.log_text(run_id, text, path)
 
-    def log_figure(self, run_id: str, figure: Any, path: str) -> None:
-        self.client.log_figure(run_id, figure, path)
+    def log_plot(self, run_id: str, draw: Any, args: tuple, path: str) -> None:
+        """Log the figure `draw(*args)` (a module-level function of `plots`, so it can travel to the
+        tracking process and be drawn there, off the training path)."""
+        self.client.log_figure(run_id, draw(*args), path)
 
     def log_artifact(self, run_id: str, local_path: str | Path, artifact_dir: str | None = None) -> None:
         self.client.log_artifact(run_id, str(local_path), artifact_dir)
@@ -220,7 +267,6 @@ class Tracker:
         experiments), without importing mlflow; None when the store is elsewhere or differs."""
         import sqlite3
 
-        self._schema_ready()
         if not self.uri.startswith("sqlite:///"):
             return None
         path = Path(self.uri[len("sqlite:///"):])
@@ -320,6 +366,188 @@ class Tracker:
     def download_json(self, run_id: str, path: str) -> Any:
         local = self.client.download_artifacts(run_id, path)
         return json.loads(Path(local).read_text())
+
+
+# -- the tracking process ---------------------------------------------------------------------
+WRITES = frozenset({"log_params", "set_tags", "log_metrics", "copy_metrics", "log_dict", "log_text", "log_plot",
+                    "log_artifact", "finish", "reopen"})
+
+
+class TrackingProcess(Tracker):
+    """The same `Tracker`, served by a helper process that owns the MLflow connection, so that
+    `lmcsweep run` never imports mlflow (~1 s) nor waits for its database writes.
+
+    The helper starts at once: it imports mlflow and opens (or makes) the store while this process
+    imports torch and plans. Calls go to it in order over a pipe; writes (`WRITES`) return at once,
+    queries wait for their answer and so see every write sent before them. A write that fails
+    makes its run's later ``finish(FINISHED)`` a FAILED with an error tag, and is reported by
+    `write_errors()`, which also waits for every write sent so far. The helper dies with this
+    process (`children.die_with_parent`), like the writer thread it replaces. Only the process
+    that made it may call it (a forked copy worker sends its calls to its parent instead).
+    """
+
+    def __init__(self, uri: str | None = None, root: str | Path = "mlruns"):
+        import functools
+        import threading
+
+        from .children import die_with_parent
+
+        super().__init__(uri, root)
+        requests_r, requests_w = os.pipe()
+        answers_r, answers_w = os.pipe()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", "from lmcsweep.tracking import serve; serve()", self.uri, str(self.root),
+             str(requests_r), str(answers_w)], pass_fds=(requests_r, answers_w), stdin=subprocess.DEVNULL,
+            preexec_fn=functools.partial(die_with_parent, os.getpid()))
+        os.close(requests_r)
+        os.close(answers_w)
+        self._requests, self._answers = os.fdopen(requests_w, "wb"), os.fdopen(answers_r, "rb")
+        self._lock = threading.Lock()
+        self._owner = os.getpid()
+
+    @property
+    def client(self):
+        raise RuntimeError("the MLflow client lives in the tracking process: call a Tracker method")
+
+    def _call(self, name: str, args: tuple, kwargs: dict) -> Any:
+        import pickle
+
+        if os.getpid() != self._owner:
+            raise RuntimeError(f"Tracker.{name} called from a forked process: send it to the parent")
+        with self._lock:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"the tracking process exited (status {self._proc.returncode})")
+            try:
+                pickle.dump((name, args, kwargs), self._requests, protocol=pickle.HIGHEST_PROTOCOL)
+                self._requests.flush()
+                if name in WRITES:
+                    return None
+                size = self._answers.read(8)
+                data = self._answers.read(int.from_bytes(size, "little")) if len(size) == 8 else b""
+                if not data:
+                    raise EOFError
+            except (BrokenPipeError, EOFError) as exc:
+                raise RuntimeError(f"the tracking process died (status {self._proc.wait()})") from exc
+        ok, value = pickle.loads(data)  # whole: a failure here cannot leave the pipe half-read
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> dict[str, str]:
+        """Wait for every write, stop the helper; returns `write_errors()` (nothing if the helper
+        is gone already: the call that found it gone raised)."""
+        try:
+            return self.write_errors() if self._proc.poll() is None else {}
+        finally:
+            with self._lock:
+                self._requests.close()
+                self._proc.wait()
+                self._answers.close()
+
+
+def _forward(name: str):
+    def call(self: TrackingProcess, *args: Any, **kwargs: Any) -> Any:
+        return self._call(name, args, kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = getattr(Tracker, name).__doc__
+    return call
+
+
+for _name, _member in list(vars(Tracker).items()):
+    if callable(_member) and not _name.startswith("_") and _name != "exists":
+        setattr(TrackingProcess, _name, _forward(_name))
+
+
+def _portable(value: Any) -> Any:
+    """`value` with mlflow's Run objects made plain namespaces (run.info.run_id, status,
+    experiment_id, start_time, ...; run.data.tags, params, metrics), so that reading an answer of
+    the tracking process does not import mlflow (a second)."""
+    from types import SimpleNamespace
+
+    from mlflow.entities import Run
+
+    if isinstance(value, Run):
+        i = value.info
+        info = {k: getattr(i, k) for k in ("run_id", "run_name", "status", "experiment_id", "start_time",
+                                           "end_time", "artifact_uri", "lifecycle_stage")}
+        return SimpleNamespace(info=SimpleNamespace(**info), data=SimpleNamespace(
+            tags=dict(value.data.tags), params=dict(value.data.params), metrics=dict(value.data.metrics)))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_portable(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    return value
+
+
+def serve() -> None:
+    """The tracking process's loop (`TrackingProcess`): argv = uri, store root, request fd, answer fd.
+    Calls run in the order sent, except that `start` runs before writes still waiting."""
+    import collections
+    import contextlib
+    import pickle
+    import queue
+    import threading
+
+    uri, root, requests_fd, answers_fd = sys.argv[1:5]
+    tracker = Tracker(uri, root)
+    failed: dict[str, str] = {}
+    # the slow part, done while the caller imports torch: mlflow and its database store's modules;
+    # the store itself is opened by the first call (none for a run that stops early)
+    import mlflow.tracking  # noqa: F401
+
+    if not uri.startswith(("http:", "https:", "databricks", "file:")):
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+
+    def read(requests) -> None:  # everything sent is read at once, so a run can be made out of turn
+        try:
+            while True:
+                inbox.put(pickle.load(requests))
+        except Exception:  # noqa: BLE001 -- EOF: the caller closed the pipe (or died)
+            inbox.put(None)
+
+    with os.fdopen(int(requests_fd), "rb") as requests, os.fdopen(int(answers_fd), "wb") as answers:
+        threading.Thread(target=read, args=(requests,), daemon=True).start()
+        pending: collections.deque = collections.deque()
+        while True:
+            if not pending:
+                pending.append(inbox.get())
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    pending.append(inbox.get_nowait())
+            # `start` (the caller waits for the run id) goes before writes queued for other runs
+            first = next((i for i, m in enumerate(pending) if m is not None and m[0] == "start"), 0)
+            message = pending[first]
+            del pending[first]
+            if message is None:  # every call is committed: skip the interpreter's slow teardown
+                answers.flush()
+                os._exit(0)
+            name, args, kwargs = message
+            try:
+                if name == "write_errors":
+                    value = dict(failed)
+                elif name == "finish" and args[0] in failed and (args[1:] or [kwargs.get("status", FINISHED)])[0] == FINISHED:
+                    tracker.set_tags(args[0], {"error": f"tracking: {failed[args[0]]}"[:5000]})
+                    value = tracker.finish(args[0], FAILED)
+                else:
+                    value = _portable(getattr(tracker, name)(*args, **kwargs))
+                ok = True
+            except Exception as exc:  # noqa: BLE001 -- a query's error goes back; a write's is kept
+                ok, value = False, exc
+                if name in WRITES:
+                    run_id = args[0] if args else kwargs.get("run_id", "")
+                    failed.setdefault(run_id, f"{name}: {type(exc).__name__}: {exc}")
+            if name in WRITES:
+                continue
+            try:
+                data = pickle.dumps((ok, value), protocol=pickle.HIGHEST_PROTOCOL)
+                if not ok:  # some exceptions pickle but cannot be rebuilt
+                    pickle.loads(data)
+            except Exception as exc:  # noqa: BLE001 -- an answer that cannot travel
+                data = pickle.dumps((False, RuntimeError(f"{name}: {type(value).__name__}: {value} ({exc})")))
+            answers.write(len(data).to_bytes(8, "little") + data)
+            answers.flush()
 
 
 def tag(run: Any, name: str, default: Any = None) -> Any:

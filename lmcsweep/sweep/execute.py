@@ -95,6 +95,7 @@ class Runner:
         self.tracker, self.store = tracker, store
         self.show_progress, self.retry_failed = progress, retry_failed
         self._prov = provenance()
+        self.computed_runs: dict[str, str] = {}  # run id -> job hash, of the jobs this runner computed
 
     # -- the sweep and trial runs -----------------------------------------------------------
     def sweep_run(self, sweep: SweepConfig, experiment_id: str) -> str:
@@ -195,6 +196,7 @@ class Runner:
                 if exc is None:
                     self.tracker.finish(run_id, FINISHED)
                     outcome.computed.append(member.hash)
+                    self.computed_runs[run_id] = member.hash
                     continue
                 message = f"{type(exc).__name__}: {exc}"
                 self.tracker.set_tags(run_id, {"error": message[:5000]})
@@ -270,11 +272,7 @@ class Runner:
         run_id = self.tracker.start(experiment_id, job.name, _mlflow_kind(job),
                                     {**tags, "origin": "reused", "reused_from": original.info.run_id},
                                     parent=parent, params=params)
-        metrics = []
-        for key in original.data.metrics:
-            for m in self.tracker.client.get_metric_history(original.info.run_id, key):
-                metrics.append((key, m.value, m.step))
-        self.tracker.log_metrics(run_id, metrics)
+        self.tracker.log_metrics(run_id, self.tracker.metric_history(original.info.run_id))
         self.tracker.finish(run_id, FINISHED)
         return run_id
 
@@ -287,6 +285,16 @@ def _sibling_key(job: Job) -> tuple:
 
 def _mlflow_kind(job: Job) -> str:
     return "level" if job.kind == "prune" else job.kind
+
+
+def _tracking_failures(tracker: Tracker, runner: Runner, outcome: Outcome) -> None:
+    """Writes the tracker did in the background and could not do (`TrackingProcess`; waits for all
+    of them): their jobs count as failed (their runs were marked FAILED)."""
+    for run_id, message in tracker.write_errors().items():
+        job = runner.computed_runs.get(run_id)
+        if job in outcome.computed:
+            outcome.computed.remove(job)
+        outcome.failed[job or f"run {run_id}"] = message
 
 
 def run_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, progress: bool = True,
@@ -321,6 +329,7 @@ def run_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, progress: bool
             from .imp import log_matching  # matching needs every replicate: logged once they are all there
 
             log_matching(tracker, sweep.name)
+        _tracking_failures(tracker, runner, outcome)
         tracker.finish(outcome.sweep_run, FAILED if outcome.failed else FINISHED)
     outcome.seconds = time.time() - started
     return outcome

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from .. import interpolate as interp
-from .. import prune
+from .. import plots, prune
 from ..config import Hyper, SweepConfig
 from ..data import DataSet, load_dataset, make_loader
 from ..models import build_model
@@ -406,30 +406,9 @@ def run_interpolate(ctx: Context, job: Job, run_id: str) -> None:
         metrics += [(f"{key}_{split}", float(stats[key]), 0)
                     for key in ("instability", "error_endpoints", "error_max", "stable")]
     ctx.writer.submit(ctx.tracker.log_metrics, run_id, metrics)
-    # the curve's artifacts are drawn and written off the main path (flushed before FINISHED)
     ctx.writer.submit(ctx.tracker.log_dict, run_id, result, "curve.json")
-    ctx.writer.submit(lambda: ctx.tracker.log_figure(run_id, _plot(result, job), "curve.png"))
-
-
-def _plot(result: dict[str, Any], job: Job):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for split in ("test", "train"):
-        if split in result:
-            r = result[split]
-            ax.plot(result["alphas"], [100 * e for e in r["error"]], marker="o", ms=3,
-                    label=f"{split} (instability {100 * r['instability']:.2f}%)")
-    ax.set_xlabel("alpha")
-    ax.set_ylabel("error (%)")
-    ax.set_title(job.name, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    # drawn by whoever logs it (the tracking process in `lmcsweep run`), off the training path
+    ctx.writer.submit(ctx.tracker.log_plot, run_id, plots.error_curve, (result, job.name), "curve.png")
 
 
 BODIES = {"train": run_train, "branch": run_branch, "interpolate": run_interpolate, "prune": run_prune}
