@@ -39,7 +39,7 @@ CATEGORIES = {  # category: (module, qualified names)
     "interpolation (evaluation)": ("lmcsweep.interpolate", ["error_curves", "error_curve"]),
     "planning + config": ("lmcsweep.sweep.plan", ["build_plan", "summary"]),
     "config": ("lmcsweep.config", ["load_sweep"]),
-    "data loading": ("lmcsweep.data", ["load_dataset"]),
+    "data loading (waiting for it)": ("lmcsweep.sweep.execute", ["Runner.dataset"]),
     # `lmcsweep run` talks to MLflow through its tracking process: the time this process spends
     # sending calls and waiting for answers (queries wait for the writes before them)
     "checkpoint I/O": ("lmcsweep.store", ["Store.save_checkpoint", "Store.load_checkpoint", "Store.save_resume",

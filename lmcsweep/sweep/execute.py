@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ..config import PRESETS, SweepConfig, canonical, job_hash, sweep_fingerprint
+from ..config import PRESETS, SweepConfig, canonical, dataset_of, job_hash, sweep_fingerprint
 from ..data import load_dataset
 from ..store import Store
 from ..tracking import FAILED, FINISHED, TAG, Tracker, tag
@@ -96,6 +96,7 @@ class Runner:
         self.show_progress, self.retry_failed = progress, retry_failed
         self._prov = provenance()
         self.computed_runs: dict[str, str] = {}  # run id -> job hash, of the jobs this runner computed
+        self._data: dict[tuple, tuple[threading.Thread, dict[str, Any]]] = {}
 
     # -- the sweep and trial runs -----------------------------------------------------------
     def sweep_run(self, sweep: SweepConfig, experiment_id: str) -> str:
@@ -116,8 +117,6 @@ class Runner:
         return run_id
 
     def _tags(self, sweep: SweepConfig, extra: dict[str, Any]) -> dict[str, Any]:
-        from ..config import dataset_of
-
         return {"sweep": sweep.name, "preset": sweep.preset, "dataset": dataset_of(sweep), **extra}
 
     # -- running a plan ---------------------------------------------------------------------
@@ -223,10 +222,7 @@ class Runner:
 
     def _context(self, plan: Plan, jobs: dict[str, Job], progress: Any) -> Context:
         sweep, hyper = plan.sweep, plan.hyper
-        d = sweep.data
-        data = load_dataset(hyper.dataset, root=d.root, download=d.download, subset_train=d.subset_train,
-                            subset_test=d.subset_test,
-                            synthetic=d.synthetic.model_dump() if d.synthetic else None)
+        data = self.dataset(sweep, hyper.dataset)
         device = pick_device(sweep.train.device)
         lock = threading.Lock()  # copies training side by side report progress from their threads
 
@@ -236,6 +232,34 @@ class Runner:
                     progress.update(n)
         return Context(sweep=sweep, hyper=hyper, store=self.store, tracker=self.tracker, device=device,
                        data=data, jobs=jobs, progress=update)
+
+    def dataset(self, sweep: SweepConfig, name: str, background: bool = False):
+        """The data set of `sweep` (its `name`: an Optuna variant may not change it), read once; with
+        `background`, only start reading it, on a thread (reading files and decompressing leave the
+        GIL free), so it is ready when the first job needs it."""
+        d = sweep.data
+        key = (name, d.root, d.download, d.subset_train, d.subset_test, canonical(d.synthetic.model_dump())
+               if d.synthetic else None)
+        if key not in self._data:
+            box: dict[str, Any] = {}
+
+            def read() -> None:
+                try:
+                    box["data"] = load_dataset(name, root=d.root, download=d.download, subset_train=d.subset_train,
+                                               subset_test=d.subset_test, synthetic=d.synthetic.model_dump()
+                                               if d.synthetic else None)
+                except BaseException as exc:  # noqa: BLE001 -- raised where the data is needed
+                    box["error"] = exc
+            thread = threading.Thread(target=read, name="lmcsweep-data", daemon=True)
+            thread.start()
+            self._data[key] = (thread, box)
+        thread, box = self._data[key]
+        if background:
+            return None
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["data"]
 
     def _job_tags(self, plan: Plan, job: Job) -> dict[str, Any]:
         t = {k: v for k, v in job.tags.items() if v is not None}
@@ -307,9 +331,10 @@ def run_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, progress: bool
     started = time.time()
     outcome = Outcome()
     with sweep_lock(store, sweep.name):
+        runner = Runner(tracker, store, progress=progress, retry_failed=retry_failed)
+        runner.dataset(sweep, dataset_of(sweep), background=True)  # read while MLflow answers
         experiment_id = tracker.experiment(sweep.experiment)
         tracker.mark_stale_running(sweep.name)
-        runner = Runner(tracker, store, progress=progress, retry_failed=retry_failed)
         outcome.sweep_run = runner.sweep_run(sweep, experiment_id)
         if sweep.search is not None:
             from .search import run_search
