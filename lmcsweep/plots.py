@@ -1,19 +1,26 @@
-"""Figures logged with the runs (matplotlib, headless). Each function takes plain data and returns
-a closed figure, so it can be drawn in another process (`Tracker.log_plot`)."""
+"""Figures logged with the runs, and matplotlib for the others (`sweep.report`): the one module that
+imports it, headless. A run's figure takes plain data and returns a closed figure, so that it can
+be drawn in another process (`Tracker.log_plot`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 
-def error_curve(result: dict[str, Any], title: str):
-    """Error (%) along the linear path between two trained networks, one line per split, with each
-    split's instability in its label. `result` is an interpolation's curve.json."""
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def error_curve(result: dict[str, Any], title: str):
+    """Error (%) along the linear path between two trained networks, one line per split, with each
+    split's instability in its label. `result` is an interpolation's curve.json."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for split in ("test", "train"):
         if split in result:

@@ -15,19 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ..interpolate import STABLE_THRESHOLD
+from ..plots import pyplot
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _save(plt, fig, ax, xlabel: str, ylabel: str, path: Path) -> None:
@@ -46,7 +38,7 @@ def instability_figure(records: list[dict[str, Any]], path: Path) -> bool:
         groups[key][r["rewind"]].append(100 * r["instability"])
     if not groups:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for (split, level, control, trial), by_k in sorted(groups.items(), key=lambda kv: str(kv[0])):
         ks = sorted(by_k)
@@ -74,7 +66,7 @@ def sparsity_figure(records: list[dict[str, Any]], path: Path) -> bool:
             100 * r["accuracy"])
     if not groups:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for (control, rewind, trial), by_d in sorted(groups.items(), key=lambda kv: str(kv[0])):
         ds = sorted(by_d, reverse=True)
