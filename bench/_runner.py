@@ -1,6 +1,7 @@
 """What the benchmarks that time the project's path share: a sweep run through the Runner with
-MLflow tracking on a temporary SQLite store, timed from the first job (store, experiment, sweep
-run and plan made before the clock starts)."""
+MLflow tracking on a temporary SQLite store, by a tracking process as in `lmcsweep run`, timed from
+the first job to the last write stored (store, experiment, sweep run and plan made before the
+clock starts)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from lmcsweep.config import load_sweep
 from lmcsweep.store import Store
 from lmcsweep.sweep.execute import Outcome, Runner
 from lmcsweep.sweep.plan import build_plan
-from lmcsweep.tracking import Tracker
+from lmcsweep.tracking import TrackingProcess
 
 
 def time_plan(sweep_text: str) -> tuple[float, Outcome]:
@@ -21,12 +22,19 @@ def time_plan(sweep_text: str) -> tuple[float, Outcome]:
         path = Path(tmp) / "sweep.yaml"
         path.write_text(sweep_text)
         sweep = load_sweep(path)
-        tracker, store = Tracker(root=Path(tmp) / "store"), Store(Path(tmp) / "store")
-        experiment = tracker.experiment(sweep.experiment)
-        runner = Runner(tracker, store, progress=False)
-        parent = runner.sweep_run(sweep, experiment)
-        plan = build_plan(sweep)
-        outcome = Outcome()
-        start = time.perf_counter()
-        runner.run_plan(plan, experiment, parent, outcome)
-        return time.perf_counter() - start, outcome
+        tracker, store = TrackingProcess(root=Path(tmp) / "store"), Store(Path(tmp) / "store")
+        try:
+            experiment = tracker.experiment(sweep.experiment)
+            runner = Runner(tracker, store, progress=False)
+            parent = runner.sweep_run(sweep, experiment)
+            plan = build_plan(sweep)
+            outcome = Outcome()
+            start = time.perf_counter()
+            runner.run_plan(plan, experiment, parent, outcome)
+            errors = tracker.write_errors()  # every write stored
+            seconds = time.perf_counter() - start
+        finally:
+            tracker.close()
+        if errors:
+            raise RuntimeError(f"tracking writes failed: {errors}")
+        return seconds, outcome
