@@ -280,8 +280,8 @@ def run_trains(ctx: Context, todo: list[tuple[Job, str]]) -> dict[str, BaseExcep
 def run_together(ctx: Context, bodies: list[tuple[str, Callable[[], None]]]) -> dict[str, BaseException]:
     """Job bodies run side by side by `copies.together` (worker processes on CPU, one after another
     on a GPU); returns {job hash: exception} for the bodies that failed. A worker process writes
-    its checkpoints itself and sends its MLflow calls and progress here, where our writer logs them
-    in order (this process owns the database connection)."""
+    its checkpoints itself and sends its MLflow calls and progress here, where our writer passes
+    them on to the tracker in order (a forked process may not use the tracker itself)."""
     try:
         ctx.writer.flush()  # nothing half-written when workers fork
     except Exception as exc:  # noqa: BLE001
