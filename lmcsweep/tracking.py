@@ -111,6 +111,7 @@ class Tracker:
                 db.parent.mkdir(parents=True, exist_ok=True)
             from mlflow.tracking import MlflowClient
 
+            logging.getLogger("mlflow").setLevel(logging.ERROR)  # importing mlflow set it to INFO
             self._client = MlflowClient(tracking_uri=self.uri)
             if new:
                 self._client.search_experiments(max_results=1)  # makes the schema
@@ -489,6 +490,9 @@ def serve() -> None:
     import queue
     import threading
 
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the run, which then waits for our writes
     uri, root, requests_fd, answers_fd = sys.argv[1:5]
     tracker = Tracker(uri, root)
     failed: dict[str, str] = {}
