@@ -184,17 +184,6 @@ class Tracker:
         return [(m.key, m.value, m.step) for key in self.client.get_run(run_id).data.metrics
                 for m in self.client.get_metric_history(run_id, key)]
 
-    def copy_metrics(self, source: str, target: str, max_step: int) -> None:
-        """Every metric of run `source` up to step `max_step`, logged again on run `target` (same
-        values, steps and timestamps)."""
-        from mlflow.entities import Metric
-
-        items = [Metric(m.key, m.value, m.timestamp, m.step)
-                 for key in self.client.get_run(source).data.metrics
-                 for m in self.client.get_metric_history(source, key) if m.step <= max_step]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(target, metrics=items[i:i + 1000])
-
     def log_dict(self, run_id: str, obj: Any, path: str) -> None:
         self.client.log_dict(run_id, obj, path)
 
@@ -370,7 +359,7 @@ class Tracker:
 
 
 # -- the tracking process ---------------------------------------------------------------------
-WRITES = frozenset({"log_params", "set_tags", "log_metrics", "copy_metrics", "log_dict", "log_text", "log_plot",
+WRITES = frozenset({"log_params", "set_tags", "log_metrics", "log_dict", "log_text", "log_plot",
                     "log_artifact", "finish", "reopen"})
 
 

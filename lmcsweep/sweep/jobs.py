@@ -78,20 +78,26 @@ class Context:
         return evaluate(model, self.eval_batches("test")())
 
 
-def _pauses(h: Hyper, start: int, end: int, save_at: list[int]) -> set[int]:
-    """Where training pauses: progress ticks, rewind points, evaluation and checkpoint cadence."""
-    tick = max(1, min(h.eval_every, (end - start) // 50 or 1))
-    pauses = set(range(start + tick, end, tick)) | set(save_at)
+def _pauses(h: Hyper, origin: int, end: int, save_at: list[int]) -> set[int]:
+    """Where the training of a job from `origin` to `end` pauses: progress ticks, rewind points,
+    evaluation and checkpoint cadence. The same set whether or not the job resumed midway (resume
+    points are pauses), so a resumed job's mean-loss windows, and curve, are the uninterrupted one's."""
+    tick = max(1, min(h.eval_every, (end - origin) // 50 or 1))
+    pauses = set(range(origin + tick, end, tick)) | set(save_at)
     return pauses | set(range(0, end, h.eval_every)) | set(range(0, end, h.checkpoint_every))
 
 
 def _loop(ctx: Context, name: str, run_id: str, steps, start: int, end: int,
           evaluate_now: Callable[[], dict[str, float]], snapshot: Callable[[int], dict[str, Any]],
-          on_save: Callable[[int], None] = lambda it: None, save_at: tuple[int, ...] = ()) -> None:
+          on_save: Callable[[int], None] = lambda it: None, save_at: tuple[int, ...] = (),
+          history: list[tuple[str, float, int]] | None = None) -> None:
     """Drive `steps` (a `train` generator) from start to end: progress, a finite-loss check, test
     metrics every eval_every, resume checkpoints (`snapshot(it)`) every checkpoint_every. Metrics
-    and checkpoints go through ctx.writer, off the training path."""
+    and checkpoints go through ctx.writer, off the training path. A resume checkpoint also holds
+    every metric logged up to it (`history`: those of the runs before a resume), so a resumed
+    run logs its whole curve however much of it reached the killed run."""
     h = ctx.hyper
+    logged = list(history or [])
     metrics: list[tuple[str, float, int]] = []
     last = start
     for it, loss in steps:
@@ -107,8 +113,10 @@ def _loop(ctx: Context, name: str, run_id: str, steps, start: int, end: int,
             metrics += [("test_accuracy", m["accuracy"], it), ("test_loss", m["loss"], it)]
         if (it % h.checkpoint_every == 0 and it < end) or it == end:
             ctx.writer.submit(ctx.tracker.log_metrics, run_id, metrics)
+            logged += metrics
             if it < end:
-                ctx.writer.submit(ctx.store.save_resume, name, {**snapshot(it), "run_id": run_id})
+                ctx.writer.submit(ctx.store.save_resume, name, {**snapshot(it), "run_id": run_id,
+                                                                "metrics": list(logged)})
             metrics = []
 
 
@@ -122,14 +130,14 @@ def run_train(ctx: Context, job: Job, run_id: str) -> None:
     seeds = job.fields["seeds"]
     model = ctx.model(seeds["init"])
     optimizer = make_optimizer(model, ctx.hyper)
-    start = 0
+    start, history = 0, []
     resume = ctx.store.load_resume(job.hash, ctx.device)
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         start = resume["iteration"]
         ctx.progress(start)
-        _continue_history(ctx, resume, run_id)
+        history = _continue_history(ctx, resume, run_id)
     save_at = sorted(set(job.fields.get("save_at", [])) | {0})
     ctx.log_device_params(run_id)
     if start == 0:
@@ -139,13 +147,13 @@ def run_train(ctx: Context, job: Job, run_id: str) -> None:
     fast = ctx.compiled(model)
     save = [k for k in save_at if k > start]
     steps = train(fast, optimizer, loader.train_batches(start, T), ctx.hyper, start, T,
-                  _pauses(ctx.hyper, start, T, save), None, ctx.device)
+                  _pauses(ctx.hyper, 0, T, save), None, ctx.device)
     with kernel_threads(ctx.hyper.cpu_threads, ctx.device):
         _loop(ctx, job.hash, run_id, steps, start, T, lambda: ctx.test_metrics(fast),
               lambda it: {"model": _clone(model.state_dict()), "optimizer": _clone(optimizer.state_dict()),
                           "iteration": it},
               lambda it: ctx.writer.submit(ctx.store.save_checkpoint, job.hash, it, _state(model, optimizer, it)),
-              tuple(save))
+              tuple(save), history)
     ctx.writer.submit(ctx.store.save_checkpoint, job.hash, T, _state(model, optimizer, T))
     m = ctx.test_metrics(fast)
     ctx.writer.submit(ctx.tracker.log_metrics, run_id,
@@ -154,13 +162,16 @@ def run_train(ctx: Context, job: Job, run_id: str) -> None:
     ctx.writer.flush()
 
 
-def _continue_history(ctx: Context, resume: dict[str, Any], run_id: str) -> None:
-    """A job resumed in a new run: the interrupted run's metrics up to the resume point are logged
-    on the new run too (so its curves are whole), and the new run is tagged `resumed_from`."""
-    it = resume["iteration"]
-    ctx.writer.submit(ctx.tracker.set_tags, run_id, {"resumed_from": it})
-    if resume.get("run_id") and resume["run_id"] != run_id:
-        ctx.writer.submit(ctx.tracker.copy_metrics, resume["run_id"], run_id, it)
+def _continue_history(ctx: Context, resume: dict[str, Any], run_id: str) -> list[tuple[str, float, int]]:
+    """A job resumed in a new run: the metrics logged up to the resume point (kept in the resume
+    checkpoint) are logged on the new run too, so its curves are whole, and the new run is tagged
+    `resumed_from`. Returns them (the history `_loop` carries on); none from a resume checkpoint
+    older than this (its run's curve then starts at the resume point; the KILLED run has the rest)."""
+    ctx.writer.submit(ctx.tracker.set_tags, run_id, {"resumed_from": resume["iteration"]})
+    history = resume.get("metrics", [])
+    if history:
+        ctx.writer.submit(ctx.tracker.log_metrics, run_id, history)
+    return history
 
 
 def _clone(obj: Any) -> Any:
@@ -208,7 +219,8 @@ def _masked_optimizer_state(optimizer, model, masks: prune.Masks) -> None:
 
 @dataclass
 class Copy:
-    """A branch ready to train: its model and optimizer at `start`, its mask and its loader."""
+    """A branch ready to train: its model and optimizer at `start`, its mask, its loader, and the
+    metrics of the runs before a resume."""
 
     job: Job
     run_id: str
@@ -217,6 +229,7 @@ class Copy:
     start: int
     masks: prune.Masks | None
     loader: Any
+    history: list[tuple[str, float, int]] = field(default_factory=list)
 
 
 def prepare_branch(ctx: Context, job: Job, run_id: str) -> Copy:
@@ -230,14 +243,14 @@ def prepare_branch(ctx: Context, job: Job, run_id: str) -> Copy:
     seeds = train_job.fields["seeds"]
     model = ctx.model(f["control_seed"] if f["control"] == "random_reinit" else seeds["init"])
     optimizer = make_optimizer(model, ctx.hyper)
-    start = k
+    start, history = k, []
     resume = ctx.store.load_resume(job.hash, ctx.device)
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         start = resume["iteration"]
         ctx.progress(start - k)
-        _continue_history(ctx, resume, run_id)
+        history = _continue_history(ctx, resume, run_id)
     else:
         state = ensure_checkpoint(ctx, train_job, k)
         if f["control"] != "random_reinit":
@@ -251,7 +264,7 @@ def prepare_branch(ctx: Context, job: Job, run_id: str) -> Copy:
         masks = {n: m.to(ctx.device) for n, m in masks.items()}
         ctx.writer.submit(ctx.tracker.log_metrics, run_id, [("density", prune.density(masks), k)])
     loader = ctx.loader("train", f["seeds"]["data_order"], f["seeds"]["augmentation"])
-    return Copy(job, run_id, model, optimizer, start, masks, loader)
+    return Copy(job, run_id, model, optimizer, start, masks, loader, history)
 
 
 def run_branches(ctx: Context, todo: list[tuple[Job, str]]) -> dict[str, BaseException]:
@@ -335,9 +348,9 @@ def _train_copy(ctx: Context, copy: Copy) -> None:
     fast = ctx.compiled(model)
     test = ctx.eval_batches("test")
     steps = train(fast, copy.optimizer, copy.loader.train_batches(start, T), h, start, T,
-                  _pauses(h, start, T, []), copy.masks, ctx.device)
+                  _pauses(h, copy.job.fields["rewind"], T, []), copy.masks, ctx.device)
     _loop(ctx, copy.job.hash, copy.run_id, steps, start, T, lambda: evaluate(fast, test()),
-          lambda it: _state(model, copy.optimizer, it))
+          lambda it: _state(model, copy.optimizer, it), history=copy.history)
     final = evaluate(fast, test())
     ctx.writer.submit(ctx.store.save_checkpoint, copy.job.hash, T, {"model": _state(model, copy.optimizer, T)["model"],
                                                                      "iteration": T})
