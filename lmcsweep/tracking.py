@@ -377,18 +377,15 @@ class TrackingProcess(Tracker):
     """
 
     def __init__(self, uri: str | None = None, root: str | Path = "mlruns"):
-        import functools
         import threading
-
-        from .children import die_with_parent
 
         super().__init__(uri, root)
         requests_r, requests_w = os.pipe()
         answers_r, answers_w = os.pipe()
         self._proc = subprocess.Popen(
             [sys.executable, "-c", "from lmcsweep.tracking import serve; serve()", self.uri, str(self.root),
-             str(requests_r), str(answers_w)], pass_fds=(requests_r, answers_w), stdin=subprocess.DEVNULL,
-            preexec_fn=functools.partial(die_with_parent, os.getpid()))
+             str(requests_r), str(answers_w), str(os.getpid())], pass_fds=(requests_r, answers_w),
+            stdin=subprocess.DEVNULL)
         os.close(requests_r)
         os.close(answers_w)
         self._requests, self._answers = os.fdopen(requests_w, "wb"), os.fdopen(answers_r, "rb")
@@ -471,18 +468,20 @@ def _portable(value: Any) -> Any:
 
 
 def serve() -> None:
-    """The tracking process's loop (`TrackingProcess`): argv = uri, store root, request fd, answer fd.
-    Calls run in the order sent, except that `start` runs before writes still waiting."""
+    """The tracking process's loop (`TrackingProcess`): argv = uri, store root, request fd, answer
+    fd, parent pid. Calls run in the order sent, except that `start` runs before writes still waiting."""
     import collections
     import contextlib
     import pickle
     import queue
+    import signal
     import threading
 
-    import signal
+    from .children import die_with_parent
 
+    uri, root, requests_fd, answers_fd, parent = sys.argv[1:6]
+    die_with_parent(int(parent))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the run, which then waits for our writes
-    uri, root, requests_fd, answers_fd = sys.argv[1:5]
     tracker = Tracker(uri, root)
     failed: dict[str, str] = {}
     # the slow part, done while the caller imports torch: mlflow and its database store's modules;

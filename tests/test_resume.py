@@ -56,7 +56,8 @@ def resume_files(store: Path) -> list[Path]:
 
 
 def processes_on(store: Path) -> list[int]:
-    """Live processes whose command line names `store` (the run and its forked copy workers)."""
+    """Live processes whose command line names `store` (the run, its forked copy workers and its
+    tracking process)."""
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
@@ -95,10 +96,10 @@ def test_sigkill_mid_training_then_resume_is_exact(tmp_path):
             time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        gone = time.time() + 10  # copy workers die with the run (PR_SET_PDEATHSIG)
+        gone = time.time() + 10  # copy workers and the tracking process die with the run (PR_SET_PDEATHSIG)
         while processes_on(killed) and time.time() < gone:
             time.sleep(0.05)
-        assert not processes_on(killed), "copy worker processes outlived the killed run"
+        assert not processes_on(killed), "copy workers or the tracking process outlived the killed run"
         interrupted = [p.parent.name for p in resume_files(killed)]
         if proc.returncode == -signal.SIGKILL and interrupted:
             break
