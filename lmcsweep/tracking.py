@@ -2,7 +2,8 @@
 
 The only module that imports mlflow. Runs are created through `MlflowClient` with an explicit
 parent run id (tag ``mlflow.parentRunId``), never through the fluent active-run stack, so jobs can
-run in other processes and on other machines.
+run in other processes and on other machines. `lmcsweep run` uses the same `Tracker` through
+`TrackingProcess`, which serves it from a helper process (its own never imports mlflow).
 
 Default store: SQLite at ``<root>/mlflow.db`` with artifacts under ``<root>/artifacts/``, both by
 absolute URI (MLflow 3 refuses the old ``./mlruns`` file store).
