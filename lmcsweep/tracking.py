@@ -442,9 +442,10 @@ def _forward(name: str):
     return call
 
 
-for _name, _member in list(vars(Tracker).items()):
+for _name, _member in list(vars(Tracker).items()):  # every public method but the local file check
     if callable(_member) and not _name.startswith("_") and _name != "exists":
         setattr(TrackingProcess, _name, _forward(_name))
+del _name, _member
 
 
 def _portable(value: Any) -> Any:
