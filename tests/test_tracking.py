@@ -120,3 +120,28 @@ def test_new_stores_are_copies_of_the_cached_empty_store(tmp_path, cache):
     with sqlite3.connect(tmp_path / "b" / "mlflow.db") as b, sqlite3.connect(tmp_path / "a" / "mlflow.db") as a:
         version = "SELECT version_num FROM alembic_version"
         assert b.execute(version).fetchall() == a.execute(version).fetchall()
+
+
+def test_a_job_whose_tracking_failed_counts_as_failed(tmp_path, cache):
+    """The runner's side: at the end of a sweep, a job whose run had a failed write leaves
+    `computed` for `failed` (and `lmcsweep run` lists it and exits 1)."""
+    from lmcsweep.store import Store
+    from lmcsweep.sweep.execute import Outcome, Runner, _tracking_failures
+
+    tracker = TrackingProcess(root=tmp_path / "store")
+    try:
+        runner = Runner(tracker, Store(tmp_path / "store"), progress=False)
+        exp = tracker.experiment("e")
+        good, bad = (tracker.start(exp, name, "branch", {"sweep": "s"}) for name in ("good", "bad"))
+        runner.computed_runs.update({good: "job-good", bad: "job-bad"})
+        outcome = Outcome(computed=["job-good", "job-bad"])
+        tracker.log_params(bad, {"lr": 1})
+        tracker.log_params(bad, {"lr": 2})
+        for run in (good, bad):
+            tracker.finish(run, FINISHED)
+        _tracking_failures(tracker, runner, outcome)
+        assert outcome.computed == ["job-good"]
+        assert list(outcome.failed) == ["job-bad"] and outcome.failed["job-bad"].startswith("log_params:")
+        assert tracker.run(good).info.status == FINISHED and tracker.run(bad).info.status == FAILED
+    finally:
+        tracker.close()

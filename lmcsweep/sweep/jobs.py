@@ -421,7 +421,11 @@ def run_interpolate(ctx: Context, job: Job, run_id: str) -> None:
     ctx.writer.submit(ctx.tracker.log_metrics, run_id, metrics)
     ctx.writer.submit(ctx.tracker.log_dict, run_id, result, "curve.json")
     # drawn by whoever logs it (the tracking process in `lmcsweep run`), off the training path
-    ctx.writer.submit(ctx.tracker.log_plot, run_id, plots.error_curve, (result, job.name), "curve.png")
+    t = job.tags
+    title = ", ".join([f"{ctx.sweep.name}: replicate {t['replicate']}", f"k={t['rewind']}"]
+                      + ([f"level {t['level']}"] if t.get("level") is not None else [])
+                      + ([t["control"]] if t.get("control") else []) + [f"copies {t['pair']}"])
+    ctx.writer.submit(ctx.tracker.log_plot, run_id, plots.error_curve, (result, title), "curve.png")
 
 
 BODIES = {"train": run_train, "branch": run_branch, "interpolate": run_interpolate, "prune": run_prune}
