@@ -8,13 +8,20 @@ LeNet-300-100 on in-memory Fashion-MNIST, Adam, batch 60, on CPU; with CUDA also
 synthetic CIFAR-shaped data (SGD, batch 128). Each copy has its own data order. Targets (CPU, LeNet):
 2 copies <= 1.4x one alone, 4 copies <= 2.2x.
 
-    .venv/bin/python bench/copies.py [--iterations 1000] [--repeats 5] [--model lenet|resnet20]
+`--streams` adds a measurement for the GPU path, where the runner trains copies one after another:
+n copies on n Python threads, each issuing its kernels on its own CUDA stream (on CPU: plain
+threads), to see whether overlapping small networks' kernels on one GPU pays before the runner
+does it.
+
+    .venv/bin/python bench/copies.py [--iterations 1000] [--repeats 5] [--model lenet|resnet20] [--streams]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
+import threading
 import time
 
 import torch
@@ -54,6 +61,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--model", default=None, choices=["lenet", "resnet20"])
     ap.add_argument("--copies", default="1,2,4")
+    ap.add_argument("--streams", action="store_true", help="also: copies on threads, a CUDA stream each")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models = [args.model] if args.model else (["lenet", "resnet20"] if device.type == "cuda" else ["lenet"])
@@ -87,14 +95,37 @@ def main() -> None:
                 if isinstance(out, BaseException):
                     raise out
 
+        def on_streams(n):  # a thread per copy, each on its own CUDA stream
+            errors: list[BaseException] = []
+
+            def run(c):
+                try:
+                    stream = torch.cuda.Stream() if device.type == "cuda" else None
+                    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                        one(c)
+                    if stream is not None:
+                        stream.synchronize()
+                except BaseException as exc:  # noqa: BLE001 -- re-raised below
+                    errors.append(exc)
+            threads = [threading.Thread(target=run, args=(c,)) for c in range(n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if errors:
+                raise errors[0]
+
+        runs = {f"x{n}": (lambda n=n: together_(n)) for n in counts}
+        if args.streams:
+            runs |= {f"s{n}": (lambda n=n: on_streams(n)) for n in counts}
         alone()  # warm-up
-        for n in counts:
-            together_(n)
-        times: dict[str, list[float]] = {"alone": []} | {f"x{n}": [] for n in counts}
+        for fn in runs.values():
+            fn()
+        times: dict[str, list[float]] = {"alone": []} | {key: [] for key in runs}
         for _ in range(args.repeats):  # interleaved, so load on the machine hits all alike
             times["alone"].append(timed(alone, device))
-            for n in counts:
-                times[f"x{n}"].append(timed(lambda: together_(n), device))
+            for key, fn in runs.items():
+                times[key].append(timed(fn, device))
         plain = statistics.median(times["alone"])
         base = statistics.median(times["x1"]) if 1 in counts else plain
         print(f"{name} on {device} ({torch.get_num_threads()} threads), {T} iterations, batch {h.batch_size}, "
@@ -104,6 +135,11 @@ def main() -> None:
             t = statistics.median(times[f"x{n}"])
             print(f"  {n} copies together:  {t:7.3f} s  {t / base:5.2f}x one alone (project)"
                   f"  {t / plain:5.2f}x one alone (plain loop)  {n * base / t:4.2f} copies per alone-time")
+        for n in counts if args.streams else []:
+            t = statistics.median(times[f"s{n}"])
+            where = "a CUDA stream each" if device.type == "cuda" else "plain threads"
+            print(f"  {n} copies on threads ({where}): {t:7.3f} s  {t / base:5.2f}x one alone (project)"
+                  f"  {t / plain:5.2f}x one alone (plain loop)")
 
 
 if __name__ == "__main__":

@@ -3,14 +3,20 @@
 # synthetic CIFAR-shaped data through the project's path (data + augmentation on the device,
 # channels_last) in fp32, bf16 autocast and bf16 + torch.compile, and the same training as a plain
 # PyTorch DataLoader loop (CPU workers, torchvision transforms). Prints images/s and the ratios,
-# measured side by side in one run. Copies trained together: bench/copies.py --model resnet20.
+# measured side by side in one run. Then copies on the GPU: ResNet-20 copies one after another (the
+# runner's way) against copies on threads with a CUDA stream each (bench/copies.py --streams).
 #
 #   bash bench/gpu.sh            # on the GPU machine
 #   bash bench/gpu.sh --tiny     # CPU, tiny sizes, no compile: keeps the script from rotting (a test runs it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-exec timeout 470 "$PY" - "$@" <<'PYEOF'
+if [[ " $* " == *" --tiny "* ]]; then
+    copies=(--model lenet --iterations 20 --repeats 1 --copies 1,2 --streams)
+else
+    copies=(--model resnet20 --iterations 150 --repeats 3 --streams)
+fi
+timeout 330 "$PY" - "$@" <<'PYEOF'
 import os, statistics, sys, time
 import torch, torch.nn.functional as F
 from lmcsweep.config import Hyper
@@ -111,3 +117,5 @@ print("ratios:")
 for name, value in results.items():
     print(f"  {name:34s} {value / base:6.2f}x plain DataLoader   {value / fp32:6.2f}x project fp32")
 PYEOF
+echo "copies:"
+timeout 130 "$PY" bench/copies.py "${copies[@]}"

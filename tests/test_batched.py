@@ -239,6 +239,8 @@ def test_gpu_bench_tiny_mode_runs():
     rates = {line.split("  ")[1].strip(): float(line.split()[-2]) for line in out.stdout.splitlines()
              if line.endswith("images/s")}
     assert len(rates) == 3 and all(r > 0 for r in rates.values()), out.stdout
+    copies = [line for line in out.stdout.splitlines() if "copies together" in line or "copies on threads" in line]
+    assert len(copies) == 4 and all("x one alone" in line for line in copies), out.stdout
 
 
 @pytest.mark.parametrize("name", list(NETS))
