@@ -245,3 +245,24 @@ def test_bad_arguments(cifar_like):
         make_loader(cifar_like, "train", 64, 0, 0, loader="dali")
     with pytest.raises(DataError, match="fewer than one batch"):
         make_loader(cifar_like, "test", 1000, 0, 0)
+
+
+def test_runner_reads_the_data_set_once_and_in_the_background(tmp_path, write_sweep):
+    """`lmcsweep run` starts reading the data set while MLflow answers; the first job gets that
+    copy, later ones (and Optuna trials) the same; a missing data set fails where it is needed."""
+    from lmcsweep.config import load_sweep
+    from lmcsweep.store import Store
+    from lmcsweep.sweep.execute import Runner
+    from lmcsweep.tracking import Tracker
+
+    sweep = load_sweep(write_sweep())
+    runner = Runner(Tracker(root=tmp_path / "store"), Store(tmp_path / "store"), progress=False)
+    assert runner.dataset(sweep, "fashion_mnist", background=True) is None
+    first = runner.dataset(sweep, "fashion_mnist")
+    assert runner.dataset(sweep, "fashion_mnist") is first
+    direct = load_dataset("fashion_mnist", subset_train=600, subset_test=300)
+    assert torch.equal(first.split("train")[0], direct.split("train")[0])
+    missing = sweep.model_copy(update={"data": sweep.data.model_copy(update={"root": str(tmp_path / "none")})})
+    assert runner.dataset(missing, "cifar10", background=True) is None  # no error yet
+    with pytest.raises(DataError, match="(?i)cifar"):
+        runner.dataset(missing, "cifar10")

@@ -236,18 +236,19 @@ class Runner:
     def dataset(self, sweep: SweepConfig, name: str, background: bool = False):
         """The data set of `sweep` (its `name`: an Optuna variant may not change it), read once; with
         `background`, only start reading it, on a thread (reading files and decompressing leave the
-        GIL free), so it is ready when the first job needs it."""
+        GIL free), so it is ready when the first job needs it (not when it may have to download)."""
         d = sweep.data
-        key = (name, d.root, d.download, d.subset_train, d.subset_test, canonical(d.synthetic.model_dump())
-               if d.synthetic else None)
+        synthetic = d.synthetic.model_dump() if d.synthetic else None
+        key = (name, d.root, d.download, d.subset_train, d.subset_test, canonical(synthetic))
+        if background and (d.download or key in self._data):
+            return None
         if key not in self._data:
             box: dict[str, Any] = {}
 
             def read() -> None:
                 try:
                     box["data"] = load_dataset(name, root=d.root, download=d.download, subset_train=d.subset_train,
-                                               subset_test=d.subset_test, synthetic=d.synthetic.model_dump()
-                                               if d.synthetic else None)
+                                               subset_test=d.subset_test, synthetic=synthetic)
                 except BaseException as exc:  # noqa: BLE001 -- raised where the data is needed
                     box["error"] = exc
             thread = threading.Thread(target=read, name="lmcsweep-data", daemon=True)
