@@ -142,7 +142,8 @@ def child(sweep: str, store: str, started: float, by_call: bool) -> None:
     finally:
         run = time.perf_counter() - t
         print(json.dumps({"process start": t_main - started, "imports": imports, "run": run, "main": totals,
-                          "background": background, "tracking start": started_tracking}))
+                          "background": background, "tracking start": started_tracking}), flush=True)
+        os._exit(0)  # as the console script ends (`cli.entry`): no interpreter teardown
 
 
 def main() -> None:

@@ -242,5 +242,28 @@ def ui(ctx: click.Context, port: int, host: str) -> None:
     os.execv(sys.executable, cmd)
 
 
+def entry() -> None:
+    """The console script (and ``python -m lmcsweep.cli``): `main`, then a quick exit. When a
+    command returns, everything is written and closed (the stores commit as they go, the tracking
+    process has stopped, progress bars are closed); what is left is the interpreter's teardown,
+    ~0.4 s once torch is imported, which does nothing for us and is skipped. An exception that
+    escapes a command still ends the usual way, with its traceback."""
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -106,3 +106,27 @@ def test_reruns_are_bit_identical(tmp_path, write_sweep):
         out = json.loads(runner.invoke(main, ["--store", str(store), "query", "--format", "json"]).output)
         outputs.append([(r["rewind"], r["split"], r["instability"], r["error_endpoints"]) for r in out])
     assert outputs[0] == outputs[1] and len(outputs[0]) == 4
+
+
+def test_console_script_exit_codes_and_output(write_sweep, store, tmp_path):
+    """The console script skips the interpreter's teardown (`cli.entry`): exit codes and all the
+    output still come through."""
+    import subprocess
+    import sys
+
+    bad = write_sweep("name: x\nexperiment: e\npreset: lenet\ntrain: {iterations: 10it}\n"
+                      "instability: {rewind: [0it, 50it], alphas: 1}\n", filename="bad.yaml")
+    good = write_sweep()
+
+    def lmc(*args):
+        return subprocess.run([sys.executable, "-m", "lmcsweep.cli", "--store", str(store), *map(str, args)],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+    out = lmc("validate", bad)
+    assert out.returncode == 2 and f"{bad}:5: instability.alphas:" in out.stderr, out
+    out = lmc("plan", good)
+    assert out.returncode == 0 and out.stdout.splitlines()[-2].split()[0] == "total", out
+    out = lmc("status", "nope")
+    assert out.returncode == 2 and "no sweep 'nope'" in out.stdout, out
+    out = lmc("no-such-command")
+    assert out.returncode == 2 and "No such command" in out.stderr, out
