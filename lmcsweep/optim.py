@@ -112,4 +112,4 @@ class Fused:
         for i, p in zip(groups[0]["params"], self.params):
             if i in saved["state"]:
                 self.state[p] = {k: v.to(device=p.device, dtype=torch.float32 if k == "step" else p.dtype)
-                                 for k, v in saved["state"][i].items()}
+                                 for k, v in saved["state"][i].items() if v is not None}
