@@ -111,9 +111,15 @@ def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, retry_failed:
         for sweep in _load(files):
             _print_plan(sweep, tracker)
         return
+    from .tracking import TrackingProcessError
+
     tracker, store = _backends(ctx, process=True)  # first: its start-up overlaps ours
     try:
         failed = _run(_load(files), tracker, store, progress, retry_failed)
+    except TrackingProcessError as exc:
+        click.echo(f"error: {exc}. The sweep stopped; run it again to resume (runs left RUNNING are "
+                   "marked KILLED, interrupted jobs continue from their resume checkpoints).", err=True)
+        failed = True
     finally:
         tracker.close()
     sys.exit(1 if failed else 0)

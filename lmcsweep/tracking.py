@@ -364,6 +364,10 @@ WRITES = frozenset({"log_params", "set_tags", "log_metrics", "log_dict", "log_te
                     "log_artifact", "finish", "reopen"})
 
 
+class TrackingProcessError(RuntimeError):
+    """The tracking process is gone (killed, out of memory): what it had not written is lost."""
+
+
 class TrackingProcess(Tracker):
     """The same `Tracker`, served by a helper process that owns the MLflow connection, so that
     `lmcsweep run` never imports mlflow (~1 s) nor waits for its database writes.
@@ -404,7 +408,7 @@ class TrackingProcess(Tracker):
             raise RuntimeError(f"Tracker.{name} called from a forked process: send it to the parent")
         with self._lock:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"the tracking process exited (status {self._proc.returncode})")
+                raise TrackingProcessError(f"the tracking process exited (status {self._proc.returncode})")
             try:
                 pickle.dump((name, args, kwargs), self._requests, protocol=pickle.HIGHEST_PROTOCOL)
                 self._requests.flush()
@@ -415,7 +419,7 @@ class TrackingProcess(Tracker):
                 if not data:
                     raise EOFError
             except (BrokenPipeError, EOFError) as exc:
-                raise RuntimeError(f"the tracking process died (status {self._proc.wait()})") from exc
+                raise TrackingProcessError(f"the tracking process died (status {self._proc.wait()})") from exc
         ok, value = pickle.loads(data)  # whole: a failure here cannot leave the pipe half-read
         if not ok:
             raise value

@@ -220,3 +220,33 @@ def test_failing_job_is_isolated_and_retried(tmp_path):
     counts = by_lr(runs(store, "failing"))
     assert counts["1000000.0"] == Counter({("train", "FAILED"): 2})
     assert counts["0.01"][("train", "FINISHED")] == 1  # the finished variant was not rerun
+
+
+def test_a_killed_tracking_process_stops_the_run_cleanly_and_it_resumes(tmp_path):
+    """If the tracking process dies (OOM killer, kill -9), the run stops with a clear message and
+    no process left behind; the next run resumes and finishes the sweep."""
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(SWEEP)
+    store = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-m", "lmcsweep.cli", "--store", str(store), "run", "--no-progress",
+                             str(sweep)], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while not resume_files(store) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    helpers = [pid for pid in processes_on(store)
+               if b"lmcsweep.tracking import serve" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(helpers) == 1, "no tracking process found while training"
+    os.kill(helpers[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out + err
+    assert "the tracking process exited (status -9)" in err and "run it again to resume" in err, err
+    gone = time.time() + 10
+    while processes_on(store) and time.time() < gone:
+        time.sleep(0.05)
+    assert not processes_on(store)
+    result = lmc(store, "run", "--no-progress", sweep, cwd=tmp_path)
+    assert result.returncode == 0 and "0 failed" in result.stdout, result.stdout + result.stderr
+    finished = [r for r in runs(store, "resume") if r.info.status == "FINISHED"
+                and r.data.tags.get("lmcsweep.kind") != "sweep"]
+    assert len({r.data.tags["lmcsweep.job"] for r in finished}) == len(finished) == 7
