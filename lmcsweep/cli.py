@@ -266,8 +266,11 @@ def entry() -> None:
     import logging
 
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, OSError):  # the reader went away (`lmcsweep query | head`)
+            pass
     os._exit(code)
 
 
