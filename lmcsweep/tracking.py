@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +65,11 @@ def _seed_from_template(db: Path, artifact_root: str) -> bool:
     db.parent.mkdir(parents=True, exist_ok=True)
     tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
     try:
-        with sqlite3.connect(template) as src, sqlite3.connect(tmp) as dst:
+        with closing(sqlite3.connect(template)) as src, closing(sqlite3.connect(tmp)) as dst:
             src.backup(dst)
-            dst.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
-                        (f"{artifact_root}/0",))
+            with dst:  # one transaction, committed
+                dst.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                            (f"{artifact_root}/0",))
         os.link(tmp, db)  # never over a store made meanwhile
         return True
     except (OSError, sqlite3.Error):
@@ -86,7 +88,7 @@ def _save_template(db: Path) -> None:
     tmp = template.with_name(f".{template.name}.{os.getpid()}.tmp")
     try:
         template.parent.mkdir(parents=True, exist_ok=True)
-        with sqlite3.connect(db) as src, sqlite3.connect(tmp) as dst:
+        with closing(sqlite3.connect(db)) as src, closing(sqlite3.connect(tmp)) as dst:
             src.backup(dst)
         os.replace(tmp, template)
     except (OSError, sqlite3.Error):  # no cache then: the next new store makes its schema too
