@@ -48,9 +48,9 @@ def _template() -> Path | None:
 
     try:
         version = importlib.metadata.version("mlflow")
-    except importlib.metadata.PackageNotFoundError:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmcsweep"
+    except (importlib.metadata.PackageNotFoundError, RuntimeError, KeyError):  # no mlflow, no home
         return None
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmcsweep"
     return cache / f"mlflow-{version}-empty.db"
 
 
