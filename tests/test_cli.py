@@ -130,3 +130,19 @@ def test_console_script_exit_codes_and_output(write_sweep, store, tmp_path):
     assert out.returncode == 2 and "no sweep 'nope'" in out.stdout, out
     out = lmc("no-such-command")
     assert out.returncode == 2 and "No such command" in out.stderr, out
+
+
+def test_run_imports_neither_mlflow_nor_dynamo(write_sweep, store, tmp_path):
+    """What keeps `lmcsweep run` quick to start: its own process (and its forked copy workers)
+    never import mlflow (the tracking process does) nor torch._dynamo (`optim.Fused`)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "lmcsweep.cli", "--store", str(store), "run",
+                          "--no-progress", str(write_sweep())], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" in imported and "lmcsweep.sweep.jobs" in imported  # the check sees this process's imports
+    assert not {m for m in imported if m.split(".")[0] == "mlflow" or m.startswith("torch._dynamo")}
+    assert "0 failed" in out.stdout, out.stdout
