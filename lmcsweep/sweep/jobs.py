@@ -121,8 +121,7 @@ def _loop(ctx: Context, name: str, run_id: str, steps, start: int, end: int,
 
 
 def _state(model, optimizer, it: int) -> dict[str, Any]:
-    return {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "optimizer": _clone(optimizer.state_dict()), "iteration": it}
+    return {"model": _clone(model.state_dict()), "optimizer": _clone(optimizer.state_dict()), "iteration": it}
 
 
 def run_train(ctx: Context, job: Job, run_id: str) -> None:
@@ -130,14 +129,7 @@ def run_train(ctx: Context, job: Job, run_id: str) -> None:
     seeds = job.fields["seeds"]
     model = ctx.model(seeds["init"])
     optimizer = make_optimizer(model, ctx.hyper)
-    start, history = 0, []
-    resume = ctx.store.load_resume(job.hash, ctx.device)
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        start = resume["iteration"]
-        ctx.progress(start)
-        history = _continue_history(ctx, resume, run_id)
+    start, history = _resume(ctx, job, run_id, model, optimizer, 0) or (0, [])
     save_at = sorted(set(job.fields.get("save_at", [])) | {0})
     ctx.log_device_params(run_id)
     if start == 0:
@@ -150,8 +142,7 @@ def run_train(ctx: Context, job: Job, run_id: str) -> None:
                   _pauses(ctx.hyper, 0, T, save), None, ctx.device)
     with kernel_threads(ctx.hyper.cpu_threads, ctx.device):
         _loop(ctx, job.hash, run_id, steps, start, T, lambda: ctx.test_metrics(fast),
-              lambda it: {"model": _clone(model.state_dict()), "optimizer": _clone(optimizer.state_dict()),
-                          "iteration": it},
+              lambda it: _state(model, optimizer, it),
               lambda it: ctx.writer.submit(ctx.store.save_checkpoint, job.hash, it, _state(model, optimizer, it)),
               tuple(save), history)
     ctx.writer.submit(ctx.store.save_checkpoint, job.hash, T, _state(model, optimizer, T))
@@ -162,16 +153,23 @@ def run_train(ctx: Context, job: Job, run_id: str) -> None:
     ctx.writer.flush()
 
 
-def _continue_history(ctx: Context, resume: dict[str, Any], run_id: str) -> list[tuple[str, float, int]]:
-    """A job resumed in a new run: the metrics logged up to the resume point (kept in the resume
-    checkpoint) are logged on the new run too, so its curves are whole, and the new run is tagged
-    `resumed_from`. Returns them (the history `_loop` carries on); none from a resume checkpoint
-    older than this (its run's curve then starts at the resume point; the KILLED run has the rest)."""
-    ctx.writer.submit(ctx.tracker.set_tags, run_id, {"resumed_from": resume["iteration"]})
-    history = resume.get("metrics", [])
+def _resume(ctx: Context, job: Job, run_id: str, model: torch.nn.Module, optimizer: Fused,
+            origin: int) -> tuple[int, list[tuple[str, float, int]]] | None:
+    """If a killed run left `job` a resume checkpoint: `model` and `optimizer` as they were there,
+    and (resume iteration, metrics logged up to it). The new run is tagged `resumed_from` and gets
+    those metrics again, so its curves are whole (a resume checkpoint older than this holds none:
+    that run's curve starts at the resume point; the KILLED run has the rest). None otherwise."""
+    resume = ctx.store.load_resume(job.hash, ctx.device)
+    if resume is None:
+        return None
+    model.load_state_dict(resume["model"])
+    optimizer.load_state_dict(resume["optimizer"])
+    start, history = resume["iteration"], resume.get("metrics", [])
+    ctx.progress(start - origin)
+    ctx.writer.submit(ctx.tracker.set_tags, run_id, {"resumed_from": start})
     if history:
         ctx.writer.submit(ctx.tracker.log_metrics, run_id, history)
-    return history
+    return start, history
 
 
 def _clone(obj: Any) -> Any:
@@ -243,15 +241,9 @@ def prepare_branch(ctx: Context, job: Job, run_id: str) -> Copy:
     seeds = train_job.fields["seeds"]
     model = ctx.model(f["control_seed"] if f["control"] == "random_reinit" else seeds["init"])
     optimizer = make_optimizer(model, ctx.hyper)
-    start, history = k, []
-    resume = ctx.store.load_resume(job.hash, ctx.device)
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        start = resume["iteration"]
-        ctx.progress(start - k)
-        history = _continue_history(ctx, resume, run_id)
-    else:
+    resumed = _resume(ctx, job, run_id, model, optimizer, k)
+    start, history = resumed or (k, [])
+    if resumed is None:
         state = ensure_checkpoint(ctx, train_job, k)
         if f["control"] != "random_reinit":
             model.load_state_dict(state["model"])
