@@ -66,6 +66,27 @@ class Store:
 
         return torch.load(path, map_location=device, weights_only=False)
 
+    def share_checkpoint(self, source: str, job: str, iteration: int) -> bool:
+        """Make `job`'s checkpoint at `iteration` the one of `source` (a job with the same result):
+        a hard link (a copy where the file system has none). False if `source` has none."""
+        src, dst = self.checkpoint_path(source, iteration), self.checkpoint_path(job, iteration)
+        if dst.exists():
+            return True
+        if not src.exists():
+            return False
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        return True
+
     def save_resume(self, job: str, state: dict[str, Any]) -> None:
         atomic_save(state, self.job_dir(job) / "resume.pt")
 

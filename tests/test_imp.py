@@ -159,8 +159,46 @@ def test_one_shot_reaches_target_density_in_one_level(tmp_path, imp_run):
 def test_imp_sweep_runs(imp_run):
     _, _, result = imp_run
     assert result.exit_code == 0, result.output
-    # 2 train, dense: 2 x (2 branches + 1 interpolation), IMP: 2 x (4 + 2 x 10)
-    assert "56 jobs run" in result.output and "0 failed" in result.output
+    # 2 train, dense: 2 x (2 branches + 1 interpolation), IMP: 2 x (4 + 2 x 10); of these, level 0's
+    # 2 x (2 branches + 1 interpolation) are the dense ones (same_as) and are not trained again
+    assert "50 jobs run, 6 reused from the store" in result.output and "0 failed" in result.output
+
+
+def test_level_zero_reuses_the_dense_branches(imp_run):
+    path, store_dir, _ = imp_run
+    plan, store, tracker = build_plan(load_sweep(path)), Store(store_dir), Tracker(root=store_dir)
+    runs = {r.data.tags["lmcsweep.job"]: r for r in tracker.runs_of_sweep("imp-small", status="FINISHED")
+            if "lmcsweep.job" in r.data.tags}
+    by_hash = plan.by_hash()
+    twins = [j for j in plan.jobs if j.same_as]
+    assert sorted(j.kind for j in twins) == ["branch"] * 4 + ["interpolate"] * 2
+    for job in twins:
+        twin = by_hash[job.same_as]
+        assert job.tags["level"] == 0 and twin.tags.get("level") is None and twin.tags["replicate"] == job.tags["replicate"]
+        run, original = runs[job.hash], runs[twin.hash]
+        assert run.data.tags["lmcsweep.origin"] == "reused" and original.data.tags["lmcsweep.origin"] == "computed"
+        assert run.data.tags["lmcsweep.reused_from"] == original.info.run_id
+        assert run.data.tags["lmcsweep.same_as"] == twin.hash
+        assert run.info.run_id != original.info.run_id and run.data.tags["lmcsweep.level"] == "0"
+        imp_only = ("density", "accuracy_mean", "matching_std", "matching_02")   # what IMP adds
+        shared = {k: v for k, v in run.data.metrics.items() if k not in imp_only}
+        assert shared == original.data.metrics and shared
+        if job.kind == "branch":
+            assert run.data.metrics["density"] == 1.0
+            mine, theirs = store.checkpoint_path(job.hash, T), store.checkpoint_path(twin.hash, T)
+            assert mine.stat().st_ino == theirs.stat().st_ino          # one file, two names
+    # a level-0 branch trained under the full mask (no dense twin in its store) is the dense branch bit for bit
+    alone = SWEEP.replace("instability: {rewind: [20it], copies: 2, alphas: 3, splits: [test]}\n", "")
+    alone = alone.replace("  instability: true\n", "").replace("levels: 2", "levels: 1").replace("replicates: 2", "replicates: 1")
+    other = path.parent / "alone"
+    other.mkdir(exist_ok=True)
+    sweep = load_sweep(_write(other, alone))
+    outcome = run_sweep(sweep, Tracker(root=other / "store"), Store(other / "store"), progress=False)
+    level0 = next(j for j in build_plan(sweep).jobs if j.kind == "branch" and j.same_as)
+    assert level0.hash in outcome.computed and not outcome.reused and not outcome.failed
+    trained = Store(other / "store").load_checkpoint(level0.hash, T)["model"]
+    dense = store.load_checkpoint(level0.same_as, T)["model"]
+    assert trained.keys() == dense.keys() and all(torch.equal(trained[n], dense[n]) for n in dense)
 
 
 def test_masks_through_the_levels(imp_run):

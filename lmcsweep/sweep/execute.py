@@ -4,7 +4,9 @@ For each job of a plan, in order (parents first):
 
 1. this sweep's tree already holds a FINISHED run for it -> nothing to do;
 2. another sweep (or trial) computed it -> a run recording the reuse is added to this tree, with
-   the original's tags and metrics (``lmcsweep.origin=reused``), and nothing is recomputed;
+   the original's tags and metrics (``lmcsweep.origin=reused``), and nothing is recomputed; the
+   same for a job whose `same_as` twin is done (IMP level 0: the dense branches), whose outputs
+   are linked into its own place in the store;
 3. otherwise the job runs in its own MLflow run (``lmcsweep.origin=computed``), nested under its
    parent job's run; a job killed earlier resumes from its resume checkpoint.
 
@@ -125,9 +127,12 @@ class Runner:
         sweep = plan.sweep
         jobs = plan.by_hash()
         tree = self._tree_runs(sweep, plan.trial)
-        done_elsewhere = self.tracker.finished_jobs([j.hash for j in plan.jobs if j.hash not in tree["finished"]])
+        wanted = [j.hash for j in plan.jobs if j.hash not in tree["finished"]]
+        done_elsewhere = self.tracker.finished_jobs(wanted + [j.same_as for j in plan.jobs if j.same_as])
         context: Context | None = None
         run_of: dict[str, str] = dict(tree["finished"])
+        done: dict[str, str] = dict(tree["finished"])  # job hash -> its FINISHED run, here or elsewhere
+        done.update({h: run.info.run_id for h, run in done_elsewhere.items() if h not in done})
         bad: set[str] = set()
         handled: set[str] = set()  # ran already, in a group of sibling branches
         for job in plan.jobs:
@@ -147,8 +152,14 @@ class Runner:
             parent = run_of.get(job.tree_parent, parent_run) if job.tree_parent else parent_run
             tags = self._job_tags(plan, job)
             if job.hash in done_elsewhere:
-                run_of[job.hash] = self._record_reuse(experiment_id, job, tags, parent, done_elsewhere[job.hash],
-                                                      self._params(plan, job))
+                run_of[job.hash] = self._record_reuse(experiment_id, job, tags, parent,
+                                                      done_elsewhere[job.hash].info.run_id, self._params(plan, job))
+                outcome.reused.append(job.hash)
+                continue
+            if self._twin_done(plan, job, done):
+                run_of[job.hash] = self._record_reuse(experiment_id, job, {**tags, "same_as": job.same_as}, parent,
+                                                      done[job.same_as], self._params(plan, job), _twin_metrics(job))
+                done[job.hash] = run_of[job.hash]
                 outcome.reused.append(job.hash)
                 continue
             if context is None:
@@ -159,7 +170,8 @@ class Runner:
                           and (job.kind == "train" or _sibling_key(j) == _sibling_key(job))
                           and j.hash not in tree["finished"]
                           and j.hash not in done_elsewhere and j.hash not in handled
-                          and (j.hash not in tree["failed"] or self.retry_failed)]
+                          and (j.hash not in tree["failed"] or self.retry_failed)
+                          and not self._twin_done(plan, j, done)]
             runs = []
             for member in group:
                 parent = run_of.get(member.tree_parent, parent_run) if member.tree_parent else parent_run
@@ -194,6 +206,7 @@ class Runner:
                 exc = errors.get(member.hash)
                 if exc is None:
                     self.tracker.finish(run_id, FINISHED)
+                    done[member.hash] = run_id
                     outcome.computed.append(member.hash)
                     self.computed_runs[run_id] = member.hash
                     continue
@@ -291,13 +304,22 @@ class Runner:
                            "instability.noise": ",".join(inst.noise)})
         return params
 
-    def _record_reuse(self, experiment_id: str, job: Job, tags: dict[str, Any], parent: str, original: Any,
-                      params: dict[str, Any]) -> str:
-        """A run in this tree standing for a job computed elsewhere: same metrics, nothing recomputed."""
+    def _twin_done(self, plan: Plan, job: Job, done: dict[str, str]) -> bool:
+        """Whether `job` can be reused from its `same_as` twin: the twin finished, and (a branch) its
+        final checkpoint is now this job's too (hard-linked in the store)."""
+        if job.same_as is None or job.same_as not in done:
+            return False
+        if job.kind == "branch":
+            return self.store.share_checkpoint(job.same_as, job.hash, plan.hyper.iterations)
+        return True
+
+    def _record_reuse(self, experiment_id: str, job: Job, tags: dict[str, Any], parent: str, original: str,
+                      params: dict[str, Any], extra: list[tuple[str, float, int]] = ()) -> str:
+        """A run in this tree standing for a job computed elsewhere (run `original`): its metrics
+        (and `extra` ones), nothing recomputed."""
         run_id = self.tracker.start(experiment_id, job.name, _mlflow_kind(job),
-                                    {**tags, "origin": "reused", "reused_from": original.info.run_id},
-                                    parent=parent, params=params)
-        self.tracker.log_metrics(run_id, self.tracker.metric_history(original.info.run_id))
+                                    {**tags, "origin": "reused", "reused_from": original}, parent=parent, params=params)
+        self.tracker.log_metrics(run_id, self.tracker.metric_history(original) + list(extra))
         self.tracker.finish(run_id, FINISHED)
         return run_id
 
@@ -306,6 +328,11 @@ def _sibling_key(job: Job) -> tuple:
     """Branches that start from the same checkpoint: same train job, rewind point and mask."""
     f = job.fields
     return (f["train"], f["rewind"], f["mask"])
+
+
+def _twin_metrics(job: Job) -> list[tuple[str, float, int]]:
+    """What a job logs beyond its `same_as` twin: an IMP level-0 branch, its (full) mask's density."""
+    return [("density", 1.0, job.fields["rewind"])] if job.kind == "branch" and job.fields["mask"] else []
 
 
 def _mlflow_kind(job: Job) -> str:

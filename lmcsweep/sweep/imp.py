@@ -14,6 +14,10 @@ For every replicate, every imp.rewind point k and every level L = 0 .. imp.level
   seed). Controls are skipped at level 0: at density 1 a random mask is the full mask, and the
   dense network reinitialised is just another replicate.
 
+Level 0's branches and interpolations are the dense ones at k bit for bit (the full mask changes
+nothing): they carry those as `same_as` and are reused from them when the sweep (or another in the
+store) has them, so a sweep with both an instability and an imp section trains them once.
+
 Level L's mask depends on level L-1's trained weights only through job hashes, so the chain is
 static and known before anything runs; a finished level is found by its hash and never retrained.
 
@@ -92,7 +96,7 @@ def add_imp(plan: Plan, train: Job, replicate: int) -> list[Job]:
             prunes.append(job)
             first = len(plan.jobs)
             branches = add_instability(plan, train, replicate, k, level=level, mask=job.hash, control=None,
-                                       tree_parent=job.hash, copies=copies)
+                                       tree_parent=job.hash, copies=copies, full_mask=level == 0)
             for control in (imp.controls if level > 0 else []):
                 add_instability(plan, train, replicate, k, level=level, mask=job.hash, control=control,
                                 tree_parent=job.hash, copies=copies,

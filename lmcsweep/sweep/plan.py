@@ -9,6 +9,11 @@ Kinds of job (all keyed by `config.job_hash` of exactly the inputs that decide t
 - ``interpolate``: a pair of branches -> error along the path -> instability;
 - ``prune``: the mask of IMP level L, from level L-1's trained subnetwork (a ``level`` run in MLflow).
 
+IMP level 0 trains the dense network under the full mask, which changes no bit of it: its branches
+and interpolations name the dense ones at the same k as `same_as`, and the runner reuses those
+when they are done instead of training them again (their hashes stay those of level 0, so the
+IMP chain's hashes do not depend on whether the sweep has an instability section).
+
 The plan is static: hashes never depend on results, so a whole sweep is known before anything runs.
 """
 
@@ -33,6 +38,8 @@ class Job:
     name: str                       # MLflow run name
     iterations: int = 0             # training iterations it costs
     trial: int | None = None
+    same_as: str | None = None      # a job that computes the same result bit for bit under another
+    #                                 identity (IMP level 0 = the dense branches): reused once done
 
 
 @dataclass
@@ -115,9 +122,10 @@ def build_plan(sweep: SweepConfig, trial: int | None = None, overrides: dict[str
 
 def add_instability(plan: Plan, train: Job, replicate: int, k: int, level: int | None, mask: str | None,
                     control: str | None, tree_parent: str, copies: int | None = None,
-                    extra: dict[str, Any] | None = None) -> list[Job]:
+                    extra: dict[str, Any] | None = None, full_mask: bool = False) -> list[Job]:
     """Branches from checkpoint k of `train` (under `mask`/`control`) and, with instability analysis
-    on, every pair's interpolation. Returns the branch jobs (copy 0 first)."""
+    on, every pair's interpolation. Returns the branch jobs (copy 0 first). With `full_mask` (IMP
+    level 0) each job is the same as the dense one at k (`Job.same_as`)."""
     sweep, hyper = plan.sweep, plan.hyper
     inst = sweep.instability
     noise = inst.noise if inst else ["data_order", "augmentation"]
@@ -131,11 +139,13 @@ def add_instability(plan: Plan, train: Job, replicate: int, k: int, level: int |
         fields = {"train": train.hash, "rewind": k, "mask": mask, "control": control, "seeds": seeds,
                   "optimizer": optimizer_mode, **(extra or {})}
         label = f"{control or 'imp' if level is not None else 'dense'} k={k} copy {c}"
+        dense = {**fields, "mask": None, "control": None} if full_mask else None
         branches.append(plan.add(Job(
-            kind="branch", hash=job_hash("branch", fields, [train.hash] + ([mask] if mask else [])),
+            kind="branch", hash=_branch_hash(fields, train.hash),
             fields=fields, parents=[train.hash] + ([mask] if mask else []), tree_parent=tree_parent,
             tags={**base_tags, "copy": c}, name=label if level is None else f"level {level} {label}",
             iterations=hyper.iterations - k, trial=plan.trial,
+            same_as=_branch_hash(dense, train.hash) if dense else None,
         )))
     if inst and (level is None or (sweep.imp and sweep.imp.instability)):
         for a, b in itertools.combinations(branches, 2):
@@ -143,12 +153,22 @@ def add_instability(plan: Plan, train: Job, replicate: int, k: int, level: int |
                       "bn": inst.bn, "bn_batches": inst.bn_batches, "train_examples": inst.train_examples,
                       "subset_test": sweep.data.subset_test}
             ca, cb = a.tags["copy"], b.tags["copy"]
+            twin = (_interpolate_hash({**fields, "pair": [a.same_as, b.same_as]})
+                    if a.same_as and b.same_as else None)
             plan.add(Job(
-                kind="interpolate", hash=job_hash("interpolate", fields, [a.hash, b.hash]), fields=fields,
+                kind="interpolate", hash=_interpolate_hash(fields), fields=fields,
                 parents=[a.hash, b.hash], tree_parent=a.hash, tags={**base_tags, "pair": f"{ca}-{cb}"},
-                name=f"interpolate {ca}-{cb}", trial=plan.trial,
+                name=f"interpolate {ca}-{cb}", trial=plan.trial, same_as=twin,
             ))
     return branches
+
+
+def _branch_hash(fields: dict[str, Any], train: str) -> str:
+    return job_hash("branch", fields, [train] + ([fields["mask"]] if fields["mask"] else []))
+
+
+def _interpolate_hash(fields: dict[str, Any]) -> str:
+    return job_hash("interpolate", fields, list(fields["pair"]))
 
 
 def exempt_layers(sweep: SweepConfig) -> list[str]:
@@ -158,7 +178,8 @@ def exempt_layers(sweep: SweepConfig) -> list[str]:
 
 
 def summary(plans: list[Plan], done: set[str]) -> dict[str, Any]:
-    """Counts of jobs by kind, done and remaining, and training iterations remaining."""
+    """Counts of jobs by kind, done and remaining, and training iterations remaining (a job whose
+    `same_as` is done or planned before it costs none)."""
     out: dict[str, Any] = {"kinds": {}, "jobs": 0, "done": 0, "remaining": 0, "iterations_remaining": 0}
     seen: set[str] = set()
     for plan in plans:
@@ -166,6 +187,7 @@ def summary(plans: list[Plan], done: set[str]) -> dict[str, Any]:
             if job.hash in seen:
                 continue
             seen.add(job.hash)
+            twin_done = job.same_as is not None and (job.same_as in done or job.same_as in seen)
             row = out["kinds"].setdefault(job.kind, {"jobs": 0, "done": 0, "remaining": 0})
             row["jobs"] += 1
             out["jobs"] += 1
@@ -175,5 +197,5 @@ def summary(plans: list[Plan], done: set[str]) -> dict[str, Any]:
             else:
                 row["remaining"] += 1
                 out["remaining"] += 1
-                out["iterations_remaining"] += job.iterations
+                out["iterations_remaining"] += 0 if twin_done else job.iterations
     return out
