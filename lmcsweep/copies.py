@@ -1,9 +1,11 @@
-"""Copies trained together: the sibling networks of one fork (the copies of an instability analysis,
-the subnetwork of an IMP level and its controls) train at the same time.
+"""Copies trained together: the networks of one wave of the job graph (the copies of every
+instability analysis, an IMP level's subnetworks and controls; `sweep.execute._waves`) train at
+the same time.
 
 On CPU every copy runs its own training loop (the plain network, its own optimizer, data order and
 augmentation) in a worker, with its kernels on `train.cpu_threads` intra-op threads (default 1)
-and as many workers as the cores allow (cores // cpu_threads). The workers are forked processes on
+and as many workers as the cores allow (cores // cpu_threads), each taking the next copy when it
+is free. The workers are forked processes on
 Linux with one kernel thread each (threads elsewhere, with more kernel threads, and with the FFCV
 loader): in threads the copies' Python contends for
 the GIL (two LeNet copies measured 1.18x one alone on threads, about 1.05x in processes;
@@ -133,7 +135,9 @@ def _in_processes(tasks: Sequence[Callable[[], T]], n: int, in_child, on_message
     results: list[Any] = [_NOT_RUN] * len(tasks)
     readers: dict[Any, int] = {}
     pids: list[int] = []
+    working: dict[int, int] = {}  # worker -> the task it took last
     parent_pid = os.getpid()
+    taken = _Counter()  # workers take the next task when free: long and short copies balance out
     for w in range(n):
         reader, writer = mpc.Pipe(duplex=False)
         with warnings.catch_warnings():  # a torch process always has threads; its workers use none
@@ -150,7 +154,8 @@ def _in_processes(tasks: Sequence[Callable[[], T]], n: int, in_child, on_message
                 _outbox = lambda message: put(("message", message))  # noqa: E731
                 if in_child is not None:
                     in_child()
-                for i in range(w, len(tasks), n):
+                while (i := taken.next()) < len(tasks):
+                    put(("start", i))
                     out = _guarded(tasks[i])
                     if isinstance(out, BaseException):
                         text = "".join(traceback.format_exception(out))
@@ -181,6 +186,8 @@ def _in_processes(tasks: Sequence[Callable[[], T]], n: int, in_child, on_message
                 if kind == "message":
                     if on_message is not None:
                         on_message(rest[0])
+                elif kind == "start":
+                    working[readers[reader]] = rest[0]
                 else:
                     results[rest[0]] = rest[1]
     except BaseException:  # we stop reading (an error here, Ctrl-C): the workers must not wait on us
@@ -190,11 +197,28 @@ def _in_processes(tasks: Sequence[Callable[[], T]], n: int, in_child, on_message
         raise
     finally:
         statuses = [os.waitpid(pid, 0)[1] for pid in pids]
+    died = {i: statuses[w] for w, i in working.items() if results[i] is _NOT_RUN}
     for i, r in enumerate(results):
         if r is _NOT_RUN:
-            status = statuses[i % n]
-            results[i] = RuntimeError(f"the copy worker process died before finishing (wait status {status})")
+            why = (f"the copy worker process running it died (wait status {died[i]})" if i in died
+                   else "every copy worker process died before it started")
+            results[i] = RuntimeError(why)
     return results
 
 
 _NOT_RUN = object()
+
+
+class _Counter:
+    """The index of the next task, shared by forked workers (a lock-guarded integer in shared memory)."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        self._value = multiprocessing.get_context("fork").Value("q", 0)
+
+    def next(self) -> int:
+        with self._value.get_lock():
+            i = self._value.value
+            self._value.value = i + 1
+        return i

@@ -317,3 +317,18 @@ def test_worker_processes_report_exceptions_and_messages():
     assert isinstance(out[1], ValueError) and "in copy worker process" in "".join(out[1].__notes__)
     assert isinstance(out[2], RuntimeError) and "died" in str(out[2])
     assert ("progress", 0) in seen and ("progress", 1) in seen
+
+
+def test_worker_processes_take_the_next_task_when_free():
+    """A worker takes the next task when it is free, not a fixed share: with one long task first,
+    the other worker runs all the short ones."""
+    import os
+    import time
+
+    def work(i):
+        if i == 0:
+            time.sleep(1.5)
+        return os.getpid()
+
+    pids = together([lambda i=i: work(i) for i in range(5)], workers=2)
+    assert len(set(pids)) == 2 and pids[0] not in pids[1:] and len(set(pids[1:])) == 1

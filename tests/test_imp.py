@@ -164,6 +164,20 @@ def test_imp_sweep_runs(imp_run):
     assert "50 jobs run, 6 reused from the store" in result.output and "0 failed" in result.output
 
 
+def test_each_wave_trains_together(imp_run):
+    """The networks of a wave (same depth in the job graph) train as one group across replicates,
+    IMP levels' subnetworks and controls: 2 dense runs, 4 dense copies, 12 copies per level >= 1."""
+    path, store_dir, _ = imp_run
+    groups = {}
+    for run in Tracker(root=store_dir).runs_of_sweep("imp-small", status="FINISHED"):
+        t = run.data.tags
+        if t.get("lmcsweep.origin") == "computed" and t.get("lmcsweep.kind") in ("train", "branch"):
+            key = (t["lmcsweep.kind"], t.get("lmcsweep.level"))
+            groups.setdefault(key, set()).add(run.data.params["train.group"])
+    assert groups == {("train", None): {"2"}, ("branch", None): {"4"}, ("branch", "1"): {"12"},
+                      ("branch", "2"): {"12"}}
+
+
 def test_level_zero_reuses_the_dense_branches(imp_run):
     path, store_dir, _ = imp_run
     plan, store, tracker = build_plan(load_sweep(path)), Store(store_dir), Tracker(root=store_dir)

@@ -1,6 +1,6 @@
 """Running a plan: look every job up by hash, reuse what is done, run the rest in order, track it.
 
-For each job of a plan, in order (parents first):
+For each job of a plan, wave by wave (`_waves`: parents first; the networks of a wave train together):
 
 1. this sweep's tree already holds a FINISHED run for it -> nothing to do;
 2. another sweep (or trial) computed it -> a run recording the reuse is added to this tree, with
@@ -135,7 +135,8 @@ class Runner:
         done.update({h: run.info.run_id for h, run in done_elsewhere.items() if h not in done})
         bad: set[str] = set()
         handled: set[str] = set()  # ran already, in a group of sibling branches
-        for job in plan.jobs:
+        order, depth = _waves(plan.jobs)
+        for job in order:
             if job.hash in handled:
                 continue
             if job.hash in tree["finished"]:
@@ -165,13 +166,14 @@ class Runner:
             if context is None:
                 context = self._context(plan, jobs, progress)
             group = [job]
-            if job.kind in ("branch", "train"):  # ready jobs like it train with it (`copies.together`)
-                group += [j for j in plan.jobs if j is not job and j.kind == job.kind
-                          and (job.kind == "train" or _sibling_key(j) == _sibling_key(job))
+            if job.kind in ("branch", "train"):  # every network of its wave trains with it (`copies.together`)
+                group += [j for j in order if j is not job and j.kind == job.kind and depth[j.hash] == depth[job.hash]
                           and j.hash not in tree["finished"]
                           and j.hash not in done_elsewhere and j.hash not in handled
+                          and not any(p in bad for p in j.parents)
                           and (j.hash not in tree["failed"] or self.retry_failed)
                           and not self._twin_done(plan, j, done)]
+                group.sort(key=lambda j: -j.iterations)  # longest first: the workers finish together
             runs = []
             for member in group:
                 parent = run_of.get(member.tree_parent, parent_run) if member.tree_parent else parent_run
@@ -324,10 +326,17 @@ class Runner:
         return run_id
 
 
-def _sibling_key(job: Job) -> tuple:
-    """Branches that start from the same checkpoint: same train job, rewind point and mask."""
-    f = job.fields
-    return (f["train"], f["rewind"], f["mask"])
+def _waves(jobs: list[Job]) -> tuple[list[Job], dict[str, int]]:
+    """The jobs in the order they run, and each one's wave: a job's wave is one past its latest
+    parent's (the dense networks are wave 0), and the jobs run wave by wave, in plan order within
+    one. The networks of a wave need only earlier waves, so they all train together: the copies
+    of every replicate and rewind point, at every IMP level the subnetworks and controls of all
+    chains, which keeps every core busy where one chain's copies could not."""
+    depth: dict[str, int] = {}
+    for job in jobs:  # parents first
+        depth[job.hash] = 1 + max((depth[p] for p in job.parents if p in depth), default=-1)
+    order = sorted(range(len(jobs)), key=lambda i: (depth[jobs[i].hash], i))
+    return [jobs[i] for i in order], depth
 
 
 def _twin_metrics(job: Job) -> list[tuple[str, float, int]]:

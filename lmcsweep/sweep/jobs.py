@@ -260,20 +260,12 @@ def prepare_branch(ctx: Context, job: Job, run_id: str) -> Copy:
 
 
 def run_branches(ctx: Context, todo: list[tuple[Job, str]]) -> dict[str, BaseException]:
-    """Sibling branches (same train job, rewind point and mask; a level's controls too) trained
-    together (`run_together`). Each keeps its own run, resume checkpoint and outcome; returns {job
-    hash: exception} for the copies that failed. A copy's result does not depend on its group
-    (tests/test_batched.py)."""
-    failed: dict[str, BaseException] = {}
-    bodies: list[tuple[str, Callable[[], None]]] = []
-    for job, run_id in todo:
-        try:
-            copy = prepare_branch(ctx, job, run_id)
-            bodies.append((job.hash, lambda c=copy: _train_copy(ctx, c)))
-        except Exception as exc:  # noqa: BLE001 -- recorded on that copy's run by the runner
-            failed[job.hash] = exc
-    failed.update(run_together(ctx, bodies))
-    return failed
+    """Branches trained together (`run_together`), each prepared where and when it trains, so only
+    as many copies as train at once are in memory. Each keeps its own run, resume checkpoint and
+    outcome; returns {job hash: exception} for the copies that failed. A copy's result does not
+    depend on its group (tests/test_batched.py)."""
+    return run_together(ctx, [(job.hash, lambda j=job, r=run_id: _train_copy(ctx, prepare_branch(ctx, j, r)))
+                              for job, run_id in todo])
 
 
 def run_trains(ctx: Context, todo: list[tuple[Job, str]]) -> dict[str, BaseException]:
