@@ -8,6 +8,10 @@ means that seeds s and s+1 never replay each other's draws one epoch apart.
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 SEED_KINDS = ("init", "data_order", "augmentation")
 

@@ -15,7 +15,10 @@ import os
 import contextlib
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 # torch is imported where it is used, so that `lmcsweep plan` and `status` start quickly
 

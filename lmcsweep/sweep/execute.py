@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import fcntl
 import importlib.metadata
-import os
 import subprocess
 import threading
 import time
@@ -30,10 +29,10 @@ from typing import Any, Iterator
 
 import torch
 
-from ..config import PRESETS, SweepConfig, canonical, dataset_of, job_hash, sweep_fingerprint
+from ..config import SweepConfig, canonical, dataset_of, job_hash, sweep_fingerprint
 from ..data import load_dataset
 from ..store import Store
-from ..tracking import FAILED, FINISHED, TAG, Tracker, tag
+from ..tracking import FAILED, FINISHED, Tracker, tag
 from .jobs import BODIES, Context, run_branches, run_trains
 from .plan import Job, Plan
 
@@ -134,7 +133,7 @@ class Runner:
         done: dict[str, str] = dict(tree["finished"])  # job hash -> its FINISHED run, here or elsewhere
         done.update({h: run.info.run_id for h, run in done_elsewhere.items() if h not in done})
         bad: set[str] = set()
-        handled: set[str] = set()  # ran already, in a group of sibling branches
+        handled: set[str] = set()  # ran already, in the group of its wave
         order, depth = _waves(plan.jobs)
         for job in order:
             if job.hash in handled:

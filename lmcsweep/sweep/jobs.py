@@ -17,7 +17,7 @@ import torch
 from .. import interpolate as interp
 from .. import plots, prune
 from ..config import Hyper, SweepConfig
-from ..data import DataSet, load_dataset, make_loader
+from ..data import DataSet, make_loader
 from ..models import build_model
 from ..store import Store, Writer
 from ..tracking import Tracker
