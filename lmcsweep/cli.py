@@ -84,6 +84,8 @@ def _print_plan(sweep, tracker) -> None:
     for kind, row in s["kinds"].items():
         click.echo(f"  {kind:<12}{row['jobs']:>8}{row['done']:>8}{row['remaining']:>8}")
     click.echo(f"  {'total':<12}{s['jobs']:>8}{s['done']:>8}{s['remaining']:>8}")
+    if s["twins_remaining"]:
+        click.echo(f"  of the jobs left, {s['twins_remaining']} (IMP level 0) are the dense ones: reused, not run again")
     click.echo(f"  training iterations left: {s['iterations_remaining']}")
 
 

@@ -120,6 +120,14 @@ def test_plan_levels_controls_and_seeds(tmp_path):
     assert len(seeds) == 2 * 2 * 2  # a seed per control, level and replicate
 
 
+def test_plan_counts_level_zero_as_reused(tmp_path):
+    result = _invoke(tmp_path / "store", "plan", _write(tmp_path, SWEEP))
+    assert result.exit_code == 0, result.output
+    assert "of the jobs left, 6 (IMP level 0) are the dense ones" in result.output
+    # 2 x 40 (dense) + 4 x 20 (dense copies) + 2 levels x 12 x 20; level 0's 4 x 20 are the dense copies'
+    assert "training iterations left: 640" in result.output
+
+
 def test_one_shot_plan_and_validation(tmp_path):
     one_shot = SWEEP.replace("levels: 2", "levels: 1\n  style: one_shot\n  target_density: 0.3")
     plan = build_plan(load_sweep(_write(tmp_path, one_shot)))

@@ -179,8 +179,9 @@ def exempt_layers(sweep: SweepConfig) -> list[str]:
 
 def summary(plans: list[Plan], done: set[str]) -> dict[str, Any]:
     """Counts of jobs by kind, done and remaining, and training iterations remaining (a job whose
-    `same_as` is done or planned before it costs none)."""
-    out: dict[str, Any] = {"kinds": {}, "jobs": 0, "done": 0, "remaining": 0, "iterations_remaining": 0}
+    `same_as` is done or planned before it costs none: `twins_remaining` counts those)."""
+    out: dict[str, Any] = {"kinds": {}, "jobs": 0, "done": 0, "remaining": 0, "iterations_remaining": 0,
+                           "twins_remaining": 0}
     seen: set[str] = set()
     for plan in plans:
         for job in plan.jobs:
@@ -198,4 +199,5 @@ def summary(plans: list[Plan], done: set[str]) -> dict[str, Any]:
                 row["remaining"] += 1
                 out["remaining"] += 1
                 out["iterations_remaining"] += 0 if twin_done else job.iterations
+                out["twins_remaining"] += twin_done
     return out
