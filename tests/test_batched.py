@@ -243,6 +243,20 @@ def test_gpu_bench_tiny_mode_runs():
     assert len(copies) == 4 and all("x one alone" in line for line in copies), out.stdout
 
 
+def test_gpu_sweep_check_tiny_mode_passes():
+    """bench/gpu_sweep.sh runs a small instability + IMP sweep end to end on a lent GPU and checks
+    what it stored; its --tiny CPU mode must pass here (the same checks, a shrunk network)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(["bash", str(root / "bench" / "gpu_sweep.sh"), "--tiny"], capture_output=True, text=True,
+                         env={**__import__("os").environ, "PYTHON": sys.executable}, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "36 jobs run, 6 reused" in out.stdout and out.stdout.rstrip().endswith("gpu sweep check: ok")
+
+
 @pytest.mark.parametrize("name", list(NETS))
 def test_copy_equals_plain_training_loop(name):
     """A copy trained together is the plain `train` loop on one kernel thread, bit for bit."""
