@@ -160,3 +160,32 @@ def test_invalid_variant_fails_only_its_trial(tmp_path):
     trials = sorted(study_trials(sweep, store), key=lambda t: t["params"]["train.warmup"])
     assert [(t["params"]["train.warmup"], t["state"]) for t in trials] == [("0it", "COMPLETE"), ("500it", "FAIL")]
     assert "train.warmup: warmup (500 iterations) is longer than training (20)" in trials[1]["error"]
+
+
+def test_grid_trials_run_together_and_give_what_they_give_alone(tmp_path, monkeypatch):
+    """On CPU a grid's trials are asked several at a time and their networks train in one group
+    (`train.group` counts across trials); every point's objective equals the one-at-a-time run."""
+    from lmcsweep.store import Store
+    from lmcsweep.sweep import search
+    from lmcsweep.sweep.execute import run_sweep
+    from lmcsweep.tracking import Tracker
+
+    from lmcsweep import copies
+
+    monkeypatch.setattr(copies, "cores", lambda: 4)  # as on a 4-core node: 4 trials at once, 4 workers
+    sweep = _sweep(tmp_path, "search:" + SEARCH.split("search:")[1])
+    assert search.trials_at_once(sweep) == 4
+
+    def objectives(store, at_once):
+        monkeypatch.setattr(search, "trials_at_once", lambda s: at_once)
+        outcome = run_sweep(sweep, Tracker(root=store), Store(store), progress=False)
+        assert not outcome.failed and len(outcome.computed) == 4 * 4
+        trials = study_trials(sweep, store)
+        groups = {r.data.params["train.group"] for r in Tracker(root=store).runs_of_sweep("grid")
+                  if r.data.tags.get("lmcsweep.kind") == "train"}
+        return {(t["params"]["train.lr"], t["params"]["train.warmup"]): t["value"] for t in trials}, groups
+
+    together, groups = objectives(tmp_path / "together", 4)
+    assert groups == {"4"} and set(together) == GRID
+    alone, groups = objectives(tmp_path / "alone", 1)
+    assert groups == {"1"} and alone == together

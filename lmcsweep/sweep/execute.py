@@ -120,94 +120,111 @@ class Runner:
     def _tags(self, sweep: SweepConfig, extra: dict[str, Any]) -> dict[str, Any]:
         return {"sweep": sweep.name, "preset": sweep.preset, "dataset": dataset_of(sweep), **extra}
 
-    # -- running a plan ---------------------------------------------------------------------
+    # -- running plans -----------------------------------------------------------------------
     def run_plan(self, plan: Plan, experiment_id: str, parent_run: str, outcome: Outcome,
                  progress: Any = None) -> None:
-        sweep = plan.sweep
-        jobs = plan.by_hash()
-        tree = self._tree_runs(sweep, plan.trial)
-        wanted = [j.hash for j in plan.jobs if j.hash not in tree["finished"]]
-        done_elsewhere = self.tracker.finished_jobs(wanted + [j.same_as for j in plan.jobs if j.same_as])
-        context: Context | None = None
-        run_of: dict[str, str] = dict(tree["finished"])
-        done: dict[str, str] = dict(tree["finished"])  # job hash -> its FINISHED run, here or elsewhere
-        done.update({h: run.info.run_id for h, run in done_elsewhere.items() if h not in done})
-        bad: set[str] = set()
-        handled: set[str] = set()  # ran already, in the group of its wave
-        order, depth = _waves(plan.jobs)
-        for job in order:
-            if job.hash in handled:
+        """Run (or resume) one plan under the MLflow run `parent_run` (the sweep's or a trial's)."""
+        self.run_plans([(plan, parent_run)], experiment_id, outcome, progress)
+
+    def run_plans(self, items: list[tuple[Plan, str]], experiment_id: str, outcome: Outcome,
+                  progress: Any = None) -> None:
+        """Run several plans (Optuna trials asked together) as one: wave by wave over all of
+        them, the networks of a wave training together whatever plan they belong to (when they
+        train alike: device, compile, cpu_threads, loader). A job in two of the plans is computed
+        once; the other records its reuse."""
+        trees = [self._tree(plan, parent_run) for plan, parent_run in items]
+        wanted = [j.hash for t in trees for j in t.plan.jobs if j.hash not in t.finished]
+        done_elsewhere = self.tracker.finished_jobs(wanted + [j.same_as for t in trees for j in t.plan.jobs if j.same_as])
+        for t in trees:
+            t.done.update({h: run.info.run_id for h, run in done_elsewhere.items() if h not in t.done})
+        computed: dict[str, str] = {}  # job hash -> its run, for jobs computed by this call
+        order = _waves(trees)
+
+        def original(job: Job) -> str | None:
+            """The run of a job computed elsewhere (another sweep, trial or plan of this call)."""
+            return done_elsewhere[job.hash].info.run_id if job.hash in done_elsewhere else computed.get(job.hash)
+
+        def ready(t: _Tree, job: Job) -> bool:
+            """Whether `job` of tree `t` would be run now (not done, reused, failed or blocked)."""
+            return (job.hash not in t.handled and job.hash not in t.finished and original(job) is None
+                    and not any(p in t.bad for p in job.parents)
+                    and (job.hash not in t.failed or self.retry_failed) and not self._twin_done(t, job))
+
+        for tree, job, wave in order:
+            plan = tree.plan
+            if job.hash in tree.handled:
                 continue
-            if job.hash in tree["finished"]:
+            tree.handled.add(job.hash)
+            if job.hash in tree.finished:
                 outcome.skipped.append(job.hash)
                 continue
-            if any(p in bad for p in job.parents):
-                bad.add(job.hash)
+            if any(p in tree.bad for p in job.parents):
+                tree.bad.add(job.hash)
                 outcome.blocked.append(job.hash)
                 continue
-            if job.hash in tree["failed"] and not self.retry_failed:
-                bad.add(job.hash)
-                outcome.failed[job.hash] = tree["failed"][job.hash]
+            if job.hash in tree.failed and not self.retry_failed:
+                tree.bad.add(job.hash)
+                outcome.failed[job.hash] = tree.failed[job.hash]
                 continue
-            parent = run_of.get(job.tree_parent, parent_run) if job.tree_parent else parent_run
+            parent = tree.parent_of(job)
             tags = self._job_tags(plan, job)
-            if job.hash in done_elsewhere:
-                run_of[job.hash] = self._record_reuse(experiment_id, job, tags, parent,
-                                                      done_elsewhere[job.hash].info.run_id, self._params(plan, job))
+            if original(job) is not None:
+                tree.run_of[job.hash] = self._record_reuse(experiment_id, job, tags, parent, original(job),
+                                                           self._params(plan, job))
+                tree.done[job.hash] = tree.run_of[job.hash]
                 outcome.reused.append(job.hash)
                 continue
-            if self._twin_done(plan, job, done):
-                run_of[job.hash] = self._record_reuse(experiment_id, job, {**tags, "same_as": job.same_as}, parent,
-                                                      done[job.same_as], self._params(plan, job), _twin_metrics(job))
-                done[job.hash] = run_of[job.hash]
+            if self._twin_done(tree, job):
+                tree.run_of[job.hash] = self._record_reuse(experiment_id, job, {**tags, "same_as": job.same_as},
+                                                           parent, tree.done[job.same_as], self._params(plan, job),
+                                                           _twin_metrics(job))
+                tree.done[job.hash] = tree.run_of[job.hash]
                 outcome.reused.append(job.hash)
                 continue
-            if context is None:
-                context = self._context(plan, jobs, progress)
-            group = [job]
+            context = self._tree_context(tree, progress)
+            group = [(tree, job)]
             if job.kind in ("branch", "train"):  # every network of its wave trains with it (`copies.together`)
-                group += [j for j in order if j is not job and j.kind == job.kind and depth[j.hash] == depth[job.hash]
-                          and j.hash not in tree["finished"]
-                          and j.hash not in done_elsewhere and j.hash not in handled
-                          and not any(p in bad for p in j.parents)
-                          and (j.hash not in tree["failed"] or self.retry_failed)
-                          and not self._twin_done(plan, j, done)]
-                group.sort(key=lambda j: -j.iterations)  # longest first: the workers finish together
-            runs = []
-            for member in group:
-                parent = run_of.get(member.tree_parent, parent_run) if member.tree_parent else parent_run
+                hashes, alike = {job.hash}, _alike(plan)
+                for t, j, w in order:
+                    if (w == wave and j.kind == job.kind and j.hash not in hashes and _alike(t.plan) == alike
+                            and ready(t, j)):
+                        group.append((t, j))
+                        hashes.add(j.hash)  # a job in two plans trains once; the other reuses it
+                group.sort(key=lambda m: -m[1].iterations)  # longest first: the workers finish together
+            members = []
+            for t, member in group:
+                ctx = self._tree_context(t, progress)
                 run_id = self.tracker.start(experiment_id, member.name, _mlflow_kind(member),
-                                            {**self._job_tags(plan, member), "origin": "computed"}, parent=parent)
+                                            {**self._job_tags(t.plan, member), "origin": "computed"},
+                                            parent=t.parent_of(member))
                 # params go through the background writer, off the training path (flushed before FINISHED)
-                context.writer.submit(self.tracker.log_params, run_id, self._params(plan, member, len(group)))
-                run_of[member.hash] = run_id
-                runs.append((member, run_id))
-                handled.add(member.hash)
+                ctx.writer.submit(self.tracker.log_params, run_id, self._params(t.plan, member, len(group)))
+                t.run_of[member.hash] = run_id
+                t.handled.add(member.hash)
+                members.append((t, member, run_id))
             if progress is not None:
-                progress.set_description(f"{sweep.name}: {job.name}" + (f" +{len(group) - 1}" if len(group) > 1 else ""))
+                progress.set_description(f"{plan.sweep.name}: {job.name}" + (f" +{len(group) - 1}" if len(group) > 1 else ""))
+            runs = [(t.context, member, run_id) for t, member, run_id in members]
             errors: dict[str, BaseException] = {}
             try:
                 if job.kind == "branch":
-                    errors = run_branches(context, runs)
+                    errors = run_branches(runs)
                 elif job.kind == "train":  # the dense networks of all replicates
-                    errors = run_trains(context, runs)
+                    errors = run_trains(runs)
                 else:
-                    BODIES[job.kind](context, job, runs[0][1])
+                    BODIES[job.kind](context, job, members[0][2])
             except Exception as exc:  # noqa: BLE001 -- any failure of a job is recorded, the sweep goes on
                 errors = {job.hash: exc}
+            for ctx in {id(t.context): t.context for t, _, _ in members}.values():
                 try:
-                    context.writer.flush()
-                except Exception:  # noqa: BLE001 -- the job failed already
-                    pass
-            try:
-                context.writer.flush()
-            except Exception as exc:  # noqa: BLE001 -- its params or metrics could not be written
-                errors = {member.hash: errors.get(member.hash, exc) for member, _ in runs}
-            for member, run_id in runs:
+                    ctx.writer.flush()
+                except Exception as exc:  # noqa: BLE001 -- params or metrics could not be written
+                    errors = {m.hash: errors.get(m.hash, exc) for t, m, _ in members if t.context is ctx} | errors
+            for t, member, run_id in members:
                 exc = errors.get(member.hash)
                 if exc is None:
                     self.tracker.finish(run_id, FINISHED)
-                    done[member.hash] = run_id
+                    t.done[member.hash] = computed[member.hash] = run_id
                     outcome.computed.append(member.hash)
                     self.computed_runs[run_id] = member.hash
                     continue
@@ -216,9 +233,19 @@ class Runner:
                 self.tracker.log_text(run_id, "".join(traceback.format_exception(exc)), "error.txt")
                 self.tracker.finish(run_id, FAILED)
                 outcome.failed[member.hash] = message
-                bad.add(member.hash)
+                t.bad.add(member.hash)
             if progress is not None:
                 progress.update(0)
+
+    def _tree(self, plan: Plan, parent_run: str) -> "_Tree":
+        runs = self._tree_runs(plan.sweep, plan.trial)
+        return _Tree(plan, parent_run, runs["finished"], runs["failed"], dict(runs["finished"]),
+                     dict(runs["finished"]))
+
+    def _tree_context(self, tree: "_Tree", progress: Any) -> Context:
+        if tree.context is None:
+            tree.context = self._context(tree.plan, tree.plan.by_hash(), progress)
+        return tree.context
 
     def _tree_runs(self, sweep: SweepConfig, trial: int | None) -> dict[str, dict[str, str]]:
         finished, failed = {}, {}
@@ -305,13 +332,13 @@ class Runner:
                            "instability.noise": ",".join(inst.noise)})
         return params
 
-    def _twin_done(self, plan: Plan, job: Job, done: dict[str, str]) -> bool:
+    def _twin_done(self, tree: "_Tree", job: Job) -> bool:
         """Whether `job` can be reused from its `same_as` twin: the twin finished, and (a branch) its
         final checkpoint is now this job's too (hard-linked in the store)."""
-        if job.same_as is None or job.same_as not in done:
+        if job.same_as is None or job.same_as not in tree.done:
             return False
         if job.kind == "branch":
-            return self.store.share_checkpoint(job.same_as, job.hash, plan.hyper.iterations)
+            return self.store.share_checkpoint(job.same_as, job.hash, tree.plan.hyper.iterations)
         return True
 
     def _record_reuse(self, experiment_id: str, job: Job, tags: dict[str, Any], parent: str, original: str,
@@ -325,17 +352,46 @@ class Runner:
         return run_id
 
 
-def _waves(jobs: list[Job]) -> tuple[list[Job], dict[str, int]]:
-    """The jobs in the order they run, and each one's wave: a job's wave is one past its latest
-    parent's (the dense networks are wave 0), and the jobs run wave by wave, in plan order within
-    one. The networks of a wave need only earlier waves, so they all train together: the copies
-    of every replicate and rewind point, at every IMP level the subnetworks and controls of all
-    chains, which keeps every core busy where one chain's copies could not."""
-    depth: dict[str, int] = {}
-    for job in jobs:  # parents first
-        depth[job.hash] = 1 + max((depth[p] for p in job.parents if p in depth), default=-1)
-    order = sorted(range(len(jobs)), key=lambda i: (depth[jobs[i].hash], i))
-    return [jobs[i] for i in order], depth
+@dataclass
+class _Tree:
+    """One plan's place in a run: its parent MLflow run, what its tree holds, and what is known of
+    its jobs as they run (all by job hash)."""
+
+    plan: Plan
+    parent_run: str
+    finished: dict[str, str]         # FINISHED runs in this tree when the run began
+    failed: dict[str, str]           # FAILED ones: their errors
+    run_of: dict[str, str]           # the run of each job in this tree (for nesting)
+    done: dict[str, str]             # FINISHED runs of its jobs and twins, here or elsewhere
+    bad: set[str] = field(default_factory=set)       # failed or blocked: their children are blocked
+    handled: set[str] = field(default_factory=set)   # seen by the loop (or run in a wave's group)
+    context: Context | None = None
+
+    def parent_of(self, job: Job) -> str:
+        return self.run_of.get(job.tree_parent, self.parent_run) if job.tree_parent else self.parent_run
+
+
+def _waves(trees: list[_Tree]) -> list[tuple[_Tree, Job, int]]:
+    """The jobs of all trees in the order they run, each with its wave: a job's wave is one past
+    its latest parent's (the dense networks are wave 0), and the jobs run wave by wave, plan by
+    plan and in plan order within one. The networks of a wave need only earlier waves, so they all
+    train together: the copies of every replicate and rewind point, at every IMP level the
+    subnetworks and controls of all chains, and those of every plan (trial) run together, which
+    keeps every core busy where one chain's copies could not."""
+    out = []
+    for n, tree in enumerate(trees):
+        depth: dict[str, int] = {}
+        for i, job in enumerate(tree.plan.jobs):  # parents first
+            depth[job.hash] = 1 + max((depth[p] for p in job.parents if p in depth), default=-1)
+            out.append((depth[job.hash], n, i, tree, job))
+    out.sort(key=lambda row: row[:3])
+    return [(tree, job, wave) for wave, _, _, tree, job in out]
+
+
+def _alike(plan: Plan) -> tuple:
+    """What networks that train side by side must share (`copies.together` takes them from one)."""
+    h = plan.hyper
+    return (plan.sweep.train.device, h.compile, h.cpu_threads, plan.sweep.data.loader)
 
 
 def _twin_metrics(job: Job) -> list[tuple[str, float, int]]:

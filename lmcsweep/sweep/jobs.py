@@ -259,53 +259,64 @@ def prepare_branch(ctx: Context, job: Job, run_id: str) -> Copy:
     return Copy(job, run_id, model, optimizer, start, masks, loader, history)
 
 
-def run_branches(ctx: Context, todo: list[tuple[Job, str]]) -> dict[str, BaseException]:
+def run_branches(todo: list[tuple[Context, Job, str]]) -> dict[str, BaseException]:
     """Branches trained together (`run_together`), each prepared where and when it trains, so only
     as many copies as train at once are in memory. Each keeps its own run, resume checkpoint and
     outcome; returns {job hash: exception} for the copies that failed. A copy's result does not
     depend on its group (tests/test_batched.py)."""
-    return run_together(ctx, [(job.hash, lambda j=job, r=run_id: _train_copy(ctx, prepare_branch(ctx, j, r)))
-                              for job, run_id in todo])
+    return run_together([(ctx, job.hash, lambda c=ctx, j=job, r=run_id: _train_copy(c, prepare_branch(c, j, r)))
+                         for ctx, job, run_id in todo])
 
 
-def run_trains(ctx: Context, todo: list[tuple[Job, str]]) -> dict[str, BaseException]:
+def run_trains(todo: list[tuple[Context, Job, str]]) -> dict[str, BaseException]:
     """The dense networks of several replicates (they need nothing but their seeds) trained
     together (`run_together`); returns {job hash: exception} for those that failed."""
-    return run_together(ctx, [(job.hash, lambda j=job, r=run_id: run_train(ctx, j, r)) for job, run_id in todo])
+    return run_together([(ctx, job.hash, lambda c=ctx, j=job, r=run_id: run_train(c, j, r))
+                         for ctx, job, run_id in todo])
 
 
-def run_together(ctx: Context, bodies: list[tuple[str, Callable[[], None]]]) -> dict[str, BaseException]:
+def run_together(bodies: list[tuple[Context, str, Callable[[], None]]]) -> dict[str, BaseException]:
     """Job bodies run side by side by `copies.together` (worker processes on CPU, one after another
-    on a GPU); returns {job hash: exception} for the bodies that failed. A worker process writes
-    its checkpoints itself and sends its MLflow calls and progress here, where our writer passes
-    them on to the tracker in order (a forked process may not use the tracker itself)."""
+    on a GPU); returns {job hash: exception} for the bodies that failed. Their contexts (one per
+    plan: several when Optuna trials run together) train alike (device, compile, cpu_threads,
+    loader: the first one's are used). A worker process writes its checkpoints itself and sends
+    its MLflow calls and progress here, where the first context's writer passes them on to the
+    tracker in order (a forked process may not use the tracker itself)."""
+    contexts = list({id(ctx): ctx for ctx, _, _ in bodies}.values())
+    first = contexts[0]
     try:
-        ctx.writer.flush()  # nothing half-written when workers fork
+        for ctx in contexts:
+            ctx.writer.flush()  # nothing half-written when workers fork
     except Exception as exc:  # noqa: BLE001
-        return {name: exc for name, _ in bodies}
+        return {name: exc for _, name, _ in bodies}
+
     def in_child() -> None:  # a worker process: its own writer thread; runs and progress go through us
-        ctx.writer = _WorkerWriter(ctx.tracker)
-        ctx.progress = lambda n: send(("progress", n))
+        writer = _WorkerWriter(first.tracker)
+        for ctx in contexts:
+            ctx.writer = writer
+            ctx.progress = lambda n: send(("progress", n))
 
     def on_message(message: tuple) -> None:
         if message[0] == "progress":
-            ctx.progress(message[1])
+            first.progress(message[1])
         else:  # ("tracker", method, args)
-            ctx.writer.submit(getattr(ctx.tracker, message[1]), *message[2])
+            first.writer.submit(getattr(first.tracker, message[1]), *message[2])
 
     def task(body: Callable[[], None]) -> None:
         body()
-        if isinstance(ctx.writer, _WorkerWriter):
-            ctx.writer.flush()  # its checkpoints are on disk before it reports done
+        if isinstance(first.writer, _WorkerWriter):
+            first.writer.flush()  # its checkpoints are on disk before it reports done
 
-    outcomes = together([lambda b=body: task(b) for _, body in bodies], ctx.device,
-                        concurrent=not ctx.hyper.compile, threads=ctx.hyper.cpu_threads,
-                        processes=ctx.sweep.data.loader != "ffcv", in_child=in_child, on_message=on_message)
-    failed = {name: out for (name, _), out in zip(bodies, outcomes) if isinstance(out, BaseException)}
-    try:
-        ctx.writer.flush()
-    except Exception as exc:  # noqa: BLE001
-        failed.update({name: exc for name, _ in bodies if name not in failed})
+    h = first.hyper
+    outcomes = together([lambda b=body: task(b) for _, _, body in bodies], first.device,
+                        concurrent=not h.compile, threads=h.cpu_threads,
+                        processes=first.sweep.data.loader != "ffcv", in_child=in_child, on_message=on_message)
+    failed = {name: out for (_, name, _), out in zip(bodies, outcomes) if isinstance(out, BaseException)}
+    for ctx in contexts:
+        try:
+            ctx.writer.flush()
+        except Exception as exc:  # noqa: BLE001
+            failed.update({name: exc for c, name, _ in bodies if c is ctx and name not in failed})
     return failed
 
 
@@ -345,7 +356,7 @@ def _train_copy(ctx: Context, copy: Copy) -> None:
 
 def run_branch(ctx: Context, job: Job, run_id: str) -> None:
     """One branch on its own (a group of one; see `run_branches`)."""
-    failed = run_branches(ctx, [(job, run_id)])
+    failed = run_branches([(ctx, job, run_id)])
     if job.hash in failed:
         raise failed[job.hash]
 

@@ -17,7 +17,9 @@ Contract:
   point is asked again; a trial that failed for a reason (invalid variant, failed job) carries the
   reason as user attribute ``error`` and is asked again only with ``--retry-failed``;
 - a grid is covered exactly once: every point ends with one COMPLETE trial (or a failure),
-  also across interruptions; random and tpe run until ``trials`` trials have settled.
+  also across interruptions; random and tpe run until ``trials`` trials have settled;
+- on CPU, grid and random trials are asked `trials_at_once` at a time and run together
+  (`Runner.run_plans`); tpe, whose points depend on finished trials, asks one at a time.
 """
 
 from __future__ import annotations
@@ -146,6 +148,15 @@ class _Grid(GridSampler):
         pass
 
     def _get_unvisited_grid_ids(self, study) -> list[int]:
+        free, running = self._free(study)
+        return sorted(free - running or free)
+
+    def open_points(self, study) -> int:
+        """How many points are neither covered nor being run (what trials asked now would get)."""
+        free, running = self._free(study)
+        return len(free - running)
+
+    def _free(self, study) -> tuple[set[int], set[int]]:
         visited, running = set(), set()
         for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
             if "grid_id" not in t.system_attrs or not self._same_search_space(t.system_attrs["search_space"]):
@@ -154,8 +165,7 @@ class _Grid(GridSampler):
                 visited.add(t.system_attrs["grid_id"])
             elif t.state == TrialState.RUNNING:
                 running.add(t.system_attrs["grid_id"])
-        free = set(range(self._n_min_trials)) - visited
-        return sorted(free - running or free)
+        return set(range(self._n_min_trials)) - visited, running
 
 
 def _settled(t: Any, retry_before: int | None) -> bool:
@@ -344,9 +354,24 @@ def objective_value(tracker: Any, plan: Plan) -> float:
 # Running a search
 
 
+def trials_at_once(sweep: SweepConfig) -> int:
+    """How many trials are asked and run together: with a grid or random sampler on CPU, as many as
+    networks train at once (cores // train.cpu_threads), so every core has work from the first
+    wave on; otherwise one. Their points never depend on it (a grid point is covered once, a
+    random trial is seeded by its number); TPE's would (it learns from finished trials), so TPE
+    asks one at a time, and so does a GPU, where networks train one after another anyway."""
+    from ..copies import cores
+    from .execute import pick_device
+
+    if sweep.search.sampler == "tpe" or sweep.train.compile or pick_device(sweep.train.device).type != "cpu":
+        return 1
+    return max(1, cores() // sweep.train.cpu_threads)
+
+
 def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any) -> None:
-    """Ask, run and tell trials until the grid is covered or `trials` trials have settled.
-    The caller holds the sweep lock and has marked RUNNING MLflow runs KILLED."""
+    """Ask, run and tell trials until the grid is covered or `trials` trials have settled; up to
+    `trials_at_once` at a time, run together (`Runner.run_plans`). The caller holds the sweep lock
+    and has marked RUNNING MLflow runs KILLED."""
     from tqdm.auto import tqdm
 
     from ..tracking import FAILED, FINISHED
@@ -355,6 +380,7 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
     tracker, search = runner.tracker, sweep.search
     study, retry_before = open_study(sweep, runner.store.root, runner.retry_failed)
     grid = study.sampler if isinstance(study.sampler, _Grid) else None
+    at_once = trials_at_once(sweep)
 
     # What earlier runs settled: their jobs count as done, their failures are reported again.
     for t in study.get_trials(deepcopy=False):
@@ -369,68 +395,75 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
             except ConfigError:
                 pass
 
-    def more() -> bool:
+    def room() -> int:
+        """How many trials to ask now (0: the search is done)."""
         if grid is not None:
-            return not grid.is_exhausted(study)
-        return _settled_count(study, retry_before) < search.trials
+            return min(at_once, grid.open_points(study))
+        return min(at_once, search.trials - _settled_count(study, retry_before))
 
-    while more():
-        if grid is None:
-            study.sampler = _sampler(search, len(study.get_trials(deepcopy=False)))
-        trial = study.ask()
-        n = trial.number
-        try:
-            point, problem = suggest(trial, search), None
-        except ValueError as exc:  # e.g. a range both log and stepped
-            point, problem = {}, f"invalid search space: {exc}"
-        params = hp_params(point)
-        trial_run = tracker.start(experiment_id, f"trial {n}", "trial",
-                                  runner._tags(sweep, {"trial": n, "study": study.study_name}),
-                                  parent=outcome.sweep_run, params={f"hp.{k}": v for k, v in params.items()})
-        trial.set_user_attr(RUN_ID, trial_run)
+    def fail(trial: Any, trial_run: str, message: str, listed: bool = False) -> None:
+        """Trial failed: recorded on its run and in the study; in the outcome unless its jobs are (`listed`)."""
+        if not listed:
+            outcome.failed[f"trial {trial.number}"] = message
+        tracker.set_tags(trial_run, {"error": message[:5000]})
+        tracker.log_text(trial_run, message, "error.txt")
+        tracker.finish(trial_run, FAILED)
+        trial.set_user_attr(ERROR, message[:5000])
+        study.tell(trial, state=TrialState.FAIL)
 
-        def fail(message: str) -> None:
-            tracker.set_tags(trial_run, {"error": message[:5000]})
-            tracker.log_text(trial_run, message, "error.txt")
-            tracker.finish(trial_run, FAILED)
-            trial.set_user_attr(ERROR, message[:5000])
-            study.tell(trial, state=TrialState.FAIL)
-
-        if problem:
-            outcome.failed[f"trial {n}"] = problem
-            fail(problem)
+    while (n_ask := room()) > 0:
+        batch = []  # (trial, its MLflow run, its plan)
+        for _ in range(n_ask):
+            if grid is None:
+                study.sampler = _sampler(search, len(study.get_trials(deepcopy=False)))
+            trial = study.ask()
+            n = trial.number
+            try:
+                point, problem = suggest(trial, search), None
+            except ValueError as exc:  # e.g. a range both log and stepped
+                point, problem = {}, f"invalid search space: {exc}"
+            params = hp_params(point)
+            trial_run = tracker.start(experiment_id, f"trial {n}", "trial",
+                                      runner._tags(sweep, {"trial": n, "study": study.study_name}),
+                                      parent=outcome.sweep_run, params={f"hp.{k}": v for k, v in params.items()})
+            trial.set_user_attr(RUN_ID, trial_run)
+            if problem:
+                fail(trial, trial_run, problem)
+                continue
+            try:
+                batch.append((trial, trial_run, build_plan(variant(sweep, point), trial=n, overrides=params)))
+            except ConfigError as exc:
+                fail(trial, trial_run, f"invalid variant: {exc}")
+        if not batch:
             continue
-        try:
-            plan = build_plan(variant(sweep, point), trial=n, overrides=params)
-        except ConfigError as exc:
-            outcome.failed[f"trial {n}"] = f"invalid variant: {exc}"
-            fail(f"invalid variant: {exc}")
-            continue
-        hashes = [j.hash for j in plan.jobs]
-        done = set(tracker.done_jobs(hashes))
-        left = summary([plan], done)["iterations_remaining"]
+        plans = [plan for _, _, plan in batch]
+        done = set(tracker.done_jobs([j.hash for plan in plans for j in plan.jobs]))
+        left = summary(plans, done)["iterations_remaining"]
+        names = ", ".join(str(trial.number) for trial, _, _ in batch)
         bar = tqdm(total=left, unit="it", disable=not runner.show_progress or left == 0, dynamic_ncols=True,
-                   mininterval=0.5, desc=f"trial {n}")
+                   mininterval=0.5, desc=f"trial{'s' if len(batch) > 1 else ''} {names}")
         try:
-            runner.run_plan(plan, experiment_id, trial_run, outcome, bar)
+            runner.run_plans([(plan, trial_run) for _, trial_run, plan in batch], experiment_id, outcome, bar)
         finally:
             bar.close()
-        errors = [outcome.failed[h] for h in hashes if h in outcome.failed]
-        blocked = [h for h in hashes if h in outcome.blocked]
-        if errors or blocked:
-            fail(f"{len(errors)} jobs failed, {len(blocked)} blocked; first: {errors[0] if errors else ''}")
-            continue
-        try:
-            value = objective_value(tracker, plan)
-        except LookupError as exc:
-            outcome.failed[f"trial {n}"] = str(exc)
-            fail(str(exc))
-            continue
-        if math.isfinite(value):
-            tracker.log_metrics(trial_run, [("objective", value, 0)])
-        tracker.set_tags(trial_run, {"objective": value})
-        study.tell(trial, value)
-        tracker.finish(trial_run, FINISHED)
+        for trial, trial_run, plan in batch:
+            hashes = [j.hash for j in plan.jobs]
+            errors = [outcome.failed[h] for h in hashes if h in outcome.failed]
+            blocked = [h for h in hashes if h in outcome.blocked]
+            if errors or blocked:
+                message = f"{len(errors)} jobs failed, {len(blocked)} blocked; first: {errors[0] if errors else ''}"
+                fail(trial, trial_run, message, listed=True)
+                continue
+            try:
+                value = objective_value(tracker, plan)
+            except LookupError as exc:
+                fail(trial, trial_run, str(exc))
+                continue
+            if math.isfinite(value):
+                tracker.log_metrics(trial_run, [("objective", value, 0)])
+            tracker.set_tags(trial_run, {"objective": value})
+            study.tell(trial, value)
+            tracker.finish(trial_run, FINISHED)
 
 
 def study_trials(sweep: SweepConfig, store_root: str | Path) -> list[dict[str, Any]]:
