@@ -181,7 +181,6 @@ class Runner:
                 tree.done[job.hash] = tree.run_of[job.hash]
                 outcome.reused.append(job.hash)
                 continue
-            context = self._tree_context(tree, progress)
             group = [(tree, job)]
             if job.kind in ("branch", "train"):  # every network of its wave trains with it (`copies.together`)
                 hashes, alike = {job.hash}, _alike(plan)
@@ -191,51 +190,59 @@ class Runner:
                         group.append((t, j))
                         hashes.add(j.hash)  # a job in two plans trains once; the other reuses it
                 group.sort(key=lambda m: -m[1].iterations)  # longest first: the workers finish together
-            members = []
-            for t, member in group:
-                ctx = self._tree_context(t, progress)
-                run_id = self.tracker.start(experiment_id, member.name, _mlflow_kind(member),
-                                            {**self._job_tags(t.plan, member), "origin": "computed"},
-                                            parent=t.parent_of(member))
-                # params go through the background writer, off the training path (flushed before FINISHED)
-                ctx.writer.submit(self.tracker.log_params, run_id, self._params(t.plan, member, len(group)))
-                t.run_of[member.hash] = run_id
-                t.handled.add(member.hash)
-                members.append((t, member, run_id))
-            if progress is not None:
-                progress.set_description(f"{plan.sweep.name}: {job.name}" + (f" +{len(group) - 1}" if len(group) > 1 else ""))
-            runs = [(t.context, member, run_id) for t, member, run_id in members]
-            errors: dict[str, BaseException] = {}
+            self._run_group(experiment_id, job, group, outcome, computed, progress)
+
+    def _run_group(self, experiment_id: str, job: Job, group: list[tuple["_Tree", Job]], outcome: Outcome,
+                   computed: dict[str, str], progress: Any) -> None:
+        """Run `job` (a prune or interpolation: alone) or the networks of its wave that train with it
+        (`group`, itself among them), each in its own MLflow run nested in its tree, and record how
+        each ended: FINISHED, or FAILED with its error (then its children are blocked)."""
+        members = []
+        for t, member in group:
+            ctx = self._tree_context(t, progress)
+            run_id = self.tracker.start(experiment_id, member.name, _mlflow_kind(member),
+                                        {**self._job_tags(t.plan, member), "origin": "computed"},
+                                        parent=t.parent_of(member))
+            # params go through the background writer, off the training path (flushed before FINISHED)
+            ctx.writer.submit(self.tracker.log_params, run_id, self._params(t.plan, member, len(group)))
+            t.run_of[member.hash] = run_id
+            t.handled.add(member.hash)
+            members.append((t, member, run_id))
+        if progress is not None:
+            progress.set_description(f"{group[0][0].plan.sweep.name}: {job.name}"
+                                     + (f" +{len(group) - 1}" if len(group) > 1 else ""))
+        runs = [(t.context, member, run_id) for t, member, run_id in members]
+        errors: dict[str, BaseException] = {}
+        try:
+            if job.kind == "branch":
+                errors = run_branches(runs)
+            elif job.kind == "train":  # the dense networks of all replicates
+                errors = run_trains(runs)
+            else:
+                BODIES[job.kind](runs[0][0], job, runs[0][2])
+        except Exception as exc:  # noqa: BLE001 -- any failure of a job is recorded, the sweep goes on
+            errors = {member.hash: exc for _, member, _ in members}
+        for ctx in {id(t.context): t.context for t, _, _ in members}.values():
             try:
-                if job.kind == "branch":
-                    errors = run_branches(runs)
-                elif job.kind == "train":  # the dense networks of all replicates
-                    errors = run_trains(runs)
-                else:
-                    BODIES[job.kind](context, job, members[0][2])
-            except Exception as exc:  # noqa: BLE001 -- any failure of a job is recorded, the sweep goes on
-                errors = {job.hash: exc}
-            for ctx in {id(t.context): t.context for t, _, _ in members}.values():
-                try:
-                    ctx.writer.flush()
-                except Exception as exc:  # noqa: BLE001 -- params or metrics could not be written
-                    errors = {m.hash: errors.get(m.hash, exc) for t, m, _ in members if t.context is ctx} | errors
-            for t, member, run_id in members:
-                exc = errors.get(member.hash)
-                if exc is None:
-                    self.tracker.finish(run_id, FINISHED)
-                    t.done[member.hash] = computed[member.hash] = run_id
-                    outcome.computed.append(member.hash)
-                    self.computed_runs[run_id] = member.hash
-                    continue
-                message = f"{type(exc).__name__}: {exc}"
-                self.tracker.set_tags(run_id, {"error": message[:5000]})
-                self.tracker.log_text(run_id, "".join(traceback.format_exception(exc)), "error.txt")
-                self.tracker.finish(run_id, FAILED)
-                outcome.failed[member.hash] = message
-                t.bad.add(member.hash)
-            if progress is not None:
-                progress.update(0)
+                ctx.writer.flush()
+            except Exception as exc:  # noqa: BLE001 -- params or metrics could not be written
+                errors = {m.hash: exc for t, m, _ in members if t.context is ctx} | errors
+        for t, member, run_id in members:
+            exc = errors.get(member.hash)
+            if exc is None:
+                self.tracker.finish(run_id, FINISHED)
+                t.done[member.hash] = computed[member.hash] = run_id
+                outcome.computed.append(member.hash)
+                self.computed_runs[run_id] = member.hash
+                continue
+            message = f"{type(exc).__name__}: {exc}"
+            self.tracker.set_tags(run_id, {"error": message[:5000]})
+            self.tracker.log_text(run_id, "".join(traceback.format_exception(exc)), "error.txt")
+            self.tracker.finish(run_id, FAILED)
+            outcome.failed[member.hash] = message
+            t.bad.add(member.hash)
+        if progress is not None:
+            progress.update(0)
 
     def _tree(self, plan: Plan, parent_run: str) -> "_Tree":
         runs = self._tree_runs(plan.sweep, plan.trial)
