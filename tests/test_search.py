@@ -1,4 +1,4 @@
-"""Optuna variants: a grid is covered exactly once across a SIGKILL and a resume (real subprocess,
+"""Optuna variants: a grid is covered exactly once across a SIGKILL and a resume, one trial or two at a time (real subprocess,
 real SQLite stores); trials are MLflow runs holding their hyperparameters; query records carry them;
 orphaned trials of random/tpe searches are asked again."""
 
@@ -189,3 +189,31 @@ def test_grid_trials_run_together_and_give_what_they_give_alone(tmp_path, monkey
     assert groups == {"4"} and set(together) == GRID
     alone, groups = objectives(tmp_path / "alone", 1)
     assert groups == {"1"} and alone == together
+
+
+def test_trials_killed_together_are_asked_again(tmp_path):
+    """Trials asked together (2 kernel threads: 2 at once on a 2-core machine) and killed while
+    they train are all orphans on the next run; their points are asked again, each point once."""
+    sweep_file = tmp_path / "grid.yaml"
+    sweep_file.write_text(SEARCH)
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "lmcsweep.cli", "--store", str(store), "run", "--no-progress", str(sweep_file)]
+    env = {**ENV, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while len(list((store / "checkpoints").glob("train_*"))) < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the search ended before the kill"
+    sweep = load_sweep(sweep_file)
+    running = [t for t in study_trials(sweep, store) if t["state"] == "RUNNING"]
+    assert len(running) == min(2, len(os.sched_getaffinity(0)))  # asked together, killed together
+
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = study_trials(sweep, store)
+    complete = [t for t in trials if t["state"] == "COMPLETE"]
+    assert sorted((t["params"]["train.lr"], t["params"]["train.warmup"]) for t in complete) == sorted(GRID)
+    orphans = [t for t in trials if t["state"] == "FAIL"]
+    assert all(t["orphaned"] for t in orphans) and len(orphans) == len(running) and len(trials) == 4 + len(orphans)
