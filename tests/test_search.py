@@ -1,6 +1,7 @@
-"""Optuna variants: a grid is covered exactly once across a SIGKILL and a resume, one trial or two at a time (real subprocess,
-real SQLite stores); trials are MLflow runs holding their hyperparameters; query records carry them;
-orphaned trials of random/tpe searches are asked again."""
+"""Optuna variants: a grid is covered exactly once across a SIGKILL and a resume, one trial or two
+at a time (real subprocess, real SQLite stores); trials are MLflow runs holding their
+hyperparameters; query records carry them; orphaned trials of random/tpe searches are asked again;
+trials run together give what they give alone."""
 
 from __future__ import annotations
 
