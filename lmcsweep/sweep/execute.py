@@ -139,6 +139,9 @@ class Runner:
             t.done.update({h: run.info.run_id for h, run in done_elsewhere.items() if h not in t.done})
         computed: dict[str, str] = {}  # job hash -> its run, for jobs computed by this call
         order = _waves(trees)
+        by_wave: dict[int, list[tuple[_Tree, Job]]] = {}
+        for t, j, w in order:
+            by_wave.setdefault(w, []).append((t, j))
 
         def original(job: Job) -> str | None:
             """The run of a job computed elsewhere (another sweep, trial or plan of this call)."""
@@ -184,9 +187,8 @@ class Runner:
             group = [(tree, job)]
             if job.kind in ("branch", "train"):  # every network of its wave trains with it (`copies.together`)
                 hashes, alike = {job.hash}, _alike(plan)
-                for t, j, w in order:
-                    if (w == wave and j.kind == job.kind and j.hash not in hashes and _alike(t.plan) == alike
-                            and ready(t, j)):
+                for t, j in by_wave[wave]:
+                    if j.kind == job.kind and j.hash not in hashes and _alike(t.plan) == alike and ready(t, j):
                         group.append((t, j))
                         hashes.add(j.hash)  # a job in two plans trains once; the other reuses it
                 group.sort(key=lambda m: -m[1].iterations)  # longest first: the workers finish together
