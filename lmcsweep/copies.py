@@ -4,12 +4,11 @@ the same time.
 
 On CPU every copy runs its own training loop (the plain network, its own optimizer, data order and
 augmentation) in a worker, with its kernels on `train.cpu_threads` intra-op threads (default 1)
-and as many workers as the cores allow (cores // cpu_threads), each taking the next copy when it
-is free. The workers are forked processes on
-Linux with one kernel thread each (threads elsewhere, with more kernel threads, and with the FFCV
-loader): in threads the copies' Python contends for
-the GIL (two LeNet copies measured 1.18x one alone on threads, about 1.05x in processes;
-bench/copies.py).
+and as many workers as the cores allow (`at_once`: cores // cpu_threads), each taking the next
+copy when it is free. The workers are forked processes on Linux with one kernel thread each
+(threads elsewhere, with more kernel threads, and with the FFCV loader): in threads the copies'
+Python contends for the GIL (two LeNet copies measured 1.18x one alone on threads, about 1.05x
+in processes; bench/copies.py).
 
 Why not one batched computation: a weight gradient is a sum over the batch, and MKL and oneDNN
 split that sum differently for different thread counts and batched shapes, so a copy stacked with
@@ -50,6 +49,14 @@ def cores() -> int:
     return max(1, min(allowed, torch.get_num_threads()))
 
 
+def at_once(device: torch.device, threads: int = 1, concurrent: bool = True) -> int:
+    """How many networks `together` trains side by side: on CPU, cores // threads (one kernel
+    thread set per network); on a GPU, or not `concurrent` (train.compile), one."""
+    if device.type != "cpu" or not concurrent:
+        return 1
+    return max(1, cores() // threads)
+
+
 @contextlib.contextmanager
 def kernel_threads(threads: int, device: torch.device = torch.device("cpu")) -> Iterator[None]:
     """While inside, torch kernels on CPU run on `threads` intra-op threads (restored on exit);
@@ -86,7 +93,7 @@ def together(tasks: Sequence[Callable[[], T]], device: torch.device = torch.devi
     try:
         if device.type != "cpu":
             return [_guarded(t) for t in tasks]
-        n = max(1, min(len(tasks), workers or cores() // threads))
+        n = max(1, min(len(tasks), workers or at_once(device, threads)))
         with kernel_threads(threads):
             if not concurrent or n == 1:
                 return [_guarded(t) for t in tasks]

@@ -213,7 +213,8 @@ class Tracker:
     # -- lookups -------------------------------------------------------------------------
     def exists(self) -> bool:
         """False for an embedded SQLite store that was never written (nothing to look up)."""
-        return not self.uri.startswith("sqlite:///") or Path(self.uri[len("sqlite:///"):]).exists()
+        db = _sqlite_path(self.uri)
+        return db is None or db.exists()
 
     def search(self, filter_string: str, experiment_ids: list[str] | None = None,
                max_results: int = 50000) -> list[Any]:
@@ -260,9 +261,9 @@ class Tracker:
         experiments), without importing mlflow; None when the store is elsewhere or differs."""
         import sqlite3
 
-        if not self.uri.startswith("sqlite:///"):
+        path = _sqlite_path(self.uri)
+        if path is None:
             return None
-        path = Path(self.uri[len("sqlite:///"):])
         if not path.exists():
             return []
         try:

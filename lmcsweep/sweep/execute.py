@@ -169,19 +169,12 @@ class Runner:
                 tree.bad.add(job.hash)
                 outcome.failed[job.hash] = tree.failed[job.hash]
                 continue
-            parent = tree.parent_of(job)
-            tags = self._job_tags(plan, job)
-            if original(job) is not None:
-                tree.run_of[job.hash] = self._record_reuse(experiment_id, job, tags, parent, original(job),
-                                                           self._params(plan, job))
-                tree.done[job.hash] = tree.run_of[job.hash]
-                outcome.reused.append(job.hash)
-                continue
-            if self._twin_done(tree, job):
-                tree.run_of[job.hash] = self._record_reuse(experiment_id, job, {**tags, "same_as": job.same_as},
-                                                           parent, tree.done[job.same_as], self._params(plan, job),
-                                                           _twin_metrics(job))
-                tree.done[job.hash] = tree.run_of[job.hash]
+            source, tags, extra = original(job), self._job_tags(plan, job), []
+            if source is None and self._twin_done(tree, job):  # IMP level 0: the dense job's result
+                source, tags, extra = tree.done[job.same_as], {**tags, "same_as": job.same_as}, _twin_metrics(job)
+            if source is not None:
+                tree.run_of[job.hash] = tree.done[job.hash] = self._record_reuse(
+                    experiment_id, job, tags, tree.parent_of(job), source, self._params(plan, job), extra)
                 outcome.reused.append(job.hash)
                 continue
             group = [(tree, job)]

@@ -347,8 +347,7 @@ def _train_copy(ctx: Context, copy: Copy) -> None:
     _loop(ctx, copy.job.hash, copy.run_id, steps, start, T, lambda: evaluate(fast, test()),
           lambda it: _state(model, copy.optimizer, it), history=copy.history)
     final = evaluate(fast, test())
-    ctx.writer.submit(ctx.store.save_checkpoint, copy.job.hash, T, {"model": _state(model, copy.optimizer, T)["model"],
-                                                                     "iteration": T})
+    ctx.writer.submit(ctx.store.save_checkpoint, copy.job.hash, T, {"model": _clone(model.state_dict()), "iteration": T})
     ctx.writer.submit(ctx.tracker.log_metrics, copy.run_id, [("final_test_accuracy", final["accuracy"], T),
                                                              ("final_test_error", final["error"], T)])
     ctx.writer.submit(ctx.store.clear_resume, copy.job.hash)

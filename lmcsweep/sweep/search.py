@@ -360,12 +360,12 @@ def trials_at_once(sweep: SweepConfig) -> int:
     wave on; otherwise one. Their points never depend on it (a grid point is covered once, a
     random trial is seeded by its number); TPE's would (it learns from finished trials), so TPE
     asks one at a time, and so does a GPU, where networks train one after another anyway."""
-    from ..copies import cores
+    from ..copies import at_once
     from .execute import pick_device
 
-    if sweep.search.sampler == "tpe" or sweep.train.compile or pick_device(sweep.train.device).type != "cpu":
+    if sweep.search.sampler == "tpe":
         return 1
-    return max(1, cores() // sweep.train.cpu_threads)
+    return at_once(pick_device(sweep.train.device), sweep.train.cpu_threads, concurrent=not sweep.train.compile)
 
 
 def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any) -> None:
