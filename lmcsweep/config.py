@@ -431,10 +431,13 @@ class Hyper:
     cpu_threads: int = 1
 
     def identity(self) -> dict[str, Any]:
-        """The fields that determine a training result (cadences and compile excluded)."""
+        """The fields that determine a training result (cadences and compile excluded), with the
+        revision of the random draws (`DRAWS`) where training makes draws beyond the data order."""
         out = dict(self.__dict__)
         for key in ("eval_every", "checkpoint_every", "compile"):
             out.pop(key)
+        if self.augmentation != "none" or self.model in DROPOUT_MODELS:
+            out["draws"] = DRAWS
         return out
 
 
@@ -594,6 +597,14 @@ def canonical(obj: Any) -> str:
 # revisions' results: an older revision's jobs are recomputed, not reused. 2: fused optimizers and,
 # on CPU, one kernel thread per copy (`copies`).
 NUMERICS = 2
+
+
+# The revision of the random draws that training makes besides the data order, part of the identity
+# of the jobs that make such draws only (`Hyper.identity`), so other jobs keep their hashes when it is
+# raised. 2: each example's augmentation drawn by (seed, epoch, example), not by its place in a
+# batch; dropout masks drawn from the augmentation seed, not torch's global generator.
+DRAWS = 2
+DROPOUT_MODELS = ("inception_v3",)  # networks with dropout (`models.SeededDropout`)
 
 
 def job_hash(kind: str, fields: dict[str, Any], parents: list[str] | tuple[str, ...] = ()) -> str:

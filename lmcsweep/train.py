@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from . import prune
 from .config import Hyper
+from .models.dropout import SeededDropout
 from .optim import Fused
 
 
@@ -58,15 +59,18 @@ def train(
     pause_at: Iterable[int] = (),
     masks: prune.Masks | None = None,
     device: torch.device = torch.device("cpu"),
+    noise_seed: int = 0,
 ) -> Iterator[tuple[int, float]]:
     """Train from iteration `start` to `end`, yielding (iteration, mean training loss since the last
     pause) at each iteration of `pause_at` inside (start, end] and at `end`.
 
     `batches` yields the batches of iterations start..end-1. With `masks`, pruned weights get no
     gradient (so momentum cannot revive them) and are zeroed again after every step. Copies of a
-    network train together by running this loop side by side (`copies.together`).
+    network train together by running this loop side by side (`copies.together`). Dropout masks
+    (`SeededDropout`) are drawn from (`noise_seed`, iteration): the job passes its augmentation seed.
     """
     masks = prune.multipliers(masks) if masks is not None else None
+    dropouts = [m for m in model.modules() if isinstance(m, SeededDropout)]
     pauses = sorted({p for p in pause_at if start < p < end} | {end})
     model.train()
     loss_sum, count = torch.zeros((), device=device), 0
@@ -76,6 +80,8 @@ def train(
             break
         for group in optimizer.param_groups:
             group["lr"] = lr_at(hyper, it)
+        for m in dropouts:
+            m.key = (noise_seed, it)
         with autocast(hyper, device):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y)

@@ -125,19 +125,26 @@ def test_aug_seed_changes_only_augmentation(cifar_like):
 
 
 def test_order_seed_changes_only_order(cifar_like):
-    # Same aug seed, other order: labels differ, but the crop/flip draws of batch (e, b) are the
-    # same, so applying them to the same images gives the same result.
-    a = batches(cifar_like, 0, 10, order_seed=1, aug_seed=5)
-    b = batches(cifar_like, 0, 10, order_seed=2, aug_seed=5)
-    assert any(not torch.equal(ya, yb) for (_, ya), (_, yb) in zip(a, b))
+    # Same aug seed, other order: the batches hold other examples, but every example of an epoch is
+    # augmented alike in both (its draws belong to the example, not to its place in a batch), so a
+    # "data order only" copy really sees the same augmentation.
+    a = batches(cifar_like, 0, 20, order_seed=1, aug_seed=5)
+    b = batches(cifar_like, 0, 20, order_seed=2, aug_seed=5)
     la = make_loader(cifar_like, "train", 64, 1, 5)
     lb = make_loader(cifar_like, "train", 64, 2, 5)
-    for it, ((xa, _), (xb, _)) in enumerate(zip(a, b)):
-        e, bi = divmod(it, la.iterations_per_epoch)
-        # rebuild each loader's batch from the other's indices: equal iff draws depend on aug only
-        xa_from_b_order = lb.finish(la.x[la.batch_indices(e, bi)], e, bi)
-        assert torch.equal(xa, xa_from_b_order)
-    assert la.iterations_per_epoch == 640 // 64
+    per_epoch = la.iterations_per_epoch
+    assert per_epoch == 640 // 64
+    for epoch in range(2):
+        seen = {}
+        for loader, got in ((la, a), (lb, b)):
+            images = torch.cat([x for x, _ in got[epoch * per_epoch:(epoch + 1) * per_epoch]])
+            order = torch.cat([loader.batch_indices(epoch, i) for i in range(per_epoch)])
+            seen[loader.order_seed] = images[torch.argsort(order)]  # row i: example i
+        assert torch.equal(seen[1], seen[2])
+    assert any(not torch.equal(ya, yb) for (_, ya), (_, yb) in zip(a, b))
+    # and the two epochs augment an example differently, as do two augmentation seeds
+    other = batches(cifar_like, 0, 10, order_seed=1, aug_seed=6)
+    assert not torch.equal(torch.cat([x for x, _ in a[:10]]), torch.cat([x for x, _ in other]))
 
 
 def test_neighbouring_seeds_share_no_epoch_order():
@@ -175,26 +182,26 @@ def test_crop_flip_is_a_real_shift_and_flip():
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8) + 1
     found_shift = found_flip = False
     for s in range(40):
-        gen = torch.Generator().manual_seed(s)
-        out = crop_flip(x, gen, pad=2)
+        draws = torch.rand(2, 3, generator=torch.Generator().manual_seed(s))
+        out = crop_flip(x, draws, pad=2)
         assert out.shape == x.shape
-        gen = torch.Generator().manual_seed(s)
-        dy = torch.randint(0, 5, (2,), generator=gen)
-        dx = torch.randint(0, 5, (2,), generator=gen)
-        flip = torch.rand(2, generator=gen) < 0.5
         for i in range(2):
+            dy, dx = int(draws[i, 0] * 5), int(draws[i, 1] * 5)  # offsets 0..4 for pad 2
             padded = torch.nn.functional.pad(x[i], (2, 2, 2, 2))
-            want = padded[:, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8]
-            if flip[i]:
+            want = padded[:, dy:dy + 8, dx:dx + 8]
+            if draws[i, 2] < 0.5:
                 want = want.flip(-1)
                 found_flip = True
             assert torch.equal(out[i], want)
-            if (dy[i], dx[i]) != (2, 2):
+            if (dy, dx) != (2, 2):
                 found_shift = True
                 assert not torch.equal(out[i], x[i])
     assert found_shift and found_flip
     # zero padding enters the image: some shifted output has zeros where x has none
-    assert (crop_flip(x, torch.Generator().manual_seed(0), pad=4) == 0).any()
+    assert (crop_flip(x, torch.rand(2, 3, generator=torch.Generator().manual_seed(0)), pad=4) == 0).any()
+    # a draw just below 1 gives the last offset, not one past it
+    edge = crop_flip(x, torch.tensor([[0.9999999, 0.9999999, 0.9]] * 2), pad=2)
+    assert torch.equal(edge[0], torch.nn.functional.pad(x[0], (2, 2, 2, 2))[:, 4:12, 4:12])
 
 
 def test_crop_flip_batch_from_loader(cifar_like):

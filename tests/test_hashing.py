@@ -104,3 +104,21 @@ def test_rewind_points_share_the_dense_network(tmp_path):
     more = build_plan(load_sweep(_write(tmp_path, BASE.replace("[0it, 20it]", "[0it, 10it, 20it]"), "v.yaml")))
     assert base.jobs[0].hash == more.jobs[0].hash  # one dense run serves every k
     assert {j.hash for j in base.jobs} < {j.hash for j in more.jobs}
+
+
+def test_random_draws_revision_marks_only_jobs_that_draw(tmp_path):
+    """config.DRAWS is in the identity of jobs with augmentation or dropout only: raising it leaves
+    the hashes of jobs without such draws (LeNet on MNIST-like data: the pinned plan) alone."""
+    from lmcsweep import config
+
+    cifar = BASE.replace("preset: lenet", "preset: resnet20").replace(
+        "dataset: fashion_mnist, subset_train: 600, subset_test: 300", "dataset: cifar10")
+    before = (hashes(tmp_path, BASE), hashes(tmp_path, cifar, "c.yaml"))
+    assert config.resolve(load_sweep(_write(tmp_path, cifar, "c.yaml"))).identity()["draws"] == config.DRAWS
+    assert "draws" not in config.resolve(load_sweep(_write(tmp_path, BASE))).identity()
+    config.DRAWS += 1
+    try:
+        assert hashes(tmp_path, BASE) == before[0]
+        assert not set(hashes(tmp_path, cifar, "c.yaml")) & set(before[1])
+    finally:
+        config.DRAWS -= 1

@@ -1,9 +1,10 @@
 """Seeded batch augmentation and normalisation, shared by every loader.
 
-`prepare_batch(x_uint8, kind, gen, ...)` turns a uint8 batch [B, C, H, W] into the float32
-normalised batch the model sees. All random draws come from the one `gen` (a CPU generator, so the
-draws do not depend on the device) in a fixed order; the FFCV and tensor loaders both call this
-function, which is what makes their batches bit-identical.
+`prepare_batch(x_uint8, kind, draws, ...)` turns a uint8 batch [B, C, H, W] into the float32
+normalised batch the model sees. `draws` holds each example's uniform draws in [0, 1), one row per
+image (`epoch_draws` makes them for a whole epoch from one CPU generator, so they depend neither on
+the device nor on where an example falls in the data order); the FFCV and tensor loaders both call
+this function, which is what makes their batches bit-identical.
 
 Kinds: 'none'; 'crop_flip' (zero-pad 4, random crop back to H x W, horizontal flip with p=1/2,
 done as one gather over the batch); 'rrc_flip' (random resized crop, scale (0.08, 1), ratio
@@ -18,7 +19,13 @@ import torch
 import torch.nn.functional as F
 
 AUGMENTATIONS = ("none", "crop_flip", "rrc_flip")
+DRAWS = {"none": 0, "crop_flip": 3, "rrc_flip": 5}  # uniforms per image: (dy, dx, flip); (area, ratio, cx, cy, flip)
 CROP_PAD = 4
+
+
+def epoch_draws(kind: str, num_examples: int, gen: torch.Generator) -> torch.Tensor:
+    """Every example's draws for one epoch: row i belongs to example i (CPU float32 [N, DRAWS])."""
+    return torch.rand(num_examples, DRAWS[kind], generator=gen)
 
 
 def normalizer(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,21 +40,13 @@ def normalize(x: torch.Tensor, norm: tuple[torch.Tensor, torch.Tensor]) -> torch
     return x.to(torch.float32).mul_(scale).add_(shift)
 
 
-def crop_flip_indices(batch: int, height: int, width: int, gen: torch.Generator,
-                      pad: int = CROP_PAD) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The draws of 'crop_flip' for one batch: row offsets, column offsets (0..2*pad), flip mask."""
-    dy = torch.randint(0, 2 * pad + 1, (batch,), generator=gen)
-    dx = torch.randint(0, 2 * pad + 1, (batch,), generator=gen)
-    flip = torch.rand(batch, generator=gen) < 0.5
-    return dy, dx, flip
-
-
-def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = CROP_PAD) -> torch.Tensor:
-    """Zero-pad by `pad`, crop back to H x W at a random offset, flip half the images; any dtype."""
+def crop_flip(x: torch.Tensor, draws: torch.Tensor, pad: int = CROP_PAD) -> torch.Tensor:
+    """Zero-pad by `pad`, crop back to H x W at each image's offset, flip where its draw is < 1/2;
+    any dtype. `draws`: [B, 3] uniforms (row offset, column offset, flip)."""
     b, c, h, w = x.shape
-    dy, dx, flip = crop_flip_indices(b, h, w, gen, pad)
     dev = x.device
-    dy, dx, flip = dy.to(dev), dx.to(dev), flip.to(dev)
+    offsets = (draws[:, :2] * (2 * pad + 1)).long().clamp_(max=2 * pad).to(dev)  # each of 0..2*pad
+    dy, dx, flip = offsets[:, 0], offsets[:, 1], (draws[:, 2] < 0.5).to(dev)
     padded = F.pad(x, (pad, pad, pad, pad))
     ar_h = torch.arange(h, device=dev)
     ar_w = torch.arange(w, device=dev)
@@ -59,19 +58,18 @@ def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = CROP_PAD) -> tor
     return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
 
 
-def rrc_flip(x: torch.Tensor, gen: torch.Generator, size: tuple[int, int],
+def rrc_flip(x: torch.Tensor, draws: torch.Tensor, size: tuple[int, int],
              scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
     """Random resized crop to `size` and horizontal flip for a float batch, via one grid_sample.
 
-    Simpler than torchvision's rejection sampling: one draw of area fraction and log aspect ratio per
-    image, the crop clipped to the image.
+    Simpler than torchvision's rejection sampling: per image one uniform area fraction and log
+    aspect ratio, the crop clipped to the image. `draws`: [B, 5] uniforms (area, ratio, centre x,
+    centre y, flip).
     """
     b = x.shape[0]
-    area = torch.empty(b).uniform_(scale[0], scale[1], generator=gen)
-    log_r = torch.empty(b).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
-    cx = torch.rand(b, generator=gen)
-    cy = torch.rand(b, generator=gen)
-    flip = torch.rand(b, generator=gen) < 0.5
+    area = scale[0] + (scale[1] - scale[0]) * draws[:, 0]
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * draws[:, 1]
+    cx, cy, flip = draws[:, 2], draws[:, 3], draws[:, 4] < 0.5
     r = torch.exp(log_r)
     sw = torch.sqrt(area * r).clamp(max=1.0)   # crop width / image width
     sh = torch.sqrt(area / r).clamp(max=1.0)
@@ -88,18 +86,19 @@ def rrc_flip(x: torch.Tensor, gen: torch.Generator, size: tuple[int, int],
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def prepare_batch(x: torch.Tensor, kind: str, gen: torch.Generator | None,
+def prepare_batch(x: torch.Tensor, kind: str, draws: torch.Tensor | None,
                   norm: tuple[torch.Tensor, torch.Tensor],
                   size: tuple[int, int] | None = None) -> torch.Tensor:
-    """uint8 [B, C, H, W] -> augmented (kind, draws from gen), normalised float32 [B, C, h, w]."""
-    if kind == "none" or gen is None:
+    """uint8 [B, C, H, W] -> augmented (kind, each image by its row of `draws`), normalised
+    float32 [B, C, h, w]."""
+    if kind == "none" or draws is None:
         if size is not None and tuple(x.shape[-2:]) != tuple(size):
             return center_resize(normalize(x, norm), size)
         return normalize(x, norm)
     if kind == "crop_flip":
-        return normalize(crop_flip(x, gen), norm)
+        return normalize(crop_flip(x, draws), norm)
     if kind == "rrc_flip":
-        return rrc_flip(normalize(x, norm), gen, size or tuple(x.shape[-2:]))
+        return rrc_flip(normalize(x, norm), draws, size or tuple(x.shape[-2:]))
     raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, not {kind!r}")
 
 

@@ -1,8 +1,9 @@
 """The in-memory loader: the whole split as uint8 on the device, batches built with tensor ops.
 
-The order and augmentation of every batch are functions of (seed, epoch, batch) only, so a run that
-resumes at iteration k sees exactly the batches it would have seen (see `epoch_order`,
-`augmentation_generator`); the FFCV loader uses the same two functions.
+The order of every epoch is a function of (data_order seed, epoch), and each example's augmentation
+of (augmentation seed, epoch, example): a run that resumes at iteration k sees exactly the batches it
+would have seen, and copies that differ only in data order see every example augmented alike (see
+`epoch_order`, `augmentation_generator`); the FFCV loader uses the same two functions.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Iterator
 import torch
 
 from lmcsweep import seeds
-from lmcsweep.data.augment import AUGMENTATIONS, normalizer, prepare_batch
+from lmcsweep.data.augment import AUGMENTATIONS, epoch_draws, normalizer, prepare_batch
 from lmcsweep.data.datasets import DataError, DataSet
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -23,9 +24,10 @@ def epoch_order(num_examples: int, order_seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(num_examples, generator=seeds.generator("data_order", order_seed, epoch))
 
 
-def augmentation_generator(aug_seed: int, epoch: int, batch: int) -> torch.Generator:
-    """The only source of augmentation draws for batch `batch` of epoch `epoch`."""
-    return seeds.generator("augmentation", aug_seed, epoch, batch)
+def augmentation_generator(aug_seed: int, epoch: int) -> torch.Generator:
+    """The only source of augmentation draws in epoch `epoch`: `augment.epoch_draws` takes every
+    example's draws from it in example order (not data order)."""
+    return seeds.generator("augmentation", aug_seed, epoch)
 
 
 def iteration_plan(start: int, end: int, iterations_per_epoch: int) -> Iterator[tuple[int, int, int]]:
@@ -65,21 +67,31 @@ class BaseLoader:
         self.norm = normalizer(data.mean, data.std, self.device)
         self.size = tuple(data.shape[1:])
         self._order_cache: tuple[int, torch.Tensor] | None = None
+        self._draws_cache: tuple[int, torch.Tensor] | None = None
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         if self._order_cache is None or self._order_cache[0] != epoch:
             self._order_cache = (epoch, epoch_order(self.num_examples, self.order_seed, epoch))
         return self._order_cache[1]
 
+    def epoch_draws(self, epoch: int) -> torch.Tensor:
+        """Every example's augmentation draws in epoch `epoch` (row i: example i)."""
+        if self._draws_cache is None or self._draws_cache[0] != epoch:
+            gen = augmentation_generator(self.aug_seed, epoch)
+            self._draws_cache = (epoch, epoch_draws(self.augmentation, self.num_examples, gen))
+        return self._draws_cache[1]
+
     def batch_indices(self, epoch: int, batch: int) -> torch.Tensor:
         b = self.batch_size
         return self.epoch_order(epoch)[batch * b:(batch + 1) * b]
 
     def finish(self, x_uint8: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
-        if self.augmentation == "none":  # no draws to make: no generator to seed
+        """Augment (each example by its own draws of this epoch) and normalise training batch
+        `batch` of `epoch`, whose examples are `batch_indices(epoch, batch)`."""
+        if self.augmentation == "none":  # no draws to make
             return prepare_batch(x_uint8, "none", None, self.norm, self.size)
-        gen = augmentation_generator(self.aug_seed, epoch, batch)
-        return prepare_batch(x_uint8, self.augmentation, gen, self.norm, self.size)
+        draws = self.epoch_draws(epoch)[self.batch_indices(epoch, batch)]
+        return prepare_batch(x_uint8, self.augmentation, draws, self.norm, self.size)
 
     def finish_eval(self, x_uint8: torch.Tensor) -> torch.Tensor:
         return prepare_batch(x_uint8, "none", None, self.norm, self.size)

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torchvision.models import Inception3, resnet50 as _tv_resnet50
 
+from lmcsweep.models.dropout import SeededDropout
+
 
 def resnet50(num_classes: int, shape: tuple[int, int, int]) -> nn.Module:
     """torchvision resnet50 (25,557,032 parameters at 1000 classes); forward returns logits."""
@@ -23,7 +25,8 @@ class InceptionV3(Inception3):
     The auxiliary head (``AuxLogits``) is kept by default only so the parameter count matches the
     paper's 27.1M (27,161,264 at 1000 classes; 23,834,568 without it). It is never run, so it gets no
     gradient, stays at its initial values, and is left out of `prunable_names`. ``aux_logits=False``
-    drops it.
+    drops it. The dropout before ``fc`` (p = 0.5) is a `SeededDropout`: its masks come from the
+    job's augmentation seed and the iteration, not torch's global generator.
     """
 
     # Modules under these prefixes are not pruned (see lmcsweep.models.prunable_names).
@@ -40,6 +43,7 @@ class InceptionV3(Inception3):
             raise ValueError(f"inception_v3 expects 3 input channels, got shape {shape}")
         super().__init__(num_classes=num_classes, aux_logits=aux_logits, transform_input=False,
                          init_weights=False)
+        self.dropout = SeededDropout(self.dropout.p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         for name in self._TRUNK:

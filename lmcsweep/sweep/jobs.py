@@ -139,7 +139,7 @@ def run_train(ctx: Context, job: Job, run_id: str) -> None:
     fast = ctx.compiled(model)
     save = [k for k in save_at if k > start]
     steps = train(fast, optimizer, loader.train_batches(start, T), ctx.hyper, start, T,
-                  _pauses(ctx.hyper, 0, T, save), None, ctx.device)
+                  _pauses(ctx.hyper, 0, T, save), None, ctx.device, seeds["augmentation"])
     with kernel_threads(ctx.hyper.cpu_threads, ctx.device):
         _loop(ctx, job.hash, run_id, steps, start, T, lambda: ctx.test_metrics(fast),
               lambda it: _state(model, optimizer, it),
@@ -199,7 +199,7 @@ def ensure_checkpoint(ctx: Context, train_job: Job, k: int) -> dict[str, Any]:
     loader = ctx.loader("train", seeds["data_order"], seeds["augmentation"])
     with kernel_threads(ctx.hyper.cpu_threads, ctx.device):  # the same kernels as the run it replays
         for _ in train(model, optimizer, loader.train_batches(saved[-1], k), ctx.hyper, saved[-1], k, (), None,
-                       ctx.device):
+                       ctx.device, seeds["augmentation"]):
             pass
     out = _state(model, optimizer, k)
     ctx.store.save_checkpoint(train_job.hash, k, out)
@@ -343,7 +343,7 @@ def _train_copy(ctx: Context, copy: Copy) -> None:
     fast = ctx.compiled(model)
     test = ctx.eval_batches("test")
     steps = train(fast, copy.optimizer, copy.loader.train_batches(start, T), h, start, T,
-                  _pauses(h, copy.job.fields["rewind"], T, []), copy.masks, ctx.device)
+                  _pauses(h, copy.job.fields["rewind"], T, []), copy.masks, ctx.device, copy.loader.aug_seed)
     _loop(ctx, copy.job.hash, copy.run_id, steps, start, T, lambda: evaluate(fast, test()),
           lambda it: _state(model, copy.optimizer, it), history=copy.history)
     final = evaluate(fast, test())

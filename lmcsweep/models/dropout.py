@@ -1,0 +1,35 @@
+"""Dropout whose masks are a function of (seed, iteration), not of torch's global generator.
+
+Dropout is SGD noise like the data order and the augmentation, so it must come from a recorded seed
+to keep a run reproducible and resumable: `train.train` sets `key` = (the job's augmentation seed,
+the iteration) on every `SeededDropout` of the network before each step, and the mask is drawn from a
+CPU generator keyed on it (so it does not depend on the device either). One mask per module and step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmcsweep import seeds
+
+
+class SeededDropout(nn.Module):
+    """`nn.Dropout(p)` (inverted: survivors scaled by 1/(1-p)) drawing from `seeds.generator(
+    "dropout", *key)`. Outside training, or with p = 0, the identity."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability must be in [0, 1), not {p}")
+        self.p = p
+        self.key: tuple[int, int] = (0, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand(x.shape, generator=seeds.generator("dropout", *self.key)) >= self.p
+        return x * keep.to(device=x.device, dtype=x.dtype) / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
