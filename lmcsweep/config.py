@@ -173,7 +173,8 @@ class InstabilityConfig(Strict):
 
 
 class ImpConfig(Strict):
-    levels: int = Field(10, ge=1, description="pruning rounds; density 0.8^level by default")
+    levels: int | None = Field(None, ge=1, description="pruning rounds, density (1 - fraction)^level; default: "
+                               "down to the preset's IMP density (one level for one_shot)")
     fraction: float = Field(0.2, gt=0, lt=1, description="fraction of remaining weights pruned per level")
     rewind: list[StepField] = Field([Step(0)], min_length=1)
     style: Literal["iterative", "one_shot"] | None = None
@@ -526,7 +527,7 @@ def semantic_problems(sweep: SweepConfig, lines: _Lines, file: str) -> list[Prob
                 problems.append(Problem(file, lines.line(("instability", name)), f"instability.{name}",
                                         "values repeat"))
     imp = sweep.imp
-    if imp is not None and (imp.style or PRESETS[sweep.preset].imp_style) == "one_shot" and imp.levels != 1:
+    if imp is not None and (imp.style or PRESETS[sweep.preset].imp_style) == "one_shot" and imp.levels not in (None, 1):
         problems.append(Problem(file, lines.line(("imp", "levels")), "imp.levels",
                                 "one_shot pruning has exactly one level"))
     if imp is not None and imp.instability and inst is None:

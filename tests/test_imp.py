@@ -141,6 +141,24 @@ def test_one_shot_plan_and_validation(tmp_path):
         load_sweep(_write(tmp_path, no_section))
 
 
+@pytest.mark.parametrize("preset,style,expected", [
+    ("lenet", None, 15), ("resnet20", None, 8), ("resnet20_low", None, 11), ("vgg16", None, 19),
+    ("vgg16_low", None, 13), ("resnet50", None, 1), ("lenet", "one_shot", 1)])
+def test_levels_default_to_the_presets_density(tmp_path, preset, style, expected):
+    """Without imp.levels, IMP prunes down to the Table-1 density of the preset (0.8^15 for LeNet,
+    1.5% for VGG-16: 19 levels give 1.44%), or one level for one-shot pruning."""
+    from lmcsweep.config import PRESETS
+    from lmcsweep.sweep.imp import levels
+
+    text = f"name: d\nexperiment: d\npreset: {preset}\nimp: {{rewind: [0it]" + (f", style: {style}" if style else "") + "}\n"
+    plan = build_plan(load_sweep(_write(tmp_path, text)))
+    assert levels(plan) == expected
+    assert len([j for j in plan.jobs if j.kind == "prune"]) == expected + 1
+    if style is None and expected > 1:
+        density = PRESETS[preset].imp_density
+        assert 0.8 ** expected <= density + 1e-9 < 0.8 ** (expected - 1)
+
+
 def test_one_shot_reaches_target_density_in_one_level(tmp_path, imp_run):
     text = """\
     name: one-shot
@@ -316,7 +334,8 @@ def test_query_imp_records(imp_run):
         std = float(torch.tensor(dense, dtype=torch.float64).std())
         assert r["dense_std"] == pytest.approx(std)
         assert r["matching_std"] == (r["accuracy_mean"] >= r["dense_accuracy"] - std - 1e-12)
-        assert r["matching_02"] == (r["accuracy_mean"] >= r["dense_accuracy"] - 0.002 - 1e-12)
+        assert r["accuracy_median"] == pytest.approx(sorted(group)[0] / 2 + sorted(group)[1] / 2)
+        assert r["matching_02"] == (r["accuracy_median"] >= r["dense_median"] - 0.002 - 1e-12)
     # matching is also logged on the runs at the end of the sweep
     tracker = Tracker(root=store)
     run = tracker.run(records[-1]["run_id"])
@@ -338,6 +357,12 @@ def test_add_matching_definition():
     orphan = [rec(0, 3, 0.5)]
     add_matching(orphan)
     assert orphan[0]["matching_std"] is None
+    # three replicates, one of them poor: the sweep's 0.2-point rule reads medians (0.909 vs 0.91),
+    # the one-std rule means (0.8727 vs 0.92 - 0.0265)
+    three = [rec(0, 0, 0.90), rec(1, 0, 0.91), rec(2, 0, 0.95), rec(0, 1, 0.909), rec(1, 1, 0.909), rec(2, 1, 0.80)]
+    add_matching(three)
+    assert three[3]["accuracy_median"] == pytest.approx(0.909) and three[3]["dense_median"] == pytest.approx(0.91)
+    assert three[3]["matching_02"] is True and three[3]["matching_std"] is False
 
 
 def test_rerun_does_nothing(imp_run):

@@ -218,3 +218,13 @@ def test_trials_killed_together_are_asked_again(tmp_path):
     assert sorted((t["params"]["train.lr"], t["params"]["train.warmup"]) for t in complete) == sorted(GRID)
     orphans = [t for t in trials if t["state"] == "FAIL"]
     assert all(t["orphaned"] for t in orphans) and len(orphans) == len(running) and len(trials) == 4 + len(orphans)
+
+
+def test_earliest_stable_means_stable_from_there_on():
+    from lmcsweep.sweep.search import earliest_stable
+
+    assert earliest_stable({0: [0.5, 0.7], 100: [0.01, 0.015], 500: [0.0, 0.01]}) == 100
+    # k=100 dips below 2% by chance, 500 is unstable again: stable only from 2000 on
+    assert earliest_stable({0: [0.5], 100: [0.01], 500: [0.03, 0.02], 2000: [0.001]}) == 2000
+    assert earliest_stable({0: [0.01], 100: [0.019, 0.0199]}) == 0
+    assert earliest_stable({0: [0.5], 100: [0.01], 500: [0.2]}) == float("inf")

@@ -63,13 +63,14 @@ def instability_records(tracker: Tracker, sweep: str | None = None,
 
 
 IMP_FIELDS = ["sweep", "run_id", "trial", "preset", "dataset", "replicate", "level", "density", "rewind",
-              "control", "accuracy", "instability_test", "instability_train", "accuracy_mean", "dense_accuracy",
-              "dense_std", "matching_std", "matching_02"]
+              "control", "accuracy", "instability_test", "instability_train", "accuracy_mean", "accuracy_median",
+              "dense_accuracy", "dense_std", "dense_median", "matching_std", "matching_02"]
 
 
 def imp_records(tracker: Tracker, sweep: str | None = None) -> list[dict[str, Any]]:
-    """One record per trained IMP subnetwork: the copy-0 branch of every level and control (level 0,
-    the dense network under the full mask, is the reference for matching). `density` is measured
+    """One record per trained IMP subnetwork: the copy-0 branch of every level and control (the
+    network the next level prunes; level 0, the dense network under the full mask, is the reference
+    for matching). `density` is measured
     (the branch's `density` metric); instability_<split> is the mean over the pairs of its
     interpolations (None without them); matching fields as in `imp.add_matching`."""
     from .imp import add_matching

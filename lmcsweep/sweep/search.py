@@ -340,14 +340,22 @@ def objective_value(tracker: Any, plan: Plan) -> float:
     for r in records:
         by_rewind.setdefault(r["rewind"], []).append(r["instability"])
     if objective.metric == "earliest_stable":
-        stable = [k for k, v in by_rewind.items() if sum(v) / len(v) < STABLE]
-        return float(min(stable)) if stable else math.inf
+        return earliest_stable(by_rewind)
     k = (objective.rewind.to_iterations(ipe) if objective.rewind is not None
          else min(s.to_iterations(ipe) for s in sweep.instability.rewind) if sweep.instability else 0)
     if k not in by_rewind:
         raise LookupError(f"objective instability: no {objective.split} records at rewind {k}"
                           + (f", level {objective.level}" if objective.level is not None else ""))
     return sum(by_rewind[k]) / len(by_rewind[k])
+
+
+def earliest_stable(by_rewind: dict[int, list[float]]) -> float:
+    """The first rewind point k from which on the network is stable: the mean instability of the
+    pairs is below 2% at k and at every later rewind point measured. inf if there is none (a point
+    that dips below 2% before an unstable one does not count)."""
+    unstable = [k for k, v in by_rewind.items() if sum(v) / len(v) >= STABLE]
+    stable = [k for k in by_rewind if not any(u >= k for u in unstable)]
+    return float(min(stable)) if stable else math.inf
 
 
 # --------------------------------------------------------------------------------------------
