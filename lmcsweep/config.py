@@ -165,6 +165,9 @@ class InstabilityConfig(Strict):
     noise: list[Noise] = Field(["data_order", "augmentation"], min_length=1)
     optimizer: Literal["continue", "restart"] = Field(
         "continue", description="copies continue the optimizer state at k, or restart it")
+    schedule: Literal["continue", "restart"] = Field(
+        "continue", description="copies train T - k more iterations on the schedule where it was at k, or T "
+        "more with the learning-rate schedule restarted from iteration 0 (the paper's Figure 4 control)")
     bn: Literal["interpolate", "reset"] = Field(
         "interpolate", description="BatchNorm statistics along the path: interpolated, or re-estimated")
     bn_batches: int = Field(20, ge=1, description="training batches used to re-estimate BatchNorm (bn: reset)")
