@@ -331,7 +331,8 @@ class Runner:
         if plan.sweep.instability is not None:
             inst = plan.sweep.instability
             params.update({"instability.optimizer": inst.optimizer, "instability.schedule": inst.schedule,
-                           "instability.bn": inst.bn, "instability.noise": ",".join(inst.noise)})
+                           "instability.pairs": inst.pairs, "instability.bn": inst.bn,
+                           "instability.noise": ",".join(inst.noise)})
         return params
 
     def _twin_done(self, tree: "_Tree", job: Job) -> bool:

@@ -125,7 +125,8 @@ def add_instability(plan: Plan, train: Job, replicate: int, k: int, level: int |
                     control: str | None, tree_parent: str, copies: int | None = None,
                     extra: dict[str, Any] | None = None, full_mask: bool = False) -> list[Job]:
     """Branches from checkpoint k of `train` (under `mask`/`control`) and, with instability analysis
-    on, every pair's interpolation. The copies follow `instability.optimizer` and `.schedule` whether
+    on, the interpolation of every pair of them (`instability.pairs: all`) or of copies (0,1),
+    (2,3), ... (`disjoint`). The copies follow `instability.optimizer` and `.schedule` whether
     they are dense or IMP's (a level-0 branch stays the dense one's twin). Returns the branch
     jobs (copy 0 first). With `full_mask` (IMP level 0) each job is the same as the dense one at k
     (`Job.same_as`)."""
@@ -153,7 +154,9 @@ def add_instability(plan: Plan, train: Job, replicate: int, k: int, level: int |
             same_as=_branch_hash(dense, train.hash) if dense else None,
         )))
     if inst and (level is None or (sweep.imp and sweep.imp.instability)):
-        for a, b in itertools.combinations(branches, 2):
+        pairs = (itertools.combinations(branches, 2) if inst.pairs == "all"
+                 else zip(branches[0::2], branches[1::2]))  # disjoint: (0,1), (2,3), ...
+        for a, b in pairs:
             fields = {"pair": [a.hash, b.hash], "alphas": inst.alphas, "splits": list(inst.splits),
                       "bn": inst.bn, "bn_batches": inst.bn_batches, "train_examples": inst.train_examples,
                       "subset_test": sweep.data.subset_test}
