@@ -159,12 +159,17 @@ Split = Literal["test", "train"]
 
 class InstabilityConfig(Strict):
     rewind: list[StepField] = Field(min_length=1, description="rewind points k")
-    copies: int = Field(2, ge=2, description="copies trained from each k; every pair is compared")
+    copies: int = Field(2, ge=2, description="copies trained from each k")
+    pairs: Literal["all", "disjoint"] = Field(
+        "all", description="compare every pair of copies, or (0,1), (2,3), ... only (pairs share no copy)")
     alphas: int = Field(30, ge=2, description="evenly spaced points in [0, 1], endpoints included")
     splits: list[Split] = Field(["test", "train"], min_length=1)
     noise: list[Noise] = Field(["data_order", "augmentation"], min_length=1)
     optimizer: Literal["continue", "restart"] = Field(
         "continue", description="copies continue the optimizer state at k, or restart it")
+    schedule: Literal["continue", "restart"] = Field(
+        "continue", description="copies train T - k more iterations on the schedule where it was at k, or T "
+        "more with the learning-rate schedule restarted from iteration 0 (the paper's Figure 4 control)")
     bn: Literal["interpolate", "reset"] = Field(
         "interpolate", description="BatchNorm statistics along the path: interpolated, or re-estimated")
     bn_batches: int = Field(20, ge=1, description="training batches used to re-estimate BatchNorm (bn: reset)")
@@ -526,6 +531,10 @@ def semantic_problems(sweep: SweepConfig, lines: _Lines, file: str) -> list[Prob
             if len(set(values)) != len(values):
                 problems.append(Problem(file, lines.line(("instability", name)), f"instability.{name}",
                                         "values repeat"))
+        if inst.pairs == "disjoint" and inst.copies % 2:
+            problems.append(Problem(file, lines.line(("instability", "copies")), "instability.copies",
+                                    f"pairs: disjoint compares copies (0,1), (2,3), ...: needs an even number "
+                                    f"of copies, got {inst.copies}"))
     imp = sweep.imp
     if imp is not None and (imp.style or PRESETS[sweep.preset].imp_style) == "one_shot" and imp.levels not in (None, 1):
         problems.append(Problem(file, lines.line(("imp", "levels")), "imp.levels",

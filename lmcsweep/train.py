@@ -60,14 +60,17 @@ def train(
     masks: prune.Masks | None = None,
     device: torch.device = torch.device("cpu"),
     noise_seed: int = 0,
+    lr_offset: int = 0,
 ) -> Iterator[tuple[int, float]]:
     """Train from iteration `start` to `end`, yielding (iteration, mean training loss since the last
     pause) at each iteration of `pause_at` inside (start, end] and at `end`.
 
-    `batches` yields the batches of iterations start..end-1. With `masks`, pruned weights get no
-    gradient (so momentum cannot revive them) and are zeroed again after every step. Copies of a
-    network train together by running this loop side by side (`copies.together`). Dropout masks
-    (`SeededDropout`) are drawn from (`noise_seed`, iteration): the job passes its augmentation seed.
+    `batches` yields the batches of iterations start..end-1. The step at iteration `it` uses the
+    learning rate `lr_at(hyper, it - lr_offset)` (`lr_offset` = k: a copy whose schedule restarts
+    at k). With `masks`, pruned weights get no gradient (so momentum cannot revive them) and are
+    zeroed again after every step. Copies of a network train together by running this loop side
+    by side (`copies.together`). Dropout masks (`SeededDropout`) are drawn from (`noise_seed`,
+    iteration): the job passes its augmentation seed.
     """
     masks = prune.multipliers(masks) if masks is not None else None
     dropouts = [m for m in model.modules() if isinstance(m, SeededDropout)]
@@ -79,7 +82,7 @@ def train(
         if it >= end:
             break
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(hyper, it)
+            group["lr"] = lr_at(hyper, it - lr_offset)
         for m in dropouts:
             m.key = (noise_seed, it)
         with autocast(hyper, device):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 
 from lmcsweep.config import load_sweep
-from lmcsweep.sweep.plan import build_plan, summary
+from lmcsweep.sweep.plan import branch_end, build_plan, lr_offset, summary
 from lmcsweep.sweep.search import trial_plans
 
 SWEEP = """\
@@ -94,3 +94,93 @@ def test_cli_plan_and_dry_run(cli, tmp_path, store):
         assert lines["total"] == ["38", "0", "38"]
         assert "training iterations left: 1640" in result.output
     assert not (store / "mlflow.db").exists()  # looking at a plan writes nothing
+
+
+# ------------------------------------------------------------------ instability.schedule and .pairs
+
+
+def _with(text: str, **instability) -> str:
+    """SWEEP with extra keys in its (flow-style) instability mapping."""
+    extra = "".join(f", {k}: {v}" for k, v in instability.items())
+    return text.replace("alphas: 5}", f"alphas: 5{extra}}}")
+
+
+def test_restarted_schedule_trains_T_more_and_counts_it(tmp_path, cli):
+    base = build_plan(_load(tmp_path, SWEEP))
+    path = tmp_path / "restart.yaml"
+    path.write_text(_with(SWEEP, schedule="restart"))
+    plan = build_plan(load_sweep(path))
+    assert [j.kind for j in plan.jobs] == [j.kind for j in base.jobs]
+    for job in plan.jobs:
+        if job.kind == "branch":
+            k = job.fields["rewind"]
+            assert job.iterations == 100 and branch_end(plan.hyper, job.fields) == k + 100
+            assert lr_offset(job.fields) == k
+    # every branch trains T = 100 iterations: 2 replicates x 3 rewind points x 3 copies
+    assert summary([plan], set())["iterations_remaining"] == 2 * 100 + 2 * 3 * 3 * 100
+    result = cli("plan", path)
+    assert result.exit_code == 0 and "training iterations left: 2000" in result.output, result.output
+
+
+def test_restart_enters_the_hash_only_where_it_changes_the_result(tmp_path):
+    base = build_plan(_load(tmp_path, SWEEP))
+    written = build_plan(_load(tmp_path, _with(SWEEP, schedule="continue", pairs="all"), "w.yaml"))
+    assert [j.hash for j in written.jobs] == [j.hash for j in base.jobs]  # defaults written out
+    restart = build_plan(_load(tmp_path, _with(SWEEP, schedule="restart"), "r.yaml"))
+    for old, new in zip(base.jobs, restart.jobs):
+        if old.kind == "train" or old.tags.get("rewind") == 0:
+            # k = 0: the schedule restarted at 0 is the schedule: the same jobs, shared with `continue`
+            assert new.hash == old.hash and new.fields == old.fields, old.name
+        elif old.kind == "branch":
+            assert new.hash != old.hash and new.fields == {**old.fields, "schedule": "restart"}, old.name
+        else:  # an interpolation: other branches, so another job
+            assert new.hash != old.hash and new.fields["pair"] != old.fields["pair"], old.name
+    both = build_plan(_load(tmp_path, _with(SWEEP, schedule="restart", optimizer="restart"), "b.yaml"))
+    k10 = [j for j in both.jobs if j.kind == "branch" and j.fields["rewind"] == 10]
+    assert k10 and all(j.fields["optimizer"] == "restart" and j.fields["schedule"] == "restart" for j in k10)
+    assert not {j.hash for j in k10} & {j.hash for j in restart.jobs}
+
+
+def test_imp_follows_the_restarted_schedule(tmp_path):
+    text = _with(SWEEP, schedule="restart") + textwrap.dedent("""\
+        imp: {levels: 1, rewind: [10it], instability: true, controls: [random_reinit]}
+        """)
+    plan = build_plan(_load(tmp_path, text))
+    imp = [j for j in plan.jobs if j.kind == "branch" and j.fields["mask"] is not None]
+    assert len(imp) == 2 * 3 * 3  # 2 replicates x (level 0, level 1, its control) x 3 copies
+    assert all(j.fields["schedule"] == "restart" and j.iterations == 100 for j in imp)
+    dense = {j.hash for j in plan.jobs if j.kind == "branch" and j.fields["mask"] is None}
+    level0 = [j for j in imp if j.tags["level"] == 0]
+    assert level0 and all(j.same_as in dense for j in level0)  # still the dense branches' twins
+
+
+def test_disjoint_pairs(tmp_path):
+    four = SWEEP.replace("copies: 3", "copies: 4")
+    every = build_plan(_load(tmp_path, four))
+    disjoint = build_plan(_load(tmp_path, _with(four, pairs="disjoint"), "d.yaml"))
+    interps = [j for j in disjoint.jobs if j.kind == "interpolate"]
+    # copies / 2 interpolations per replicate and rewind point, pairs sharing no copy
+    assert len(interps) == 2 * 3 * 2
+    assert sorted({j.tags["pair"] for j in interps}) == ["0-1", "2-3"]
+    for r in range(2):
+        for k in (0, 10, 50):
+            pairs = [j.fields["pair"] for j in interps if (j.tags["replicate"], j.tags["rewind"]) == (r, k)]
+            assert len(pairs) == 2 and len({h for p in pairs for h in p}) == 4
+    assert len([j for j in every.jobs if j.kind == "interpolate"]) == 2 * 3 * 6
+    # the same branches; its interpolations are some of `all`'s, under the same hashes
+    assert [j.hash for j in disjoint.jobs if j.kind != "interpolate"] == \
+        [j.hash for j in every.jobs if j.kind != "interpolate"]
+    assert {j.hash for j in interps} < {j.hash for j in every.jobs}
+
+
+def test_disjoint_pairs_need_an_even_number_of_copies(tmp_path, cli):
+    path = tmp_path / "odd.yaml"
+    path.write_text(SWEEP.replace("instability: {rewind: [0it, 10it, 50it], copies: 3, alphas: 5}",
+                                  "instability:\n  rewind: [0it, 10it, 50it]\n  pairs: disjoint\n"
+                                  "  copies: 3\n  alphas: 5\n"))
+    result = cli("validate", path)
+    assert result.exit_code == 2
+    assert f"{path}:10: instability.copies: pairs: disjoint compares copies (0,1), (2,3), ...: needs an " \
+           "even number of copies, got 3" in result.output, result.output
+    path.write_text(path.read_text().replace("copies: 3", "copies: 4"))
+    assert cli("validate", path).exit_code == 0

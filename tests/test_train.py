@@ -114,3 +114,31 @@ def test_dropout_masks_come_from_the_noise_seed_not_the_global_generator(setup):
     resumed = run(3, global_seed=5, start=10, state=(first.state_dict(), opt.state_dict()))
     assert all(torch.equal(a[k], resumed[k]) for k in a)
     assert isinstance(build_model("inception_v3", 10, (3, 75, 75), 0, aux_logits=False).dropout, SeededDropout)
+
+
+def _lrs(hyper, data, start, end, lr_offset=0):
+    """The learning rate of every step of `train` from start to end (read by the optimizer)."""
+    model = build_model("lenet", 10, data.shape, 0)
+    opt = make_optimizer(model, hyper)
+    seen, step = [], opt.step
+    opt.step = lambda: (seen.append(opt.param_groups[0]["lr"]), step())[1]
+    loader = make_loader(data, "train", hyper.batch_size, 0, 0)
+    list(train(model, opt, loader.train_batches(start, end), hyper, start, end, lr_offset=lr_offset))
+    return seen
+
+
+def test_restarted_schedule_reads_the_learning_rate_from_k(setup):
+    """instability.schedule: restart: a copy forked at k trains to k + T and its step at iteration
+    k + j uses lr_at(j) (warmup and milestones again from 0); without the offset it is lr_at(k + j)."""
+    import dataclasses
+
+    hyper, data = setup
+    h = dataclasses.replace(hyper, optimizer="sgd", lr=0.05, momentum=0.9, schedule="step", milestones=(20,),
+                            warmup=5, iterations=40)
+    k = 15
+    restarted = _lrs(h, data, k, k + h.iterations, lr_offset=k)
+    assert restarted == [lr_at(h, j) for j in range(h.iterations)]
+    assert restarted[0] == pytest.approx(0.05 / 5) and restarted[-1] == pytest.approx(0.005)
+    continued = _lrs(h, data, k, h.iterations)
+    assert continued == [lr_at(h, it) for it in range(k, h.iterations)]
+    assert continued != restarted[:len(continued)]

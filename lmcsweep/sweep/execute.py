@@ -34,7 +34,7 @@ from ..data import load_dataset
 from ..store import Store
 from ..tracking import FAILED, FINISHED, Tracker, tag
 from .jobs import BODIES, Context, run_branches, run_trains
-from .plan import Job, Plan
+from .plan import Job, Plan, branch_end
 
 
 @dataclass
@@ -330,7 +330,8 @@ class Runner:
                 params[f"job.{key}"] = canonical(value) if isinstance(value, (dict, list)) else value
         if plan.sweep.instability is not None:
             inst = plan.sweep.instability
-            params.update({"instability.optimizer": inst.optimizer, "instability.bn": inst.bn,
+            params.update({"instability.optimizer": inst.optimizer, "instability.schedule": inst.schedule,
+                           "instability.pairs": inst.pairs, "instability.bn": inst.bn,
                            "instability.noise": ",".join(inst.noise)})
         return params
 
@@ -340,7 +341,7 @@ class Runner:
         if job.same_as is None or job.same_as not in tree.done:
             return False
         if job.kind == "branch":
-            return self.store.share_checkpoint(job.same_as, job.hash, tree.plan.hyper.iterations)
+            return self.store.share_checkpoint(job.same_as, job.hash, branch_end(tree.plan.hyper, job.fields))
         return True
 
     def _record_reuse(self, experiment_id: str, job: Job, tags: dict[str, Any], parent: str, original: str,

@@ -24,7 +24,7 @@ from ..tracking import Tracker
 from ..copies import kernel_threads, send, together
 from ..optim import Fused
 from ..train import evaluate, make_optimizer, train
-from .plan import Job, exempt_layers
+from .plan import Job, branch_end, exempt_layers, lr_offset
 
 
 @dataclass
@@ -336,20 +336,25 @@ class _WorkerWriter(Writer):
 
 
 def _train_copy(ctx: Context, copy: Copy) -> None:
-    """One branch from its start to T: the training loop on its plain network, test metrics on the
-    evaluation cadence, resume checkpoints, then its final checkpoint and metrics."""
-    h, T, start, model = ctx.hyper, ctx.hyper.iterations, copy.start, copy.model
+    """One branch from its start to its end (T, or k + T with the schedule restarted at k): the
+    training loop on its plain network, test metrics on the evaluation cadence, resume checkpoints,
+    then its final checkpoint and metrics. Iterations are global throughout (data order,
+    augmentation, cadences, checkpoint names); only the learning rate reads them shifted by k."""
+    f, h, start, model = copy.job.fields, ctx.hyper, copy.start, copy.model
+    end = branch_end(h, f)
     ctx.log_device_params(copy.run_id)
     fast = ctx.compiled(model)
     test = ctx.eval_batches("test")
-    steps = train(fast, copy.optimizer, copy.loader.train_batches(start, T), h, start, T,
-                  _pauses(h, copy.job.fields["rewind"], T, []), copy.masks, ctx.device, copy.loader.aug_seed)
-    _loop(ctx, copy.job.hash, copy.run_id, steps, start, T, lambda: evaluate(fast, test()),
+    steps = train(fast, copy.optimizer, copy.loader.train_batches(start, end), h, start, end,
+                  _pauses(h, f["rewind"], end, []), copy.masks, ctx.device, copy.loader.aug_seed,
+                  lr_offset(f))
+    _loop(ctx, copy.job.hash, copy.run_id, steps, start, end, lambda: evaluate(fast, test()),
           lambda it: _state(model, copy.optimizer, it), history=copy.history)
     final = evaluate(fast, test())
-    ctx.writer.submit(ctx.store.save_checkpoint, copy.job.hash, T, {"model": _clone(model.state_dict()), "iteration": T})
-    ctx.writer.submit(ctx.tracker.log_metrics, copy.run_id, [("final_test_accuracy", final["accuracy"], T),
-                                                             ("final_test_error", final["error"], T)])
+    ctx.writer.submit(ctx.store.save_checkpoint, copy.job.hash, end,
+                      {"model": _clone(model.state_dict()), "iteration": end})
+    ctx.writer.submit(ctx.tracker.log_metrics, copy.run_id, [("final_test_accuracy", final["accuracy"], end),
+                                                             ("final_test_error", final["error"], end)])
     ctx.writer.submit(ctx.store.clear_resume, copy.job.hash)
 
 
@@ -371,7 +376,8 @@ def run_prune(ctx: Context, job: Job, run_id: str) -> None:
     if f["source"] is None:  # level 0: the dense network
         masks = prune.full_masks(model, prune.prunable_for(model, f.get("exempt", exempt_layers(ctx.sweep))))
     else:
-        weights = ctx.store.load_checkpoint(f["source"], ctx.hyper.iterations)["model"]
+        source = ctx.jobs[f["source"]]
+        weights = ctx.store.load_checkpoint(source.hash, branch_end(ctx.hyper, source.fields))["model"]
         previous = load_masks(ctx, f["previous"])
         if f["style"] == "one_shot":
             masks = prune.prune_to_density(weights, previous, f["target_density"])
@@ -391,9 +397,8 @@ def run_interpolate(ctx: Context, job: Job, run_id: str) -> None:
     """Error along the straight path between two branches, on each split; the barrier height."""
     f = job.fields
     a, b = (ctx.jobs[h] for h in f["pair"])
-    T = ctx.hyper.iterations
-    state_a = ctx.store.load_checkpoint(a.hash, T, ctx.device)["model"]
-    state_b = ctx.store.load_checkpoint(b.hash, T, ctx.device)["model"]
+    state_a = ctx.store.load_checkpoint(a.hash, branch_end(ctx.hyper, a.fields), ctx.device)["model"]
+    state_b = ctx.store.load_checkpoint(b.hash, branch_end(ctx.hyper, b.fields), ctx.device)["model"]
     model = ctx.model(0)
     points = interp.alphas(f["alphas"])
     train_job = ctx.jobs[a.fields["train"]]

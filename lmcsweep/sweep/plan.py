@@ -5,7 +5,8 @@ Kinds of job (all keyed by `config.job_hash` of exactly the inputs that decide t
 - ``train``: the dense network of one replicate, from its init seed to T, saving checkpoints at
   every rewind point of the sweep (one run serves all k);
 - ``branch``: a copy trained from checkpoint k (optionally under a mask, or a control) to T with
-  its own SGD-noise seeds;
+  its own SGD-noise seeds (with ``instability.schedule: restart``, to k + T with the schedule
+  started again at k: `branch_end`, `lr_offset`);
 - ``interpolate``: a pair of branches -> error along the path -> instability;
 - ``prune``: the mask of IMP level L, from level L-1's trained subnetwork (a ``level`` run in MLflow).
 
@@ -124,31 +125,38 @@ def add_instability(plan: Plan, train: Job, replicate: int, k: int, level: int |
                     control: str | None, tree_parent: str, copies: int | None = None,
                     extra: dict[str, Any] | None = None, full_mask: bool = False) -> list[Job]:
     """Branches from checkpoint k of `train` (under `mask`/`control`) and, with instability analysis
-    on, every pair's interpolation. Returns the branch jobs (copy 0 first). With `full_mask` (IMP
-    level 0) each job is the same as the dense one at k (`Job.same_as`)."""
+    on, the interpolation of every pair of them (`instability.pairs: all`) or of copies (0,1),
+    (2,3), ... (`disjoint`). The copies follow `instability.optimizer` and `.schedule` whether
+    they are dense or IMP's (a level-0 branch stays the dense one's twin). Returns the branch
+    jobs (copy 0 first). With `full_mask` (IMP level 0) each job is the same as the dense one at k
+    (`Job.same_as`)."""
     sweep, hyper = plan.sweep, plan.hyper
     inst = sweep.instability
     noise = inst.noise if inst else ["data_order", "augmentation"]
     n = copies if copies is not None else (inst.copies if inst else 1)
     optimizer_mode = inst.optimizer if inst else "continue"
+    # At k = 0 a restarted schedule is the schedule itself: the same job, so the same hash.
+    schedule = {"schedule": "restart"} if inst and inst.schedule == "restart" and k > 0 else {}
     lvl = level or 0
     base_tags = {"replicate": replicate, "rewind": k, "level": level, "control": control}
     branches = []
     for c in range(n):
         seeds = copy_seeds(sweep, replicate, lvl, c, noise)
         fields = {"train": train.hash, "rewind": k, "mask": mask, "control": control, "seeds": seeds,
-                  "optimizer": optimizer_mode, **(extra or {})}
+                  "optimizer": optimizer_mode, **schedule, **(extra or {})}
         label = f"{control or 'imp' if level is not None else 'dense'} k={k} copy {c}"
         dense = {**fields, "mask": None, "control": None} if full_mask else None
         branches.append(plan.add(Job(
             kind="branch", hash=_branch_hash(fields, train.hash),
             fields=fields, parents=[train.hash] + ([mask] if mask else []), tree_parent=tree_parent,
             tags={**base_tags, "copy": c}, name=label if level is None else f"level {level} {label}",
-            iterations=hyper.iterations - k, trial=plan.trial,
+            iterations=branch_end(hyper, fields) - k, trial=plan.trial,
             same_as=_branch_hash(dense, train.hash) if dense else None,
         )))
     if inst and (level is None or (sweep.imp and sweep.imp.instability)):
-        for a, b in itertools.combinations(branches, 2):
+        pairs = (itertools.combinations(branches, 2) if inst.pairs == "all"
+                 else zip(branches[0::2], branches[1::2]))  # disjoint: (0,1), (2,3), ...
+        for a, b in pairs:
             fields = {"pair": [a.hash, b.hash], "alphas": inst.alphas, "splits": list(inst.splits),
                       "bn": inst.bn, "bn_batches": inst.bn_batches, "train_examples": inst.train_examples,
                       "subset_test": sweep.data.subset_test}
@@ -161,6 +169,18 @@ def add_instability(plan: Plan, train: Job, replicate: int, k: int, level: int |
                 name=f"interpolate {ca}-{cb}", trial=plan.trial, same_as=twin,
             ))
     return branches
+
+
+def lr_offset(fields: dict[str, Any]) -> int:
+    """What a branch subtracts from the iteration to read its learning rate: k when its schedule
+    restarts at k (`instability.schedule: restart`), else 0."""
+    return fields["rewind"] if fields.get("schedule") == "restart" else 0
+
+
+def branch_end(hyper: Hyper, fields: dict[str, Any]) -> int:
+    """The iteration a branch trains to (its final checkpoint's): T, or k + T when its schedule
+    restarts at k. Iterations stay global, so data order and augmentation keep their keys."""
+    return hyper.iterations + lr_offset(fields)
 
 
 def _branch_hash(fields: dict[str, Any], train: str) -> str:
