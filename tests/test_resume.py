@@ -165,6 +165,51 @@ def test_sigkill_mid_training_then_resume_is_exact(tmp_path):
         ["resume", "7", "7", "0", "0", "0"], status.output
 
 
+def test_networks_trained_before_a_kill_are_not_trained_again(tmp_path):
+    """The copies of a wave are marked FINISHED together, when the last one ends. A copy that has
+    trained to the end leaves a "trained" record (its weights are the final checkpoint), so a kill
+    before the wave ends costs it nothing: the next run takes it from T, with its whole curve."""
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(SWEEP)
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.Popen([sys.executable, "-m", "lmcsweep.cli", "--store", str(killed), "run",
+                             "--no-progress", str(sweep)], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    trained: dict = {}
+    deadline = time.time() + 300
+    while not trained and proc.poll() is None and time.time() < deadline:
+        for path in resume_files(killed):
+            try:
+                if path.parent.name.startswith("branch_") and path.stat().st_size < 20_000:
+                    record = torch.load(path, weights_only=False)
+                    if record.get("final"):
+                        trained[path.parent.name] = record
+            except (FileNotFoundError, EOFError, RuntimeError):  # replaced or removed meanwhile
+                pass
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert trained, "no branch was seen trained before the run ended"
+    job, record = next(iter(trained.items()))
+    assert record["iteration"] == 200 and "model" not in record and record["metrics"]
+    assert (killed / "checkpoints" / job / "it200.pt").exists()
+
+    result = lmc(killed, "run", "--no-progress", sweep, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert lmc(clean, "run", "--no-progress", sweep, cwd=tmp_path).returncode == 0
+    after = [r for r in runs(killed, "resume") if r.data.tags.get("lmcsweep.job") == job]
+    done = [r for r in after if r.info.status == "FINISHED"]
+    assert len(done) == 1 and done[0].data.tags["lmcsweep.resumed_from"] == "200"  # no step trained again
+    reference = next(r for r in runs(clean, "resume") if r.data.tags.get("lmcsweep.job") == job)
+    client = MlflowClient(f"sqlite:///{killed / 'mlflow.db'}")
+    clean_client = MlflowClient(f"sqlite:///{clean / 'mlflow.db'}")
+    for key in ("loss", "test_accuracy", "final_test_accuracy"):
+        assert sorted((m.step, m.value) for m in client.get_metric_history(done[0].info.run_id, key)) == \
+            sorted((m.step, m.value) for m in clean_client.get_metric_history(reference.info.run_id, key)), key
+    assert records(killed, "resume") == records(clean, "resume")
+    assert not resume_files(killed)
+
+
 FAILING = """\
 name: failing
 experiment: tests

@@ -49,7 +49,8 @@ class ResNetCifar(nn.Module):
     """ResNet-(6n+2) for small images.
 
     Defaults (depth 20, width 16, option-B shortcuts) give 272,474 parameters for 10 classes; with
-    option A it is 269,722. The paper's 274K is not reproduced exactly by either; B is OpenLTH's choice.
+    option A it is 269,722. B is OpenLTH's choice; counting B's 1,568 BatchNorm running statistics
+    too gives 274,042, which is likely the paper's 274K.
     """
 
     def __init__(self, num_classes: int, shape: tuple[int, int, int], depth: int = 20,

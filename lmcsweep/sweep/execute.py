@@ -226,6 +226,7 @@ class Runner:
             exc = errors.get(member.hash)
             if exc is None:
                 self.tracker.finish(run_id, FINISHED)
+                self.store.clear_resume(member.hash)  # a network's "trained to the end" record
                 t.done[member.hash] = computed[member.hash] = run_id
                 outcome.computed.append(member.hash)
                 self.computed_runs[run_id] = member.hash

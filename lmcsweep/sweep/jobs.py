@@ -90,12 +90,13 @@ def _pauses(h: Hyper, origin: int, end: int, save_at: list[int]) -> set[int]:
 def _loop(ctx: Context, name: str, run_id: str, steps, start: int, end: int,
           evaluate_now: Callable[[], dict[str, float]], snapshot: Callable[[int], dict[str, Any]],
           on_save: Callable[[int], None] = lambda it: None, save_at: tuple[int, ...] = (),
-          history: list[tuple[str, float, int]] | None = None) -> None:
+          history: list[tuple[str, float, int]] | None = None) -> list[tuple[str, float, int]]:
     """Drive `steps` (a `train` generator) from start to end: progress, a finite-loss check, test
     metrics every eval_every, resume checkpoints (`snapshot(it)`) every checkpoint_every. Metrics
     and checkpoints go through ctx.writer, off the training path. A resume checkpoint also holds
     every metric logged up to it (`history`: those of the runs before a resume), so a resumed
-    run logs its whole curve however much of it reached the killed run."""
+    run logs its whole curve however much of it reached the killed run. Returns every metric
+    logged (`history` included), for `_trained`."""
     h = ctx.hyper
     logged = list(history or [])
     metrics: list[tuple[str, float, int]] = []
@@ -118,10 +119,21 @@ def _loop(ctx: Context, name: str, run_id: str, steps, start: int, end: int,
                 ctx.writer.submit(ctx.store.save_resume, name, {**snapshot(it), "run_id": run_id,
                                                                 "metrics": list(logged)})
             metrics = []
+    return logged
 
 
 def _state(model, optimizer, it: int) -> dict[str, Any]:
     return {"model": _clone(model.state_dict()), "optimizer": _clone(optimizer.state_dict()), "iteration": it}
+
+
+def _trained(ctx: Context, job: Job, run_id: str, end: int, logged: list[tuple[str, float, int]]) -> None:
+    """After a job's final checkpoint (at `end`): its resume record becomes "trained to the end" (no
+    weights: they are the final checkpoint's), so a kill before the runner marks the run FINISHED
+    (copies of a wave are marked together, when the last one ends) costs no training: the next run
+    takes the final checkpoint and the curve from here (`_resume`). The runner removes it once the
+    run is FINISHED."""
+    ctx.writer.submit(ctx.store.save_resume, job.hash, {"iteration": end, "final": True, "run_id": run_id,
+                                                        "metrics": list(logged)})
 
 
 def run_train(ctx: Context, job: Job, run_id: str) -> None:
@@ -141,29 +153,35 @@ def run_train(ctx: Context, job: Job, run_id: str) -> None:
     steps = train(fast, optimizer, loader.train_batches(start, T), ctx.hyper, start, T,
                   _pauses(ctx.hyper, 0, T, save), None, ctx.device, seeds["augmentation"])
     with kernel_threads(ctx.hyper.cpu_threads, ctx.device):
-        _loop(ctx, job.hash, run_id, steps, start, T, lambda: ctx.test_metrics(fast),
-              lambda it: _state(model, optimizer, it),
-              lambda it: ctx.writer.submit(ctx.store.save_checkpoint, job.hash, it, _state(model, optimizer, it)),
-              tuple(save), history)
+        logged = _loop(ctx, job.hash, run_id, steps, start, T, lambda: ctx.test_metrics(fast),
+                       lambda it: _state(model, optimizer, it),
+                       lambda it: ctx.writer.submit(ctx.store.save_checkpoint, job.hash, it,
+                                                    _state(model, optimizer, it)),
+                       tuple(save), history)
     ctx.writer.submit(ctx.store.save_checkpoint, job.hash, T, _state(model, optimizer, T))
     m = ctx.test_metrics(fast)
     ctx.writer.submit(ctx.tracker.log_metrics, run_id,
                       [("final_test_accuracy", m["accuracy"], T), ("final_test_error", m["error"], T)])
-    ctx.writer.submit(ctx.store.clear_resume, job.hash)
+    _trained(ctx, job, run_id, T, logged)
     ctx.writer.flush()
 
 
 def _resume(ctx: Context, job: Job, run_id: str, model: torch.nn.Module, optimizer: Fused,
             origin: int) -> tuple[int, list[tuple[str, float, int]]] | None:
     """If a killed run left `job` a resume checkpoint: `model` and `optimizer` as they were there,
-    and (resume iteration, metrics logged up to it). The new run is tagged `resumed_from` and gets
-    those metrics again, so its curves are whole (a resume checkpoint older than this holds none:
-    that run's curve starts at the resume point; the KILLED run has the rest). None otherwise."""
+    and (resume iteration, metrics logged up to it): the resume checkpoint's, or, where the killed
+    run had trained to the end (`_trained`), the final checkpoint's. The new run is tagged
+    `resumed_from` and gets those metrics again, so its curves are whole (a resume checkpoint older
+    than this holds none: that run's curve starts at the resume point; the KILLED run has the
+    rest). None otherwise."""
     resume = ctx.store.load_resume(job.hash, ctx.device)
     if resume is None:
         return None
+    if resume.get("final"):  # trained to the end by a run killed before it was marked FINISHED
+        resume = {**ctx.store.load_checkpoint(job.hash, resume["iteration"], ctx.device), **resume}
     model.load_state_dict(resume["model"])
-    optimizer.load_state_dict(resume["optimizer"])
+    if "optimizer" in resume:  # a copy's final checkpoint holds its weights only (no step is left)
+        optimizer.load_state_dict(resume["optimizer"])
     start, history = resume["iteration"], resume.get("metrics", [])
     ctx.progress(start - origin)
     ctx.writer.submit(ctx.tracker.set_tags, run_id, {"resumed_from": start})
@@ -348,14 +366,14 @@ def _train_copy(ctx: Context, copy: Copy) -> None:
     steps = train(fast, copy.optimizer, copy.loader.train_batches(start, end), h, start, end,
                   _pauses(h, f["rewind"], end, []), copy.masks, ctx.device, copy.loader.aug_seed,
                   lr_offset(f))
-    _loop(ctx, copy.job.hash, copy.run_id, steps, start, end, lambda: evaluate(fast, test()),
-          lambda it: _state(model, copy.optimizer, it), history=copy.history)
+    logged = _loop(ctx, copy.job.hash, copy.run_id, steps, start, end, lambda: evaluate(fast, test()),
+                   lambda it: _state(model, copy.optimizer, it), history=copy.history)
     final = evaluate(fast, test())
     ctx.writer.submit(ctx.store.save_checkpoint, copy.job.hash, end,
                       {"model": _clone(model.state_dict()), "iteration": end})
     ctx.writer.submit(ctx.tracker.log_metrics, copy.run_id, [("final_test_accuracy", final["accuracy"], end),
                                                              ("final_test_error", final["error"], end)])
-    ctx.writer.submit(ctx.store.clear_resume, copy.job.hash)
+    _trained(ctx, copy.job, copy.run_id, end, logged)
 
 
 def run_branch(ctx: Context, job: Job, run_id: str) -> None:
