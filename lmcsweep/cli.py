@@ -147,19 +147,44 @@ def _run(sweeps, tracker, store, progress: bool, retry_failed: bool) -> bool:
     return failed
 
 
+def _stored(ctx: click.Context, sweep_name: str | None):
+    """The tracker and store, after checking that the store holds runs (of sweep `sweep_name`):
+    else a message and exit 2 (and no store is created)."""
+    tracker, store = _backends(ctx)
+    if not tracker.exists() or (sweep_name is not None and not tracker.run_rows(sweep_name)):
+        click.echo(f"no sweep {sweep_name!r} in the store ({ctx.obj['store']})" if sweep_name
+                   else f"nothing has run in the store ({ctx.obj['store']})", err=True)
+        sys.exit(2)
+    return tracker, store
+
+
+def _current(tracker, store, sweep_name: str | None, superseded: bool):
+    """Sweep -> its current job hashes (None with `superseded`: every record)."""
+    from .sweep.status import current_jobs
+
+    return None if superseded else current_jobs(tracker, store.root, sweep_name)
+
+
+SUPERSEDED_HELP = "also records of jobs a sweep no longer has (left by runs of an earlier version of its file)"
+
+
 @main.command()
 @click.option("--sweep", "sweep_name", default=None, help="only this sweep")
 @click.option("--kind", type=click.Choice(["instability", "imp"]), default="instability", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--superseded", is_flag=True, help=SUPERSEDED_HELP)
 @click.pass_context
-def query(ctx: click.Context, sweep_name: str | None, kind: str, fmt: str) -> None:
+def query(ctx: click.Context, sweep_name: str | None, kind: str, fmt: str, superseded: bool) -> None:
     """Print stored records read back from MLflow: one per interpolation and split (instability)
-    or one per trained subnetwork (imp)."""
+    or one per trained subnetwork (imp), of each sweep's current definition (the sweep file it was
+    last run with)."""
     from .sweep import query as q
 
-    tracker, _ = _backends(ctx)
-    records = q.instability_records(tracker, sweep_name) if kind == "instability" else q.imp_records(tracker, sweep_name)
-    click.echo(q.render(records, fmt))
+    tracker, store = _stored(ctx, sweep_name)
+    jobs = _current(tracker, store, sweep_name, superseded)
+    records = (q.instability_records(tracker, sweep_name, jobs=jobs) if kind == "instability"
+               else q.imp_records(tracker, sweep_name, jobs=jobs))
+    click.echo(q.render(records, fmt, q.INSTABILITY_FIELDS if kind == "instability" else q.IMP_FIELDS))
 
 
 @main.command()
@@ -221,15 +246,18 @@ def data_prepare(ctx: click.Context, dataset: str, root: str | None, out: str | 
 @main.command()
 @click.argument("sweep_name")
 @click.option("--out", default="reports", show_default=True, type=click.Path(file_okay=False))
+@click.option("--superseded", is_flag=True, help=SUPERSEDED_HELP)
 @click.pass_context
-def report(ctx: click.Context, sweep_name: str, out: str) -> None:
-    """Figures (instability vs rewind point, accuracy vs density) and an HTML page of SWEEP_NAME."""
+def report(ctx: click.Context, sweep_name: str, out: str, superseded: bool) -> None:
+    """Figures (instability vs rewind point, accuracy vs density) and an HTML page of SWEEP_NAME
+    (its current definition's records, as `query`)."""
     from .sweep import query as q
     from .sweep.report import write_report
 
-    tracker, _ = _backends(ctx)
-    instability = q.instability_records(tracker, sweep_name)
-    imp = q.imp_records(tracker, sweep_name)
+    tracker, store = _stored(ctx, sweep_name)
+    jobs = _current(tracker, store, sweep_name, superseded)
+    instability = q.instability_records(tracker, sweep_name, jobs=jobs)
+    imp = q.imp_records(tracker, sweep_name, jobs=jobs)
     if not instability and not imp:
         click.echo(f"no records of sweep {sweep_name!r} in the store", err=True)
         sys.exit(2)

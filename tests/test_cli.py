@@ -146,3 +146,31 @@ def test_run_imports_neither_mlflow_nor_dynamo(write_sweep, store, tmp_path):
     assert "torch" in imported and "lmcsweep.sweep.jobs" in imported  # the check sees this process's imports
     assert not {m for m in imported if m.split(".")[0] == "mlflow" or m.startswith("torch._dynamo")}
     assert "0 failed" in out.stdout, out.stdout
+
+
+def test_query_shows_the_current_definition_of_an_edited_sweep(cli, write_sweep, store):
+    """A sweep edited (alphas 5 -> 3) and run again keeps the old interpolations in the store; query
+    and report read only the jobs of the file it was last run with (--superseded: all of them)."""
+    path = write_sweep()
+    assert cli("run", "--no-progress", path).exit_code == 0
+    first = json.loads(cli("query", "--sweep", "small", "--format", "json").output)
+    path.write_text(path.read_text().replace("alphas: 5", "alphas: 3"))
+    result = cli("run", "--no-progress", path)
+    assert result.exit_code == 0 and "2 jobs run" in result.output, result.output   # the 2 interpolations
+    now = json.loads(cli("query", "--sweep", "small", "--format", "json").output)
+    everything = json.loads(cli("query", "--sweep", "small", "--format", "json", "--superseded").output)
+    assert len(first) == len(now) == 4 and len(everything) == 8
+    assert not {r["run_id"] for r in now} & {r["run_id"] for r in first}
+    assert {r["run_id"] for r in everything} == {r["run_id"] for r in first} | {r["run_id"] for r in now}
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    assert all(len(client.get_metric_history(r["run_id"], "error_test")) == 3 for r in now)
+    # back to the first version: nothing runs, and its records are the current ones again
+    path.write_text(path.read_text().replace("alphas: 3", "alphas: 5"))
+    assert "nothing to do" in cli("run", "--no-progress", path).output
+    again = json.loads(cli("query", "--sweep", "small", "--format", "json").output)
+    assert {r["run_id"] for r in again} == {r["run_id"] for r in first}
+    # an unknown sweep, or a store where nothing ran, is an error (exit 2) and creates nothing
+    assert cli("query", "--sweep", "nosuch").exit_code == 2
+    empty = CliRunner().invoke(main, ["--store", str(store.parent / "none"), "query", "--format", "csv"])
+    assert empty.exit_code == 2 and "nothing has run" in empty.output
+    assert not (store.parent / "none").exists()

@@ -448,8 +448,9 @@ def run_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, progress: bool
                 bar.close()
         if sweep.imp is not None and (outcome.computed or outcome.reused):
             from .imp import log_matching  # matching needs every replicate: logged once they are all there
+            from .status import sweep_plans
 
-            log_matching(tracker, sweep.name)
+            log_matching(tracker, sweep.name, {j.hash for p in sweep_plans(sweep, store.root) for j in p.jobs})
         _tracking_failures(tracker, runner, outcome)
         tracker.finish(outcome.sweep_run, FAILED if outcome.failed else FINISHED)
     outcome.seconds = time.time() - started

@@ -164,13 +164,13 @@ def _group(r: dict[str, Any]) -> tuple:
     return (r["sweep"], r["trial"], r["rewind"], r["level"], r["control"])
 
 
-def log_matching(tracker: Any, sweep: str) -> int:
+def log_matching(tracker: Any, sweep: str, jobs: set[str] | None = None) -> int:
     """Logs matching_std / matching_02 (1 or 0) and the group's accuracy_mean on every copy-0
-    branch run of an IMP level in `sweep`, and IMP's (control none) on its level run. Returns how
-    many runs were written to."""
+    branch run of an IMP level in `sweep` (of the jobs `jobs` only: the sweep's current
+    definition), and IMP's (control none) on its level run. Returns how many runs were written to."""
     from .query import imp_records
 
-    records = imp_records(tracker, sweep)
+    records = imp_records(tracker, sweep, None if jobs is None else {sweep: jobs})
     level_runs = {}
     for run in tracker.runs_of_sweep(sweep, kind="level", status="FINISHED"):
         t = run.data.tags

@@ -33,9 +33,16 @@ def _hp(run: Any) -> dict[str, Any]:
     return out
 
 
-def instability_records(tracker: Tracker, sweep: str | None = None,
-                        trial: int | None = None) -> list[dict[str, Any]]:
-    """One record per FINISHED interpolation run and split (of one Optuna trial when `trial` is set)."""
+def _superseded(run: Any, jobs: dict[str, set[str]] | None) -> bool:
+    """Whether `run`'s job is no longer in its sweep's current definition (`status.current_jobs`)."""
+    sweep = tag(run, "sweep")
+    return jobs is not None and sweep in jobs and tag(run, "job") not in jobs[sweep]
+
+
+def instability_records(tracker: Tracker, sweep: str | None = None, trial: int | None = None,
+                        jobs: dict[str, set[str]] | None = None) -> list[dict[str, Any]]:
+    """One record per FINISHED interpolation run and split (of one Optuna trial when `trial` is set);
+    with `jobs` (sweep -> its current job hashes), only those of the sweeps' current definitions."""
     flt = f"tags.`{TAG}kind` = 'interpolate' and attributes.status = '{FINISHED}'"
     if sweep:
         flt += f" and tags.`{TAG}sweep` = '{sweep}'"
@@ -43,6 +50,8 @@ def instability_records(tracker: Tracker, sweep: str | None = None,
         flt += f" and tags.`{TAG}trial` = '{trial}'"
     records = []
     for run in tracker.search(flt):
+        if _superseded(run, jobs):
+            continue
         m = run.data.metrics
         for split in ("test", "train"):
             if f"instability_{split}" not in m:
@@ -67,18 +76,20 @@ IMP_FIELDS = ["sweep", "run_id", "trial", "preset", "dataset", "replicate", "lev
               "dense_accuracy", "dense_std", "dense_median", "matching_std", "matching_02"]
 
 
-def imp_records(tracker: Tracker, sweep: str | None = None) -> list[dict[str, Any]]:
+def imp_records(tracker: Tracker, sweep: str | None = None,
+                jobs: dict[str, set[str]] | None = None) -> list[dict[str, Any]]:
     """One record per trained IMP subnetwork: the copy-0 branch of every level and control (the
     network the next level prunes; level 0, the dense network under the full mask, is the reference
     for matching). `density` is measured
     (the branch's `density` metric); instability_<split> is the mean over the pairs of its
-    interpolations (None without them); matching fields as in `imp.add_matching`."""
+    interpolations (None without them); matching fields as in `imp.add_matching`. With `jobs`, as
+    in `instability_records`: only the jobs of the sweeps' current definitions."""
     from .imp import add_matching
 
     base = f"attributes.status = '{FINISHED}'" + (f" and tags.`{TAG}sweep` = '{sweep}'" if sweep else "")
     pairs: dict[tuple, dict[str, list[float]]] = {}
     for run in tracker.search(base + f" and tags.`{TAG}kind` = 'interpolate'"):
-        if tag(run, "level") is None:
+        if tag(run, "level") is None or _superseded(run, jobs):
             continue
         by_split = pairs.setdefault(_imp_key(run), {})
         for split in ("test", "train"):
@@ -87,7 +98,7 @@ def imp_records(tracker: Tracker, sweep: str | None = None) -> list[dict[str, An
     records, seen = [], set()
     for run in tracker.search(base + f" and tags.`{TAG}kind` = 'branch' and tags.`{TAG}copy` = '0'"):
         m = run.data.metrics
-        if tag(run, "level") is None or "final_test_accuracy" not in m:
+        if tag(run, "level") is None or "final_test_accuracy" not in m or _superseded(run, jobs):
             continue
         ident = (tag(run, "sweep"), tag(run, "trial"), tag(run, "job"))
         if ident in seen:
@@ -115,11 +126,11 @@ def _imp_key(run: Any) -> tuple:
     return tuple(tag(run, t) for t in ("sweep", "trial", "replicate", "rewind", "level", "control"))
 
 
-def render(records: list[dict[str, Any]], fmt: str) -> str:
-    """Records as a text table, CSV or JSON."""
+def render(records: list[dict[str, Any]], fmt: str, fields: list[str] | tuple[str, ...] = ()) -> str:
+    """Records as a text table, CSV or JSON (`fields`: the CSV header when there are no records)."""
     if fmt == "json":
         return json.dumps(records, indent=2)
-    columns: list[str] = []
+    columns: list[str] = [] if records else list(fields)
     for r in records:
         columns += [k for k in r if k not in columns]
     if fmt == "csv":

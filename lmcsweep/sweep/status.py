@@ -39,6 +39,20 @@ def _recorded_config(tracker: Tracker, run: dict[str, Any]) -> SweepConfig | Non
     return None
 
 
+def current_jobs(tracker: Tracker, store_root: str | Path, name: str | None = None) -> dict[str, set[str]]:
+    """Sweep name -> the job hashes of its current definition (the config its sweep run recorded
+    last), for every sweep in the store (or `name`). A sweep edited and run again keeps the runs of
+    the jobs it no longer has; they are not its results any more. A sweep whose recorded config
+    cannot be read is left out (its records are not filtered)."""
+    out = {}
+    for run in tracker.run_rows(name):
+        if run["kind"] == "sweep":
+            config = _recorded_config(tracker, run)
+            if config is not None:
+                out[run["sweep"]] = {j.hash for p in sweep_plans(config, store_root) for j in p.jobs}
+    return out
+
+
 def runner_alive(store_root: str | Path, name: str) -> bool:
     """Whether a runner holds the sweep's lock now (else RUNNING runs are leftovers of a kill)."""
     path = Path(store_root) / "locks" / f"{name}.lock"
