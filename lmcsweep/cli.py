@@ -1,6 +1,7 @@
 """The `lmcsweep` command line (click). Thin: each command parses, calls one function, prints.
 
-Exit codes: 0 success, 1 some jobs failed, 2 bad input (sweep file errors, unknown names).
+Exit codes: 0 success; 1 some jobs failed (or the tracking process died); 2 bad input (sweep file
+errors, unknown names, a missing data set, the sweep already running); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _backends(ctx: click.Context, process: bool = False):
 @click.option("--store", default=lambda: os.environ.get("LMCSWEEP_STORE", "mlruns"), show_default="mlruns",
               type=click.Path(file_okay=False), help=STORE_HELP)
 @click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
-              help="MLflow tracking URI (default: sqlite:///<store>/mlflow.db)")
+              help="MLflow tracking URI (env MLFLOW_TRACKING_URI; default: sqlite:///<store>/mlflow.db)")
 @click.version_option(package_name="lmcsweep")
 @click.pass_context
 def main(ctx: click.Context, store: str, tracking_uri: str | None) -> None:
@@ -113,18 +114,31 @@ def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, retry_failed:
         for sweep in _load(files):
             _print_plan(sweep, tracker)
         return
+    from .data import DataError
+    from .sweep.execute import SweepBusy
     from .tracking import TrackingProcessError
 
+    sweeps = _load(files)
     tracker, store = _backends(ctx, process=True)  # first: its start-up overlaps ours
+    code = 0
     try:
-        failed = _run(_load(files), tracker, store, progress, retry_failed)
+        code = 1 if _run(sweeps, tracker, store, progress, retry_failed) else 0
     except TrackingProcessError as exc:
-        click.echo(f"error: {exc}. The sweep stopped; run it again to resume (runs left RUNNING are "
-                   "marked KILLED, interrupted jobs continue from their resume checkpoints).", err=True)
-        failed = True
+        click.echo(f"error: {exc}. The sweep stopped; {RESUME}", err=True)
+        code = 1
+    except (DataError, SweepBusy) as exc:
+        click.echo(f"error: {exc}", err=True)
+        code = 2
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; {RESUME}", err=True)
+        code = 130
     finally:
         tracker.close()
-    sys.exit(1 if failed else 0)
+    sys.exit(code)
+
+
+RESUME = ("run the same command again to resume (runs left RUNNING are marked KILLED, interrupted jobs "
+          "continue from their resume checkpoints)")
 
 
 def _run(sweeps, tracker, store, progress: bool, retry_failed: bool) -> bool:
@@ -141,6 +155,9 @@ def _run(sweeps, tracker, store, progress: bool, retry_failed: bool) -> bool:
                        f"{len(outcome.blocked)} blocked ({outcome.seconds:.0f}s)")
         for job, error in outcome.failed.items():
             click.echo(f"  FAILED {job}: {error}", err=True)
+        if outcome.failed:
+            click.echo("  (a failed job stays failed, whatever is edited: `lmcsweep run --retry-failed` runs it "
+                       "again)", err=True)
         failed = failed or bool(outcome.failed)
         if not outcome.failed:
             click.echo(f"  see: lmcsweep query --sweep {sweep.name}    or    lmcsweep ui")

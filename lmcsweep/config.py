@@ -303,7 +303,13 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], _Lines]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
-        raise ConfigError([Problem(file, line, "(yaml)", f"syntax error: {exc.problem}")]) from None
+        message = exc.problem
+        if exc.context and exc.context_mark:  # e.g. "while scanning a quoted scalar": where it began
+            start = exc.context_mark.line + 1
+            message += f" ({exc.context}, which starts at line {start})"
+            if line > len(text.splitlines()):  # the end of the file: point at the opening instead
+                line = start
+        raise ConfigError([Problem(file, line, "(yaml)", f"syntax error: {message}")]) from None
     lines, problems = _Lines(), []
     if node is None:
         raise ConfigError([Problem(file, 1, "(top)", "the file is empty")])
@@ -326,8 +332,10 @@ def _pydantic_message(err: dict[str, Any]) -> str:
     return msg[0].lower() + msg[1:] if msg else kind
 
 
-def validate(raw: dict[str, Any], lines: _Lines, file: str) -> "SweepConfig":
-    """Schema and semantic checks; every problem at once."""
+def validate(raw: dict[str, Any], lines: _Lines, file: str, space: bool = True) -> "SweepConfig":
+    """Schema and semantic checks; every problem at once. With `space`, each value of the search
+    space is checked too (as the only change to the file; a variant of an Optuna search, checked on
+    its own, does not check them again)."""
     problems: list[Problem] = []
     try:
         sweep = SweepConfig.model_validate(raw)
@@ -345,14 +353,14 @@ def validate(raw: dict[str, Any], lines: _Lines, file: str) -> "SweepConfig":
             for err in errors:
                 _delete(pruned, err["loc"])
             try:
-                problems.extend(semantic_problems(SweepConfig.model_validate(pruned), lines, file))
+                problems.extend(semantic_problems(SweepConfig.model_validate(pruned), lines, file, space))
                 break
             except ValidationError as again:
                 errors = again.errors()
             except (KeyError, ValueError, TypeError):
                 break
         raise ConfigError(_dedupe(problems)) from None
-    problems.extend(semantic_problems(sweep, lines, file))
+    problems.extend(semantic_problems(sweep, lines, file, space))
     if problems:
         raise ConfigError(_dedupe(problems))
     return sweep
@@ -495,7 +503,7 @@ def _default_augmentation(dataset: str) -> str:
     return {"cifar10": "crop_flip", "imagenet": "rrc_flip"}.get(dataset, "none")
 
 
-def semantic_problems(sweep: SweepConfig, lines: _Lines, file: str) -> list[Problem]:
+def semantic_problems(sweep: SweepConfig, lines: _Lines, file: str, space: bool = True) -> list[Problem]:
     """Checks that need more than one field: known preset, rewind points inside training, ..."""
     problems: list[Problem] = []
     if sweep.preset not in PRESETS:
@@ -509,13 +517,26 @@ def semantic_problems(sweep: SweepConfig, lines: _Lines, file: str) -> list[Prob
     for section, cfg in sections:
         if cfg is None:
             continue
+        seen: dict[int, Step] = {}
         for i, step in enumerate(cfg.rewind):
             k = step.to_iterations(hyper.iterations_per_epoch)
+            if k in seen:
+                path = (section, "rewind", i)
+                problems.append(Problem(file, lines.line(path), _dotted(path),
+                                        f"rewind point {step} is {k} iterations, as {seen[k]} is already"))
+            seen.setdefault(k, step)
             if k >= T:
                 path = (section, "rewind", i)
                 problems.append(Problem(file, lines.line(path), _dotted(path),
                                         f"rewind point {step} ({k} iterations) is not before the end of "
                                         f"training ({T} iterations)"))
+    for name in ("eval_every", "checkpoint_every"):
+        if getattr(hyper, name) < 1:
+            problems.append(Problem(file, lines.line(("train", name)), f"train.{name}",
+                                    "the cadence must be at least one iteration"))
+    if list(hyper.milestones) != sorted(set(hyper.milestones)) and sweep.train.milestones is not None:
+        problems.append(Problem(file, lines.line(("train", "milestones")), "train.milestones",
+                                "milestones must increase"))
     for i, m in enumerate(hyper.milestones):
         if m > T and sweep.train.milestones is not None:
             path = ("train", "milestones", i)
@@ -545,11 +566,11 @@ def semantic_problems(sweep: SweepConfig, lines: _Lines, file: str) -> list[Prob
     if imp is not None and len(set(imp.controls)) != len(imp.controls):
         problems.append(Problem(file, lines.line(("imp", "controls")), "imp.controls", "values repeat"))
     if sweep.search is not None:
-        problems.extend(_search_problems(sweep, lines, file))
+        problems.extend(_search_problems(sweep, lines, file, space))
     return problems
 
 
-def _search_problems(sweep: SweepConfig, lines: _Lines, file: str) -> list[Problem]:
+def _search_problems(sweep: SweepConfig, lines: _Lines, file: str, space: bool) -> list[Problem]:
     problems = []
     raw = sweep.model_dump(mode="json")
     for key, spec in sweep.search.space.items():
@@ -563,6 +584,11 @@ def _search_problems(sweep: SweepConfig, lines: _Lines, file: str) -> list[Probl
             node = node[part]
         if isinstance(spec, list) and not spec:
             problems.append(Problem(file, lines.line(path), _dotted(path), "needs at least one value"))
+        values = spec if isinstance(spec, list) else [spec.low, spec.high]
+        for value in values if space and not any(p.field == _dotted(path) for p in problems) else ():
+            bad = _variant_problem(sweep, key, value)
+            if bad:
+                problems.append(Problem(file, lines.line(path), _dotted(path), f"value {value!r}: {bad}"))
         if isinstance(spec, RangeSpec):
             if spec.low >= spec.high:
                 problems.append(Problem(file, lines.line(path), _dotted(path), "low must be below high"))
@@ -572,6 +598,17 @@ def _search_problems(sweep: SweepConfig, lines: _Lines, file: str) -> list[Probl
                 problems.append(Problem(file, lines.line(path), _dotted(path),
                                         "the grid sampler needs a list of values, not a range"))
     return problems
+
+
+def _variant_problem(sweep: SweepConfig, key: str, value: Any) -> str | None:
+    """Why the sweep with `key` set to `value` (one point of its search space) is invalid, or None."""
+    raw = sweep.model_dump(mode="json", exclude_unset=True)
+    raw.pop("search")
+    try:
+        validate(apply_overrides(raw, {key: value}), _Lines(), "")
+    except ConfigError as exc:
+        return "; ".join(f"{p.field}: {p.message}" for p in exc.problems)
+    return None
 
 
 def sweep_fingerprint(sweep: SweepConfig) -> dict[str, Any]:

@@ -61,9 +61,12 @@ def train(
     device: torch.device = torch.device("cpu"),
     noise_seed: int = 0,
     lr_offset: int = 0,
-) -> Iterator[tuple[int, float]]:
-    """Train from iteration `start` to `end`, yielding (iteration, mean training loss since the last
-    pause) at each iteration of `pause_at` inside (start, end] and at `end`.
+    windows: Iterable[int] | None = None,
+) -> Iterator[tuple[int, float | None]]:
+    """Train from iteration `start` to `end`, yielding (iteration, mean training loss) at each
+    iteration of `pause_at` inside (start, end] and at `end`. The mean is over the window since the
+    last iteration of `windows` (default: the pauses) and is None at a pause that closes none, so a
+    pause that only saves a checkpoint (a rewind point) leaves the loss curve as it is.
 
     `batches` yields the batches of iterations start..end-1. The step at iteration `it` uses the
     learning rate `lr_at(hyper, it - lr_offset)` (`lr_offset` = k: a copy whose schedule restarts
@@ -75,6 +78,7 @@ def train(
     masks = prune.multipliers(masks) if masks is not None else None
     dropouts = [m for m in model.modules() if isinstance(m, SeededDropout)]
     pauses = sorted({p for p in pause_at if start < p < end} | {end})
+    windows = set(pauses) if windows is None else set(windows) | {end}
     model.train()
     loss_sum, count = torch.zeros((), device=device), 0
     it = start
@@ -99,10 +103,13 @@ def train(
         count += 1
         it += 1
         if it == pauses[0]:
-            yield it, (loss_sum / count).item()
-            loss_sum.zero_()
-            count = 0
             pauses.pop(0)
+            if it in windows:
+                yield it, (loss_sum / count).item()
+                loss_sum.zero_()
+                count = 0
+            else:
+                yield it, None
             model.train()
     if it < end:
         raise RuntimeError(f"the data ran out at iteration {it}, before {end}")

@@ -174,3 +174,47 @@ def test_query_shows_the_current_definition_of_an_edited_sweep(cli, write_sweep,
     empty = CliRunner().invoke(main, ["--store", str(store.parent / "none"), "query", "--format", "csv"])
     assert empty.exit_code == 2 and "nothing has run" in empty.output
     assert not (store.parent / "none").exists()
+
+
+def test_missing_data_set_and_busy_sweep_are_clear_errors(cli, write_sweep, store, tmp_path, monkeypatch):
+    """Exit 2 with the message alone: a data set that is not there (and no sweep run is left
+    RUNNING), and a sweep another runner holds."""
+    import fcntl
+
+    monkeypatch.delenv("LMCSWEEP_DATA", raising=False)
+    path = write_sweep("name: m\nexperiment: e\npreset: lenet\ndata: {dataset: mnist}\n"
+                       "train: {iterations: 40it}\ninstability: {rewind: [0it]}\n")
+    result = CliRunner().invoke(main, ["--store", str(store), "run", "--no-progress", str(path)])
+    assert result.exit_code == 2 and "data set 'mnist' not found" in result.output, result.output
+    assert "Traceback" not in result.output
+    assert cli("status").output.strip() == "no sweeps in the store"
+
+    small = write_sweep(filename="small.yaml")
+    lock = store / "locks" / "small.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = CliRunner().invoke(main, ["--store", str(store), "run", "--no-progress", str(small)])
+    assert result.exit_code == 2 and "already running against this store" in result.output, result.output
+
+
+def test_dense_loss_curve_does_not_depend_on_the_rewind_points(write_sweep, tmp_path):
+    """The dense job is the same job (hash) whatever rewind points a sweep saves from it, and so is
+    its logged loss curve: a pause for a rewind checkpoint does not cut a loss window."""
+    curves = {}
+    for rewind in ("[0it, 30it]", "[0it, 50it]"):  # neither is on the loss-window grid (every 4 iterations)
+        path = write_sweep(filename=f"s{rewind[5:7]}.yaml")
+        path.write_text(path.read_text().replace("rewind: [0it, 20it]", f"rewind: {rewind}").replace(
+            "iterations: 60it, batch_size: 60, eval_every: 30it, checkpoint_every: 20it",
+            "iterations: 200it, batch_size: 60, eval_every: 100it, checkpoint_every: 100it"))
+        store = tmp_path / f"store{rewind[5:7]}"
+        result = CliRunner().invoke(main, ["--store", str(store), "run", "--no-progress", str(path)])
+        assert result.exit_code == 0, result.output
+        client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+        exp = client.get_experiment_by_name("tests")
+        (train,) = client.search_runs([exp.experiment_id], "tags.`lmcsweep.kind` = 'train'")
+        curves[rewind] = (train.data.tags["lmcsweep.job"],
+                          sorted((m.step, m.value) for m in client.get_metric_history(train.info.run_id, "loss")))
+    (job_a, loss_a), (job_b, loss_b) = curves.values()
+    assert job_a == job_b and loss_a == loss_b
+    assert {step for step, _ in loss_a} == set(range(4, 201, 4))

@@ -82,6 +82,32 @@ def test_yaml_syntax_error_has_file_and_line(write_sweep):
     assert text.startswith(f"{path}:")
 
 
+def test_unclosed_quote_points_at_its_line(write_sweep):
+    path = write_sweep("name: x\nexperiment: e\npreset: lenet\ntrain:\n  lr: '0.1\n  batch_size: 60\n")
+    found, text = problems(path)
+    assert found[0][:2] == (5, "(yaml)") and "which starts at line 5" in found[0][2], text
+
+
+def test_cadences_milestones_and_repeated_rewind_points(write_sweep):
+    path = write_sweep("""\
+        name: bad
+        experiment: tests
+        preset: resnet20
+        train:
+          iterations: 10ep
+          eval_every: 0it
+          checkpoint_every: 0ep
+          milestones: [6ep, 3ep]
+        instability:
+          rewind: [0it, 0ep, 100it]
+        """)
+    found, _ = problems(path)
+    fields = {(line, field) for line, field, _ in found}
+    assert {(6, "train.eval_every"), (7, "train.checkpoint_every"), (8, "train.milestones"),
+            (10, "instability.rewind[1]")} <= fields
+    assert (10, "instability.rewind[0]") not in fields and (10, "instability.rewind[2]") not in fields
+
+
 def test_duplicate_keys_rejected(write_sweep):
     path = write_sweep("name: a\nexperiment: e\npreset: lenet\nname: b\n")
     found, _ = problems(path)
@@ -103,3 +129,25 @@ def test_presets_table1():
     assert PRESETS["resnet20_warmup"].warmup.value == 30000 and PRESETS["resnet20_warmup"].lr == 0.03
     assert PRESETS["resnet50"].iterations.unit == "ep" and PRESETS["inception_v3"].schedule == "linear"
     assert PRESETS["lenet"].imp_density == pytest.approx(0.035, abs=0.001)
+
+
+def test_search_space_values_are_checked_like_the_file(write_sweep):
+    """Every value of a grid (and both ends of a range) must make a valid sweep: caught by
+    `validate`, at the space's line, not later as failed trials."""
+    path = write_sweep("""\
+        name: g
+        experiment: e
+        preset: lenet
+        train: {iterations: 100it}
+        instability: {rewind: [0it]}
+        search:
+          sampler: random
+          space:
+            train.lr: {low: -1.0, high: 0.1}
+            instability.alphas: [1, 5]
+            train.warmup: [0it, 50it]
+        """)
+    found, text = problems(path)
+    assert [(line, field) for line, field, _ in found] == [(9, "search.space.train.lr"),
+                                                           (10, "search.space.instability.alphas")]
+    assert "value -1.0: train.lr: input should be greater than 0" in text

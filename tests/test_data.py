@@ -57,7 +57,8 @@ def test_root_and_env_var_plain_idx(tmp_path, monkeypatch):
     for f in Path(DEBIAN_FASHION_MNIST).glob("*.gz"):
         (folder / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes()))
     monkeypatch.setenv("LMCSWEEP_DATA", str(tmp_path))
-    full = load_dataset("fashion_mnist", root=str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    full = load_dataset("fashion_mnist", root=str(tmp_path / "empty"))
     assert full.root == str(folder)
     small = load_dataset("fashion_mnist", subset_train=100, subset_test=50)
     assert small.train_x.shape[0] == 100 and small.test_x.shape[0] == 50
@@ -66,6 +67,9 @@ def test_root_and_env_var_plain_idx(tmp_path, monkeypatch):
 
 def test_missing_dataset_lists_every_path(tmp_path, monkeypatch):
     monkeypatch.setenv("LMCSWEEP_DATA", str(tmp_path / "env"))
+    with pytest.raises(DataError, match="is not a folder"):  # a typo'd root is not passed over
+        load_dataset("fashion_mnist", root=str(tmp_path / "mine"))
+    (tmp_path / "mine").mkdir()
     with pytest.raises(DataError) as err:
         load_dataset("mnist", root=str(tmp_path / "mine"))
     msg = str(err.value)

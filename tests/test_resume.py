@@ -111,7 +111,7 @@ def test_sigkill_mid_training_then_resume_is_exact(tmp_path):
     left_running = [r for r in runs(killed, "resume") if r.info.status == "RUNNING"]
     assert left_running
     status = CliRunner().invoke(main, ["--store", str(killed), "status", "resume"])
-    assert status.exit_code == 0 and "interrupted" in status.output, status.output
+    assert status.exit_code == 0 and "interrupted" in status.output and "INTERRUPTED" in status.output, status.output
 
     # 2. resume: finishes the sweep, the killed runs are marked KILLED
     result = lmc(killed, "run", "--no-progress", sweep, cwd=tmp_path)
@@ -285,7 +285,7 @@ def test_a_killed_tracking_process_stops_the_run_cleanly_and_it_resumes(tmp_path
     os.kill(helpers[0], signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, out + err
-    assert "the tracking process exited (status -9)" in err and "run it again to resume" in err, err
+    assert "the tracking process exited (status -9)" in err and "run the same command again to resume" in err, err
     gone = time.time() + 10
     while processes_on(store) and time.time() < gone:
         time.sleep(0.05)

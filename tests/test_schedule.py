@@ -18,6 +18,7 @@ from lmcsweep.config import load_sweep
 from lmcsweep.data import load_dataset, make_loader
 from lmcsweep.models import build_model
 from lmcsweep.store import Store
+from lmcsweep.sweep import jobs
 from lmcsweep.sweep.execute import run_sweep
 from lmcsweep.sweep.plan import build_plan
 from lmcsweep.tracking import Tracker
@@ -55,6 +56,7 @@ def fig4(tmp_path_factory):
     path.write_text(textwrap.dedent(SWEEP))
     with pytest.MonkeyPatch.context() as mp:  # the forked copy workers inherit it
         mp.setattr(Store, "clear_resume", lambda self, job: None)
+        mp.setattr(jobs, "_trained", lambda *args: None)  # no "trained" record over the last resume one
         result = _invoke(store, "run", "--no-progress", path)
     assert result.exit_code == 0, result.output
     yield path, store, build_plan(load_sweep(path))

@@ -150,17 +150,21 @@ def test_invalid_variant_fails_only_its_trial(tmp_path):
     from lmcsweep.sweep.search import trial_plans
 
     path = tmp_path / "s.yaml"
+    # each value is valid on its own (`validate` checks that), but warmup 15it with 10 iterations of
+    # training is not: that point is an invalid variant, and fails its trial only
     path.write_text(SEARCH.split("search:")[0].replace("200it", "20it") +
-                    "search: {sampler: grid, space: {train.warmup: [0it, 500it]}}\n")
+                    "search: {sampler: grid, space: {train.warmup: [0it, 15it], train.iterations: [20it, 10it]}}\n")
     sweep = load_sweep(path)
-    plans = trial_plans(sweep)  # warmup 500it > 20 iterations of training: not a valid variant
-    assert [p.overrides for p in plans] == [{"train.warmup": "0it"}]
+    plans = trial_plans(sweep)
+    assert sorted((p.overrides["train.warmup"], p.overrides["train.iterations"]) for p in plans) == \
+        [("0it", "10it"), ("0it", "20it"), ("15it", "20it")]
     store = tmp_path / "store"
     result = CliRunner().invoke(main, ["--store", str(store), "run", "--no-progress", str(path)])
     assert result.exit_code == 1 and "invalid variant" in result.output, result.output
-    trials = sorted(study_trials(sweep, store), key=lambda t: t["params"]["train.warmup"])
-    assert [(t["params"]["train.warmup"], t["state"]) for t in trials] == [("0it", "COMPLETE"), ("500it", "FAIL")]
-    assert "train.warmup: warmup (500 iterations) is longer than training (20)" in trials[1]["error"]
+    states = {(t["params"]["train.warmup"], t["params"]["train.iterations"]): t for t in study_trials(sweep, store)}
+    assert {k: t["state"] for k, t in states.items()} == {("0it", "20it"): "COMPLETE", ("0it", "10it"): "COMPLETE",
+                                                          ("15it", "20it"): "COMPLETE", ("15it", "10it"): "FAIL"}
+    assert "train.warmup: warmup (15 iterations) is longer than training (10)" in states[("15it", "10it")]["error"]
 
 
 def test_grid_trials_run_together_and_give_what_they_give_alone(tmp_path, monkeypatch):

@@ -94,6 +94,9 @@ def load_dataset(name: str, root: str | None = None, download: bool = False,
     """Read data set `name` (see DATASETS); keep the first `subset_*` examples of each split."""
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    if root and not download and name != "synthetic" and not Path(root).is_dir():
+        raise DataError(f"data set {name!r}: data.root {root} is not a folder (a typo? without data.root, "
+                        f"$LMCSWEEP_DATA and the defaults are searched)")
     if name in ("mnist", "fashion_mnist"):
         data = _load_idx_dataset(name, root, download)
     elif name == "cifar10":

@@ -76,6 +76,10 @@ def provenance() -> dict[str, str]:
     return out
 
 
+class SweepBusy(RuntimeError):
+    """Another runner holds the sweep's lock."""
+
+
 @contextmanager
 def sweep_lock(store: Store, name: str) -> Iterator[None]:
     """One runner per sweep and store at a time (so RUNNING runs left behind are known to be dead)."""
@@ -85,7 +89,7 @@ def sweep_lock(store: Store, name: str) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(f"sweep {name!r} is already running against this store ({path})") from None
+            raise SweepBusy(f"sweep {name!r} is already running against this store (lock {path} is held)") from None
         yield
 
 
@@ -431,6 +435,7 @@ def run_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, progress: bool
         runner.dataset(sweep, dataset_of(sweep), background=True)  # read while MLflow answers
         experiment_id = tracker.experiment(sweep.experiment)
         tracker.mark_stale_running(sweep.name)
+        runner.dataset(sweep, dataset_of(sweep))  # a missing data set (DataError) stops here, before any run
         outcome.sweep_run = runner.sweep_run(sweep, experiment_id)
         if sweep.search is not None:
             from .search import run_search

@@ -102,9 +102,10 @@ def _loop(ctx: Context, name: str, run_id: str, steps, start: int, end: int,
     metrics: list[tuple[str, float, int]] = []
     last = start
     for it, loss in steps:
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss} at iteration {it} ({name})")
-        metrics.append(("loss", loss, it))
+        if loss is not None:  # None: a pause for a rewind checkpoint, inside a loss window
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"training loss is {loss} at iteration {it} ({name})")
+            metrics.append(("loss", loss, it))
         ctx.progress(it - last)
         last = it
         if it in save_at:
@@ -151,7 +152,8 @@ def run_train(ctx: Context, job: Job, run_id: str) -> None:
     fast = ctx.compiled(model)
     save = [k for k in save_at if k > start]
     steps = train(fast, optimizer, loader.train_batches(start, T), ctx.hyper, start, T,
-                  _pauses(ctx.hyper, 0, T, save), None, ctx.device, seeds["augmentation"])
+                  _pauses(ctx.hyper, 0, T, save), None, ctx.device, seeds["augmentation"],
+                  windows=_pauses(ctx.hyper, 0, T, []))  # the loss curve: the job's, whatever the rewind points
     with kernel_threads(ctx.hyper.cpu_threads, ctx.device):
         logged = _loop(ctx, job.hash, run_id, steps, start, T, lambda: ctx.test_metrics(fast),
                        lambda it: _state(model, optimizer, it),

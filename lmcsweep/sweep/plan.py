@@ -157,7 +157,7 @@ def add_instability(plan: Plan, train: Job, replicate: int, k: int, level: int |
         pairs = (itertools.combinations(branches, 2) if inst.pairs == "all"
                  else zip(branches[0::2], branches[1::2]))  # disjoint: (0,1), (2,3), ...
         for a, b in pairs:
-            fields = {"pair": [a.hash, b.hash], "alphas": inst.alphas, "splits": list(inst.splits),
+            fields = {"pair": [a.hash, b.hash], "alphas": inst.alphas, "splits": sorted(inst.splits),
                       "bn": inst.bn, "bn_batches": inst.bn_batches, "train_examples": inst.train_examples,
                       "subset_test": sweep.data.subset_test}
             ca, cb = a.tags["copy"], b.tags["copy"]

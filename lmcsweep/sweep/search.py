@@ -110,7 +110,7 @@ def variant(sweep: SweepConfig, overrides: dict[str, Any]) -> SweepConfig:
     """The sweep with `overrides` applied to its file's values and checked again (ConfigError if bad)."""
     raw = apply_overrides(sweep.model_dump(mode="json", exclude_unset=True), overrides)
     where = ", ".join(f"{k}={v}" for k, v in overrides.items())
-    return validate(raw, _Lines(), f"{sweep.name} [{where}]")
+    return validate(raw, _Lines(), f"{sweep.name} [{where}]", space=False)
 
 
 # --------------------------------------------------------------------------------------------

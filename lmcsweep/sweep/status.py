@@ -69,7 +69,8 @@ def runner_alive(store_root: str | Path, name: str) -> bool:
 
 def sweep_status(tracker: Tracker, store_root: str | Path, name: str | None = None) -> list[dict[str, Any]]:
     """One row per sweep: jobs, done, running, failed, interrupted, pending (None when its recorded
-    config cannot be read), trial runs by status, the sweep run's status, whether a runner is alive."""
+    config cannot be read), trial runs by status, the sweep run's status (INTERRUPTED: RUNNING, but
+    no runner holds the sweep), whether a runner is alive."""
     rows_by_sweep: dict[str, list[dict[str, Any]]] = {}
     for row in tracker.run_rows(name):
         rows_by_sweep.setdefault(row["sweep"], []).append(row)
@@ -90,9 +91,11 @@ def sweep_status(tracker: Tracker, store_root: str | Path, name: str | None = No
         hashes = ({j.hash for p in sweep_plans(config, store_root) for j in p.jobs} if config is not None
                   else set(latest))
         alive = runner_alive(store_root, sweep_name)
+        state = sweep_run["status"] if sweep_run else "?"
+        if state == RUNNING and not alive:  # its runner was killed: `lmcsweep run` resumes it
+            state = "INTERRUPTED"
         row = {"sweep": sweep_name, "jobs": len(hashes), "done": 0, "running": 0, "failed": 0, "interrupted": 0,
-               "pending": 0, "trials": trials or None, "status": sweep_run["status"] if sweep_run else "?",
-               "runner": "active" if alive else "none"}
+               "pending": 0, "trials": trials or None, "status": state, "runner": "active" if alive else "none"}
         for h in hashes:
             state = latest.get(h)
             if h in finished_anywhere or state == FINISHED:
