@@ -276,7 +276,8 @@ def report(ctx: click.Context, sweep_name: str, out: str, superseded: bool) -> N
     instability = q.instability_records(tracker, sweep_name, jobs=jobs)
     imp = q.imp_records(tracker, sweep_name, jobs=jobs)
     if not instability and not imp:
-        click.echo(f"no records of sweep {sweep_name!r} in the store", err=True)
+        click.echo(f"no records of sweep {sweep_name!r} in the store"
+                   + ("" if superseded else " (of its current definition; --superseded: of every version)"), err=True)
         sys.exit(2)
     click.echo(str(write_report(sweep_name, instability, imp, Path(out))))
 

@@ -303,7 +303,7 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], _Lines]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
-        message = exc.problem
+        message = f"{exc.problem}"
         if exc.context and exc.context_mark:  # e.g. "while scanning a quoted scalar": where it began
             start = exc.context_mark.line + 1
             message += f" ({exc.context}, which starts at line {start})"
@@ -333,9 +333,10 @@ def _pydantic_message(err: dict[str, Any]) -> str:
 
 
 def validate(raw: dict[str, Any], lines: _Lines, file: str, space: bool = True) -> "SweepConfig":
-    """Schema and semantic checks; every problem at once. With `space`, each value of the search
-    space is checked too (as the only change to the file; a variant of an Optuna search, checked on
-    its own, does not check them again)."""
+    """Schema and semantic checks; every problem at once. With `space` (and a file with no other
+    problem), each value of the search space is checked too, as the only change to the file; a
+    combination of values that is invalid only together fails its trial when it runs. A variant of
+    an Optuna search, checked on its own, does not check them again."""
     problems: list[Problem] = []
     try:
         sweep = SweepConfig.model_validate(raw)
@@ -353,7 +354,7 @@ def validate(raw: dict[str, Any], lines: _Lines, file: str, space: bool = True) 
             for err in errors:
                 _delete(pruned, err["loc"])
             try:
-                problems.extend(semantic_problems(SweepConfig.model_validate(pruned), lines, file, space))
+                problems.extend(semantic_problems(SweepConfig.model_validate(pruned), lines, file, False))
                 break
             except ValidationError as again:
                 errors = again.errors()
@@ -566,7 +567,7 @@ def semantic_problems(sweep: SweepConfig, lines: _Lines, file: str, space: bool 
     if imp is not None and len(set(imp.controls)) != len(imp.controls):
         problems.append(Problem(file, lines.line(("imp", "controls")), "imp.controls", "values repeat"))
     if sweep.search is not None:
-        problems.extend(_search_problems(sweep, lines, file, space))
+        problems.extend(_search_problems(sweep, lines, file, space and not problems))
     return problems
 
 

@@ -1,5 +1,8 @@
 """Seeds: the three sources of randomness (init, data_order, augmentation) and how they are keyed.
 
+Dropout masks (`models.dropout`) draw from the augmentation seed, as a stream of its own
+(``generator("dropout", seed, iteration)``).
+
 Every random draw in lmcsweep comes from a `torch.Generator` whose seed is derived by hashing a
 tuple of parts, e.g. ``generator("data_order", seed, epoch)``. Hashing (rather than ``seed + epoch``)
 means that seeds s and s+1 never replay each other's draws one epoch apart.

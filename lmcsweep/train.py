@@ -59,7 +59,7 @@ def train(
     pause_at: Iterable[int] = (),
     masks: prune.Masks | None = None,
     device: torch.device = torch.device("cpu"),
-    noise_seed: int = 0,
+    noise_seed: int | None = None,
     lr_offset: int = 0,
     windows: Iterable[int] | None = None,
 ) -> Iterator[tuple[int, float | None]]:
@@ -77,6 +77,8 @@ def train(
     """
     masks = prune.multipliers(masks) if masks is not None else None
     dropouts = [m for m in model.modules() if isinstance(m, SeededDropout)]
+    if dropouts and noise_seed is None:
+        raise ValueError("a network with dropout trains with a noise_seed (the job's augmentation seed)")
     pauses = sorted({p for p in pause_at if start < p < end} | {end})
     windows = set(pauses) if windows is None else set(windows) | {end}
     model.train()

@@ -232,3 +232,13 @@ def test_earliest_stable_means_stable_from_there_on():
     assert earliest_stable({0: [0.5], 100: [0.01], 500: [0.03, 0.02], 2000: [0.001]}) == 2000
     assert earliest_stable({0: [0.01], 100: [0.019, 0.0199]}) == 0
     assert earliest_stable({0: [0.5], 100: [0.01], 500: [0.2]}) == float("inf")
+
+
+def test_study_names_are_pinned():
+    """A study's name is its identity in optuna.db: a drift would orphan every stored study (its
+    random/TPE history, its failed trials). Fields added later are left out at their defaults."""
+    from lmcsweep.sweep.search import study_name
+
+    root = Path(__file__).parent.parent / "sweeps"
+    assert study_name(load_sweep(root / "lenet_search.yaml")) == "lenet-search-ac45674233"
+    assert study_name(load_sweep(root / "resnet20_search.yaml")) == "resnet20-search-c9f16d4b1b"

@@ -142,3 +142,22 @@ def test_restarted_schedule_reads_the_learning_rate_from_k(setup):
     continued = _lrs(h, data, k, h.iterations)
     assert continued == [lr_at(h, it) for it in range(k, h.iterations)]
     assert continued != restarted[:len(continued)]
+
+
+def test_seeded_dropout_under_torch_compile_gives_the_eager_masks_without_recompiling():
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from lmcsweep.models.dropout import SeededDropout
+
+    torch._dynamo.reset()
+    counters.clear()
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8), SeededDropout(0.5), torch.nn.Linear(8, 2)).train()
+    compiled = torch.compile(m, backend="eager")
+    x = torch.randn(4, 8)
+    for it in range(10):  # a new key every step, as in training
+        m[1].key = (3, it)
+        assert torch.equal(compiled(x), m(x))
+    assert counters["stats"]["unique_graphs"] <= 2 and not counters["recompiles"]
+    with pytest.raises(ValueError, match="noise_seed"):
+        next(train(m, make_optimizer(m, _hyper("lenet")), iter([]), _hyper("lenet"), 0, 1))

@@ -5,10 +5,12 @@ For every replicate, every imp.rewind point k and every level L = 0 .. `levels(p
 - a ``prune`` job (an MLflow ``level`` run nested under the replicate) writes the level's mask:
   level 0 is the full mask of the prunable layers (conv and linear weights, minus the exempt
   ones); level L >= 1 prunes globally the `fraction` smallest-magnitude surviving weights of level
-  L-1's trained subnetwork (its copy-0 branch at T), or, with ``style: one_shot``, prunes that
-  network straight to the target density (one level);
-- the level's branches: ``m ⊙ W_k`` trained from k to T with fresh SGD noise (the copies share the
-  mask; with ``imp.instability`` they are ``instability.copies`` and every pair is interpolated);
+  L-1's trained subnetwork (its copy-0 branch at its end: T, or k + T with
+  ``instability.schedule: restart``), or, with ``style: one_shot``, prunes that network straight to
+  the target density (one level);
+- the level's branches: ``m ⊙ W_k`` trained from k to T (or k + T) with fresh SGD noise (the copies
+  share the mask; with ``imp.instability`` they are ``instability.copies`` and their pairs, every
+  pair or disjoint ones as ``instability.pairs`` says, are interpolated);
 - per control of ``imp.controls``, the same branches under ``random_prune`` (a random mask with
   IMP's per-layer counts) or ``random_reinit`` (IMP's mask on weights freshly drawn from a separate
   seed). Controls are skipped at level 0: at density 1 a random mask is the full mask, and the

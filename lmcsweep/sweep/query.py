@@ -48,10 +48,12 @@ def instability_records(tracker: Tracker, sweep: str | None = None, trial: int |
         flt += f" and tags.`{TAG}sweep` = '{sweep}'"
     if trial is not None:
         flt += f" and tags.`{TAG}trial` = '{trial}'"
-    records = []
+    records, seen = [], set()
     for run in tracker.search(flt):
-        if _superseded(run, jobs):
+        ident = (tag(run, "sweep"), tag(run, "trial"), tag(run, "job"))
+        if _superseded(run, jobs) or ident in seen:  # (a job computed again, e.g. after a retry: once)
             continue
+        seen.add(ident)
         m = run.data.metrics
         for split in ("test", "train"):
             if f"instability_{split}" not in m:

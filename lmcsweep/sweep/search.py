@@ -117,12 +117,20 @@ def variant(sweep: SweepConfig, overrides: dict[str, Any]) -> SweepConfig:
 # The study
 
 
+# Fields added to the sweep file after studies were made: left out of a study's name at their
+# default, so adding them did not rename (and orphan) existing studies.
+NEWER_FIELDS = (("instability", "pairs", "all"), ("instability", "schedule", "continue"))
+
+
 def study_name(sweep: SweepConfig) -> str:
     """`<sweep>-<hash>` of what decides the trials' results: the search (less `trials` and `storage`)
     and the base config (less names, cadences, paths and the device)."""
     base = sweep.model_dump(mode="json")
     for key in ("name", "experiment", "search"):
         base.pop(key, None)
+    for section, key, default in NEWER_FIELDS:  # at their defaults, as if the field did not exist
+        if (base.get(section) or {}).get(key, default) == default:
+            (base.get(section) or {}).pop(key, None)
     for key in ("eval_every", "checkpoint_every", "device", "compile"):
         base["train"].pop(key, None)
     for key in ("root", "download", "loader"):

@@ -25,6 +25,11 @@ def sweep_plans(sweep: SweepConfig, store_root: str | Path | None) -> list[Plan]
     return [build_plan(sweep)]
 
 
+def plan_hashes(sweep: SweepConfig, store_root: str | Path | None) -> set[str]:
+    """The hashes of every job of the sweep's definition (of all its trials' plans)."""
+    return {j.hash for p in sweep_plans(sweep, store_root) for j in p.jobs}
+
+
 def _recorded_config(tracker: Tracker, run: dict[str, Any]) -> SweepConfig | None:
     """The sweep config its sweep run recorded last (config-<digest>.json, else config.json)."""
     for name in (f"config-{run['job']}.json", "config.json"):
@@ -33,7 +38,7 @@ def _recorded_config(tracker: Tracker, run: dict[str, Any]) -> SweepConfig | Non
         except Exception:  # noqa: BLE001 -- missing artifact: try the next name
             continue
         try:
-            return validate(raw, _Lines(), f"{run['sweep']} (recorded config)")
+            return validate(raw, _Lines(), f"{run['sweep']} (recorded config)", space=False)
         except ConfigError:
             return None
     return None
@@ -49,7 +54,7 @@ def current_jobs(tracker: Tracker, store_root: str | Path, name: str | None = No
         if run["kind"] == "sweep":
             config = _recorded_config(tracker, run)
             if config is not None:
-                out[run["sweep"]] = {j.hash for p in sweep_plans(config, store_root) for j in p.jobs}
+                out[run["sweep"]] = plan_hashes(config, store_root)
     return out
 
 
@@ -88,8 +93,7 @@ def sweep_status(tracker: Tracker, store_root: str | Path, name: str | None = No
             elif run["job"] and latest.get(run["job"]) != FINISHED:
                 latest[run["job"]] = run["status"]
         config = _recorded_config(tracker, sweep_run) if sweep_run is not None else None
-        hashes = ({j.hash for p in sweep_plans(config, store_root) for j in p.jobs} if config is not None
-                  else set(latest))
+        hashes = plan_hashes(config, store_root) if config is not None else set(latest)
         alive = runner_alive(store_root, sweep_name)
         state = sweep_run["status"] if sweep_run else "?"
         if state == RUNNING and not alive:  # its runner was killed: `lmcsweep run` resumes it
