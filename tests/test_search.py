@@ -242,3 +242,27 @@ def test_study_names_are_pinned():
     root = Path(__file__).parent.parent / "sweeps"
     assert study_name(load_sweep(root / "lenet_search.yaml")) == "lenet-search-ac45674233"
     assert study_name(load_sweep(root / "resnet20_search.yaml")) == "resnet20-search-c9f16d4b1b"
+
+
+def test_query_after_an_edited_search_shows_the_new_studys_trials_only(tmp_path):
+    """Editing the space starts a new study; a point both studies have is computed once (the new
+    trial reuses it), and query lists each current point once, under the new study's trial."""
+    path, store = tmp_path / "s.yaml", tmp_path / "store"
+    base = SEARCH.replace("iterations: 200it", "iterations: 60it").replace(
+        "space: {train.lr: [0.0012, 0.003], train.warmup: [0it, 20it]}", "space: {train.lr: [0.0012, 0.003]}")
+    path.write_text(base)
+    run = lambda: CliRunner().invoke(main, ["--store", str(store), "run", "--no-progress", str(path)])  # noqa: E731
+    assert run().exit_code == 0
+    path.write_text(base.replace("[0.0012, 0.003]", "[0.0012, 0.005]"))
+    result = run()
+    assert result.exit_code == 0 and "reused" in result.output, result.output
+
+    def records(*extra):
+        out = CliRunner().invoke(main, ["--store", str(store), "query", "--sweep", "grid", "--format", "json", *extra])
+        return json.loads(out.output)
+
+    now, everything = records(), records("--superseded")
+    assert sorted(r["hp.train.lr"] for r in now) == [0.0012, 0.005]
+    assert len(everything) == 4   # both studies' trials, the shared point twice
+    new_study = {t["number"] for t in study_trials(load_sweep(path), store)}
+    assert {r["trial"] for r in now} == new_study

@@ -245,7 +245,7 @@ class Runner:
             progress.update(0)
 
     def _tree(self, plan: Plan, parent_run: str) -> "_Tree":
-        runs = self._tree_runs(plan.sweep, plan.trial)
+        runs = self._tree_runs(plan.sweep, plan.trial, plan.study)
         return _Tree(plan, parent_run, runs["finished"], runs["failed"], dict(runs["finished"]),
                      dict(runs["finished"]))
 
@@ -254,10 +254,14 @@ class Runner:
             tree.context = self._context(tree.plan, tree.plan.by_hash(), progress)
         return tree.context
 
-    def _tree_runs(self, sweep: SweepConfig, trial: int | None) -> dict[str, dict[str, str]]:
+    def _tree_runs(self, sweep: SweepConfig, trial: int | None, study: str | None = None) -> dict[str, dict[str, str]]:
+        """This sweep's (trial's) runs by job hash: finished, and failed. A trial's are those of its
+        study: trial n of an earlier study of an edited search is another trial."""
         finished, failed = {}, {}
         for run in self.tracker.runs_of_sweep(sweep.name):
             if tag(run, "trial") != (None if trial is None else str(trial)):
+                continue
+            if study is not None and tag(run, "study") not in (None, study):
                 continue
             job = tag(run, "job")
             if not job:
@@ -315,6 +319,8 @@ class Runner:
         t["job"] = job.hash
         if plan.trial is not None:
             t["trial"] = plan.trial
+        if plan.study is not None:
+            t["study"] = plan.study
         return self._tags(plan.sweep, t)
 
     def _params(self, plan: Plan, job: Job, group: int = 1) -> dict[str, Any]:

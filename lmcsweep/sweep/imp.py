@@ -172,7 +172,9 @@ def log_matching(tracker: Any, sweep: str, jobs: set[str] | None = None) -> int:
     definition), and IMP's (control none) on its level run. Returns how many runs were written to."""
     from .query import imp_records
 
-    records = imp_records(tracker, sweep, None if jobs is None else {sweep: jobs})
+    from .status import Current
+
+    records = imp_records(tracker, sweep, None if jobs is None else {sweep: Current(jobs)})
     level_runs = {}
     for run in tracker.runs_of_sweep(sweep, kind="level", status="FINISHED"):
         t = run.data.tags

@@ -50,6 +50,7 @@ class Plan:
     jobs: list[Job] = field(default_factory=list)
     trial: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    study: str | None = None  # the Optuna study of the trial (its runs are tagged with it)
 
     def by_hash(self) -> dict[str, Job]:
         return {j.hash: j for j in self.jobs}

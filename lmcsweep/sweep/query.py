@@ -33,16 +33,16 @@ def _hp(run: Any) -> dict[str, Any]:
     return out
 
 
-def _superseded(run: Any, jobs: dict[str, set[str]] | None) -> bool:
-    """Whether `run`'s job is no longer in its sweep's current definition (`status.current_jobs`)."""
-    sweep = tag(run, "sweep")
-    return jobs is not None and sweep in jobs and tag(run, "job") not in jobs[sweep]
+def _superseded(run: Any, current: dict[str, Any] | None) -> bool:
+    """Whether `run` is not of its sweep's current definition (`status.current_jobs`)."""
+    now = None if current is None else current.get(tag(run, "sweep"))
+    return now is not None and not now.has(tag(run, "job"), tag(run, "study"))
 
 
 def instability_records(tracker: Tracker, sweep: str | None = None, trial: int | None = None,
-                        jobs: dict[str, set[str]] | None = None) -> list[dict[str, Any]]:
+                        jobs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One record per FINISHED interpolation run and split (of one Optuna trial when `trial` is set);
-    with `jobs` (sweep -> its current job hashes), only those of the sweeps' current definitions."""
+    with `jobs` (sweep -> `status.Current`), only those of the sweeps' current definitions."""
     flt = f"tags.`{TAG}kind` = 'interpolate' and attributes.status = '{FINISHED}'"
     if sweep:
         flt += f" and tags.`{TAG}sweep` = '{sweep}'"
@@ -50,7 +50,7 @@ def instability_records(tracker: Tracker, sweep: str | None = None, trial: int |
         flt += f" and tags.`{TAG}trial` = '{trial}'"
     records, seen = [], set()
     for run in tracker.search(flt):
-        ident = (tag(run, "sweep"), tag(run, "trial"), tag(run, "job"))
+        ident = (tag(run, "sweep"), tag(run, "trial"), tag(run, "study"), tag(run, "job"))
         if _superseded(run, jobs) or ident in seen:  # (a job computed again, e.g. after a retry: once)
             continue
         seen.add(ident)
@@ -79,7 +79,7 @@ IMP_FIELDS = ["sweep", "run_id", "trial", "preset", "dataset", "replicate", "lev
 
 
 def imp_records(tracker: Tracker, sweep: str | None = None,
-                jobs: dict[str, set[str]] | None = None) -> list[dict[str, Any]]:
+                jobs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One record per trained IMP subnetwork: the copy-0 branch of every level and control (the
     network the next level prunes; level 0, the dense network under the full mask, is the reference
     for matching). `density` is measured
@@ -102,7 +102,7 @@ def imp_records(tracker: Tracker, sweep: str | None = None,
         m = run.data.metrics
         if tag(run, "level") is None or "final_test_accuracy" not in m or _superseded(run, jobs):
             continue
-        ident = (tag(run, "sweep"), tag(run, "trial"), tag(run, "job"))
+        ident = (tag(run, "sweep"), tag(run, "trial"), tag(run, "study"), tag(run, "job"))
         if ident in seen:
             continue
         seen.add(ident)

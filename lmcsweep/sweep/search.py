@@ -318,7 +318,8 @@ def objective_value(tracker: Any, plan: Plan) -> float:
     sweep, objective = plan.sweep, plan.sweep.search.objective
     hashes = {j.hash for j in plan.jobs}
     runs = [r for r in tracker.search(f"tags.`{TAG}sweep` = '{sweep.name}' and tags.`{TAG}trial` = '{plan.trial}' "
-                                      f"and attributes.status = '{FINISHED}'") if tag(r, "job") in hashes]
+                                      f"and attributes.status = '{FINISHED}'")
+            if tag(r, "job") in hashes and tag(r, "study") in (None, plan.study)]
     control = None if objective.control == "none" else objective.control
     ipe = plan.hyper.iterations_per_epoch
 
@@ -447,7 +448,9 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
                 fail(trial, trial_run, problem)
                 continue
             try:
-                batch.append((trial, trial_run, build_plan(variant(sweep, point), trial=n, overrides=params)))
+                plan = build_plan(variant(sweep, point), trial=n, overrides=params)
+                plan.study = study.study_name
+                batch.append((trial, trial_run, plan))
             except ConfigError as exc:
                 fail(trial, trial_run, f"invalid variant: {exc}")
         if not batch:

@@ -9,6 +9,7 @@ query of the store's tags (`Tracker.run_rows`).
 from __future__ import annotations
 
 import fcntl
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +45,35 @@ def _recorded_config(tracker: Tracker, run: dict[str, Any]) -> SweepConfig | Non
     return None
 
 
-def current_jobs(tracker: Tracker, store_root: str | Path, name: str | None = None) -> dict[str, set[str]]:
-    """Sweep name -> the job hashes of its current definition (the config its sweep run recorded
-    last), for every sweep in the store (or `name`). A sweep edited and run again keeps the runs of
-    the jobs it no longer has; they are not its results any more. A sweep whose recorded config
-    cannot be read is left out (its records are not filtered)."""
+@dataclass(frozen=True)
+class Current:
+    """A sweep's current definition: its jobs' hashes, and for a search its Optuna study's name."""
+
+    jobs: set[str]
+    study: str | None = None
+
+    def has(self, job: str | None, study: str | None) -> bool:
+        """Whether a run of `job` (tagged with `study`, for a trial's) belongs to it: runs of jobs it
+        no longer has, or of the trials of an earlier study of an edited search, do not."""
+        return job in self.jobs and (self.study is None or study is None or study == self.study)
+
+
+def current_jobs(tracker: Tracker, store_root: str | Path, name: str | None = None) -> dict[str, Current]:
+    """Sweep name -> its current definition (from the config its sweep run recorded last), for every
+    sweep in the store (or `name`). A sweep edited and run again keeps the runs of the jobs it no
+    longer has; they are not its results any more. A sweep whose recorded config cannot be read is
+    left out (its records are not filtered)."""
     out = {}
     for run in tracker.run_rows(name):
         if run["kind"] == "sweep":
             config = _recorded_config(tracker, run)
             if config is not None:
-                out[run["sweep"]] = plan_hashes(config, store_root)
+                study = None
+                if config.search is not None:
+                    from .search import study_name
+
+                    study = study_name(config)
+                out[run["sweep"]] = Current(plan_hashes(config, store_root), study)
     return out
 
 
