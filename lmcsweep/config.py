@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StrictInt, ValidationError
 
 from .steps import Step, parse_step
 
@@ -105,10 +105,10 @@ PRESETS: dict[str, Preset] = {
 
 class SyntheticConfig(Strict):
     shape: tuple[int, int, int] = (3, 32, 32)
-    classes: int = Field(10, ge=2)
-    train: int = Field(512, ge=1)
-    test: int = Field(256, ge=1)
-    seed: int = Field(0, ge=0)
+    classes: StrictInt = Field(10, ge=2)
+    train: StrictInt = Field(512, ge=1)
+    test: StrictInt = Field(256, ge=1)
+    seed: StrictInt = Field(0, ge=0)
 
 
 class DataConfig(Strict):
@@ -117,23 +117,23 @@ class DataConfig(Strict):
     loader: Literal["tensor", "ffcv"] = Field("tensor", description="in-memory tensors or FFCV .beton files")
     root: str | None = Field(None, description="folder holding the data set (else $LMCSWEEP_DATA, then defaults)")
     download: bool = Field(False, description="allow torchvision to download the data set into root")
-    subset_train: int | None = Field(None, ge=1, description="use only the first N training examples")
-    subset_test: int | None = Field(None, ge=1, description="use only the first N test examples")
+    subset_train: StrictInt | None = Field(None, ge=1, description="use only the first N training examples")
+    subset_test: StrictInt | None = Field(None, ge=1, description="use only the first N test examples")
     augmentation: Literal["none", "crop_flip", "rrc_flip"] | None = Field(None, description="override")
     synthetic: SyntheticConfig | None = None
 
 
 class ModelOptions(Strict):
     width: float | None = Field(None, gt=0, description="resnet20: first-stage channels; vgg16: multiplier")
-    depth: int | None = Field(None, ge=2, description="resnet20: 6n+2 layers")
-    hidden: list[int] | None = Field(None, description="lenet: hidden layer sizes")
+    depth: StrictInt | None = Field(None, ge=2, description="resnet20: 6n+2 layers")
+    hidden: list[StrictInt] | None = Field(None, description="lenet: hidden layer sizes")
 
 
 class TrainConfig(Strict):
     """Overrides of the preset; anything left out comes from the preset."""
 
     iterations: StepField | None = None
-    batch_size: int | None = Field(None, ge=1)
+    batch_size: StrictInt | None = Field(None, ge=1)
     optimizer: Literal["sgd", "adam"] | None = None
     lr: float | None = Field(None, gt=0)
     momentum: float | None = Field(None, ge=0, lt=1)
@@ -149,7 +149,7 @@ class TrainConfig(Strict):
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    cpu_threads: int = Field(1, ge=1, description="kernel threads per network trained on CPU; part of a job's "
+    cpu_threads: StrictInt = Field(1, ge=1, description="kernel threads per network trained on CPU; part of a job's "
                              "identity (MKL and oneDNN sum weight gradients differently for other counts)")
 
 
@@ -159,10 +159,10 @@ Split = Literal["test", "train"]
 
 class InstabilityConfig(Strict):
     rewind: list[StepField] = Field(min_length=1, description="rewind points k")
-    copies: int = Field(2, ge=2, description="copies trained from each k")
+    copies: StrictInt = Field(2, ge=2, description="copies trained from each k")
     pairs: Literal["all", "disjoint"] = Field(
         "all", description="compare every pair of copies, or (0,1), (2,3), ... only (pairs share no copy)")
-    alphas: int = Field(30, ge=2, description="evenly spaced points in [0, 1], endpoints included")
+    alphas: StrictInt = Field(30, ge=2, description="evenly spaced points in [0, 1], endpoints included")
     splits: list[Split] = Field(["test", "train"], min_length=1)
     noise: list[Noise] = Field(["data_order", "augmentation"], min_length=1)
     optimizer: Literal["continue", "restart"] = Field(
@@ -172,13 +172,13 @@ class InstabilityConfig(Strict):
         "more with the learning-rate schedule restarted from iteration 0 (the paper's Figure 4 control)")
     bn: Literal["interpolate", "reset"] = Field(
         "interpolate", description="BatchNorm statistics along the path: interpolated, or re-estimated")
-    bn_batches: int = Field(20, ge=1, description="training batches used to re-estimate BatchNorm (bn: reset)")
-    train_examples: int | None = Field(
+    bn_batches: StrictInt = Field(20, ge=1, description="training batches used to re-estimate BatchNorm (bn: reset)")
+    train_examples: StrictInt | None = Field(
         None, ge=1, description="evaluate the train split on its first N examples (default: all)")
 
 
 class ImpConfig(Strict):
-    levels: int | None = Field(None, ge=1, description="pruning rounds, density (1 - fraction)^level; default: "
+    levels: StrictInt | None = Field(None, ge=1, description="pruning rounds, density (1 - fraction)^level; default: "
                                "down to the preset's IMP density (one level for one_shot)")
     fraction: float = Field(0.2, gt=0, lt=1, description="fraction of remaining weights pruned per level")
     rewind: list[StepField] = Field([Step(0)], min_length=1)
@@ -200,15 +200,15 @@ class ObjectiveConfig(Strict):
     metric: Literal["instability", "accuracy", "error", "earliest_stable"] = "instability"
     split: Split = "test"
     rewind: StepField | None = None
-    level: int | None = Field(None, ge=0)
+    level: StrictInt | None = Field(None, ge=0)
     control: Literal["none", "random_prune", "random_reinit"] = "none"
     direction: Literal["minimize", "maximize"] = "minimize"
 
 
 class SearchConfig(Strict):
     sampler: Literal["grid", "random", "tpe"] = "grid"
-    trials: int = Field(1, ge=1)
-    seed: int = Field(0, ge=0)
+    trials: StrictInt = Field(1, ge=1)
+    seed: StrictInt = Field(0, ge=0)
     space: dict[str, list[Any] | RangeSpec] = Field(min_length=1)
     objective: ObjectiveConfig = ObjectiveConfig()
     storage: str | None = Field(None, description="Optuna storage URL (default: mlruns/optuna.db)")
@@ -220,8 +220,8 @@ class SweepConfig(Strict):
     preset: str
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
-    replicates: int = Field(1, ge=1, description="initialisations")
-    seed: int = Field(0, ge=0, description="base seed; replicate r uses seed + r")
+    replicates: StrictInt = Field(1, ge=1, description="initialisations")
+    seed: StrictInt = Field(0, ge=0, description="base seed; replicate r uses seed + r")
     instability: InstabilityConfig | None = None
     imp: ImpConfig | None = None
     search: SearchConfig | None = None

@@ -151,3 +151,13 @@ def test_search_space_values_are_checked_like_the_file(write_sweep):
     assert [(line, field) for line, field, _ in found] == [(9, "search.space.train.lr"),
                                                            (10, "search.space.instability.alphas")]
     assert "value -1.0: train.lr: input should be greater than 0" in text
+
+
+def test_booleans_and_floats_are_not_taken_for_counts(write_sweep):
+    """`replicates: true` is not 1 and `copies: yes` is not 1 (YAML booleans), `alphas: 2.0` is not 2."""
+    path = write_sweep("name: x\nexperiment: e\npreset: lenet\nreplicates: true\n"
+                       "instability: {rewind: [0it], copies: yes, alphas: 2.0}\n")
+    found, _ = problems(path)
+    assert {(line, field) for line, field, _ in found} == {(4, "replicates"), (5, "instability.copies"),
+                                                           (5, "instability.alphas")}
+    assert all(message == "input should be a valid integer" for _, _, message in found)
