@@ -114,26 +114,30 @@ def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, retry_failed:
         for sweep in _load(files):
             _print_plan(sweep, tracker)
         return
-    from .data import DataError
-    from .sweep.execute import SweepBusy
-    from .tracking import TrackingProcessError
-
     sweeps = _load(files)
-    tracker, store = _backends(ctx, process=True)  # first: its start-up overlaps ours
-    code = 0
-    try:
+    code, tracker = 0, None
+    try:  # Ctrl-C from the first moment on (torch's import included) ends with how to resume
+        tracker, store = _backends(ctx, process=True)  # first: its start-up overlaps ours
         code = 1 if _run(sweeps, tracker, store, progress, retry_failed) else 0
-    except TrackingProcessError as exc:
-        click.echo(f"error: {exc}. The sweep stopped; {RESUME}", err=True)
-        code = 1
-    except (DataError, SweepBusy) as exc:
-        click.echo(f"error: {exc}", err=True)
-        code = 2
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; {RESUME}", err=True)
         code = 130
+    except Exception as exc:
+        from .data import DataError  # (imported by now: they are what raised)
+        from .sweep.execute import SweepBusy
+        from .tracking import TrackingProcessError
+
+        if isinstance(exc, TrackingProcessError):
+            click.echo(f"error: {exc}. The sweep stopped; {RESUME}", err=True)
+            code = 1
+        elif isinstance(exc, (DataError, SweepBusy)):
+            click.echo(f"error: {exc}", err=True)
+            code = 2
+        else:
+            raise
     finally:
-        tracker.close()
+        if tracker is not None:
+            tracker.close()
     sys.exit(code)
 
 
@@ -175,14 +179,8 @@ def _stored(ctx: click.Context, sweep_name: str | None):
     return tracker, store
 
 
-def _current(tracker, store, sweep_name: str | None, superseded: bool):
-    """Sweep -> its current job hashes (None with `superseded`: every record)."""
-    from .sweep.status import current_jobs
-
-    return None if superseded else current_jobs(tracker, store.root, sweep_name)
-
-
-SUPERSEDED_HELP = "also records of jobs a sweep no longer has (left by runs of an earlier version of its file)"
+SUPERSEDED_HELP = ("also the records of jobs a sweep no longer has (left by runs of an earlier version of its "
+                   "file), marked superseded")
 
 
 @main.command()
@@ -196,11 +194,12 @@ def query(ctx: click.Context, sweep_name: str | None, kind: str, fmt: str, super
     or one per trained subnetwork (imp), of each sweep's current definition (the sweep file it was
     last run with)."""
     from .sweep import query as q
+    from .sweep.status import current_jobs
 
     tracker, store = _stored(ctx, sweep_name)
-    jobs = _current(tracker, store, sweep_name, superseded)
-    records = (q.instability_records(tracker, sweep_name, jobs=jobs) if kind == "instability"
-               else q.imp_records(tracker, sweep_name, jobs=jobs))
+    jobs = current_jobs(tracker, store.root, sweep_name)
+    records = (q.instability_records(tracker, sweep_name, jobs=jobs, superseded=superseded) if kind == "instability"
+               else q.imp_records(tracker, sweep_name, jobs=jobs, superseded=superseded))
     click.echo(q.render(records, fmt, q.INSTABILITY_FIELDS if kind == "instability" else q.IMP_FIELDS))
 
 
@@ -270,11 +269,12 @@ def report(ctx: click.Context, sweep_name: str, out: str, superseded: bool) -> N
     (its current definition's records, as `query`)."""
     from .sweep import query as q
     from .sweep.report import write_report
+    from .sweep.status import current_jobs
 
     tracker, store = _stored(ctx, sweep_name)
-    jobs = _current(tracker, store, sweep_name, superseded)
-    instability = q.instability_records(tracker, sweep_name, jobs=jobs)
-    imp = q.imp_records(tracker, sweep_name, jobs=jobs)
+    jobs = current_jobs(tracker, store.root, sweep_name)
+    instability = q.instability_records(tracker, sweep_name, jobs=jobs, superseded=superseded)
+    imp = q.imp_records(tracker, sweep_name, jobs=jobs, superseded=superseded)
     if not instability and not imp:
         click.echo(f"no records of sweep {sweep_name!r} in the store"
                    + ("" if superseded else " (of its current definition; --superseded: of every version)"), err=True)

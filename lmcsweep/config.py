@@ -278,7 +278,7 @@ def _to_python(node: yaml.Node, path: tuple[Any, ...], lines: _Lines, problems: 
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node)) if not isinstance(key_node, yaml.ScalarNode) else key_node.value
+            key = _scalar(key_node) if not isinstance(key_node, yaml.ScalarNode) else key_node.value
             if key in out:
                 problems.append(Problem(file, key_node.start_mark.line + 1, _dotted(path + (key,)),
                                         "duplicate key"))
@@ -288,7 +288,12 @@ def _to_python(node: yaml.Node, path: tuple[Any, ...], lines: _Lines, problems: 
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_to_python(v, path + (i,), lines, problems, file) for i, v in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
+    return _scalar(node)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    """The value of a composed node, as yaml.safe_load gives it (`key:` with nothing after is None)."""
+    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
 
 
 def read_yaml(path: str | Path) -> tuple[dict[str, Any], _Lines]:

@@ -323,9 +323,9 @@ class Tracker:
         return {j: by_id[r] for j, r in ids.items() if r in by_id}
 
     def run_rows(self, sweep: str | None = None) -> list[dict[str, Any]]:
-        """Every lmcsweep run (of `sweep`) as {run_id, status, start_time, sweep, kind, job, trial},
-        oldest first: one query on the SQLite file, else one search."""
-        keys = ("sweep", "kind", "job", "trial")
+        """Every lmcsweep run (of `sweep`) as {run_id, status, start_time, sweep, kind, job, trial,
+        study}, oldest first: one query on the SQLite file, else one search."""
+        keys = ("sweep", "kind", "job", "trial", "study")
         cols = ", ".join(f"MAX(CASE WHEN t.key = '{TAG}{k}' THEN t.value END)" for k in keys)
         query = (f"SELECT r.run_uuid, r.status, r.start_time, {cols} FROM runs r "
                  f"JOIN tags t ON t.run_uuid = r.run_uuid JOIN experiments e ON e.experiment_id = r.experiment_id "

@@ -161,3 +161,12 @@ def test_booleans_and_floats_are_not_taken_for_counts(write_sweep):
     assert {(line, field) for line, field, _ in found} == {(4, "replicates"), (5, "instability.copies"),
                                                            (5, "instability.alphas")}
     assert all(message == "input should be a valid integer" for _, _, message in found)
+
+
+def test_a_key_with_nothing_after_it_is_null(write_sweep):
+    """`root:` with no value is null, as in any YAML reader (it crashed the line-keeping reader)."""
+    sweep = load_sweep(write_sweep("name: q\nexperiment: e\npreset: lenet\ndata:\n  root:\n"
+                                   "instability:\n  rewind: [0it]\nsearch:\n"))
+    assert sweep.data.root is None and sweep.search is None
+    found, _ = problems(write_sweep("name: q\nexperiment: e\npreset: lenet\ntrain:\n"))
+    assert found[0][:2] == (4, "train")

@@ -266,3 +266,5 @@ def test_query_after_an_edited_search_shows_the_new_studys_trials_only(tmp_path)
     assert len(everything) == 4   # both studies' trials, the shared point twice
     new_study = {t["number"] for t in study_trials(load_sweep(path), store)}
     assert {r["trial"] for r in now} == new_study
+    status = CliRunner().invoke(main, ["--store", str(store), "status", "grid"]).output
+    assert "trials finished 2" in status, status   # the new study's, not 4

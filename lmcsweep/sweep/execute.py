@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import torch
 
 from ..config import SweepConfig, canonical, dataset_of, job_hash, sweep_fingerprint
-from ..data import DataError, load_dataset
+from ..data import load_dataset
 from ..store import Store
 from ..tracking import FAILED, FINISHED, Tracker, tag
 from .jobs import BODIES, Context, run_branches, run_trains
@@ -441,31 +441,27 @@ def run_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, progress: bool
         runner.dataset(sweep, dataset_of(sweep), background=True)  # read while MLflow answers
         experiment_id = tracker.experiment(sweep.experiment)
         tracker.mark_stale_running(sweep.name)
+        runner.dataset(sweep, dataset_of(sweep))  # a missing data set (DataError) stops here, before any run
         outcome.sweep_run = runner.sweep_run(sweep, experiment_id)
-        try:
-            if sweep.search is not None:
-                from .search import run_search
+        if sweep.search is not None:
+            from .search import run_search
 
-                run_search(sweep, runner, experiment_id, outcome)
-            else:
-                plan = build_plan(sweep)
-                done = set(runner._tree_runs(sweep, None)["finished"])
-                left = summary([plan], done)["iterations_remaining"]
-                bar = tqdm(total=left, unit="it", disable=not progress or left == 0, dynamic_ncols=True,
-                           mininterval=0.5)
-                try:
-                    runner.run_plan(plan, experiment_id, outcome.sweep_run, outcome, bar)
-                finally:
-                    bar.close()
-            if sweep.imp is not None and (outcome.computed or outcome.reused):
-                from .imp import log_matching  # matching needs every replicate: logged once they are all there
-                from .status import plan_hashes
+            run_search(sweep, runner, experiment_id, outcome)
+        else:
+            plan = build_plan(sweep)
+            done = set(runner._tree_runs(sweep, None)["finished"])
+            left = summary([plan], done)["iterations_remaining"]
+            bar = tqdm(total=left, unit="it", disable=not progress or left == 0, dynamic_ncols=True,
+                       mininterval=0.5)
+            try:
+                runner.run_plan(plan, experiment_id, outcome.sweep_run, outcome, bar)
+            finally:
+                bar.close()
+        if sweep.imp is not None and (outcome.computed or outcome.reused):
+            from .imp import log_matching  # matching needs every replicate: logged once they are all there
+            from .status import plan_hashes
 
-                log_matching(tracker, sweep.name, plan_hashes(sweep, store.root))
-        except DataError as exc:  # read when the first job needs it: no job has started (a trial is asked again)
-            tracker.set_tags(outcome.sweep_run, {"error": str(exc)[:5000]})
-            tracker.finish(outcome.sweep_run, FAILED)
-            raise
+            log_matching(tracker, sweep.name, plan_hashes(sweep, store.root))
         _tracking_failures(tracker, runner, outcome)
         tracker.finish(outcome.sweep_run, FAILED if outcome.failed else FINISHED)
     outcome.seconds = time.time() - started

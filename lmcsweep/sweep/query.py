@@ -40,9 +40,10 @@ def _superseded(run: Any, current: dict[str, Any] | None) -> bool:
 
 
 def instability_records(tracker: Tracker, sweep: str | None = None, trial: int | None = None,
-                        jobs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                        jobs: dict[str, Any] | None = None, superseded: bool = False) -> list[dict[str, Any]]:
     """One record per FINISHED interpolation run and split (of one Optuna trial when `trial` is set);
-    with `jobs` (sweep -> `status.Current`), only those of the sweeps' current definitions."""
+    with `jobs` (sweep -> `status.Current`), only those of the sweeps' current definitions, or with
+    `superseded` all of them, each marked `superseded` true or false."""
     flt = f"tags.`{TAG}kind` = 'interpolate' and attributes.status = '{FINISHED}'"
     if sweep:
         flt += f" and tags.`{TAG}sweep` = '{sweep}'"
@@ -51,7 +52,8 @@ def instability_records(tracker: Tracker, sweep: str | None = None, trial: int |
     records, seen = [], set()
     for run in tracker.search(flt):
         ident = (tag(run, "sweep"), tag(run, "trial"), tag(run, "study"), tag(run, "job"))
-        if _superseded(run, jobs) or ident in seen:  # (a job computed again, e.g. after a retry: once)
+        gone = _superseded(run, jobs)
+        if (gone and not superseded) or ident in seen:  # (a job computed again, e.g. after a retry: once)
             continue
         seen.add(ident)
         m = run.data.metrics
@@ -66,7 +68,7 @@ def instability_records(tracker: Tracker, sweep: str | None = None, trial: int |
                 "rewind": _int(tag(run, "rewind")), "control": tag(run, "control"), "split": split,
                 "instability": m[f"instability_{split}"], "error_endpoints": m[f"error_endpoints_{split}"],
                 "error_max": m[f"error_max_{split}"], "stable": bool(m[f"stable_{split}"]),
-                "pair": tag(run, "pair"), **_hp(run),
+                "pair": tag(run, "pair"), **_hp(run), **({"superseded": gone} if superseded else {}),
             })
     records.sort(key=lambda r: (r["sweep"] or "", r["trial"] or -1, r["replicate"] or 0, r["level"] or -1,
                                 r["control"] or "", r["rewind"] or 0, r["pair"] or "", r["split"]))
@@ -78,20 +80,20 @@ IMP_FIELDS = ["sweep", "run_id", "trial", "preset", "dataset", "replicate", "lev
               "dense_accuracy", "dense_std", "dense_median", "matching_std", "matching_02"]
 
 
-def imp_records(tracker: Tracker, sweep: str | None = None,
-                jobs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def imp_records(tracker: Tracker, sweep: str | None = None, jobs: dict[str, Any] | None = None,
+                superseded: bool = False) -> list[dict[str, Any]]:
     """One record per trained IMP subnetwork: the copy-0 branch of every level and control (the
     network the next level prunes; level 0, the dense network under the full mask, is the reference
     for matching). `density` is measured
     (the branch's `density` metric); instability_<split> is the mean over the pairs of its
-    interpolations (None without them); matching fields as in `imp.add_matching`. With `jobs`, as
-    in `instability_records`: only the jobs of the sweeps' current definitions."""
+    interpolations (None without them); matching fields as in `imp.add_matching`. `jobs` and
+    `superseded` as in `instability_records`."""
     from .imp import add_matching
 
     base = f"attributes.status = '{FINISHED}'" + (f" and tags.`{TAG}sweep` = '{sweep}'" if sweep else "")
     pairs: dict[tuple, dict[str, list[float]]] = {}
     for run in tracker.search(base + f" and tags.`{TAG}kind` = 'interpolate'"):
-        if tag(run, "level") is None or _superseded(run, jobs):
+        if tag(run, "level") is None or (_superseded(run, jobs) and not superseded):
             continue
         by_split = pairs.setdefault(_imp_key(run), {})
         for split in ("test", "train"):
@@ -100,7 +102,8 @@ def imp_records(tracker: Tracker, sweep: str | None = None,
     records, seen = [], set()
     for run in tracker.search(base + f" and tags.`{TAG}kind` = 'branch' and tags.`{TAG}copy` = '0'"):
         m = run.data.metrics
-        if tag(run, "level") is None or "final_test_accuracy" not in m or _superseded(run, jobs):
+        gone = _superseded(run, jobs)
+        if tag(run, "level") is None or "final_test_accuracy" not in m or (gone and not superseded):
             continue
         ident = (tag(run, "sweep"), tag(run, "trial"), tag(run, "study"), tag(run, "job"))
         if ident in seen:
@@ -115,7 +118,7 @@ def imp_records(tracker: Tracker, sweep: str | None = None,
             "rewind": _int(tag(run, "rewind")), "control": tag(run, "control"),
             "accuracy": m["final_test_accuracy"],
             **{f"instability_{s}": (sum(inst[s]) / len(inst[s]) if inst.get(s) else None) for s in ("test", "train")},
-            **_hp(run),
+            **_hp(run), **({"superseded": gone} if superseded else {}),
         })
     add_matching(records)
     records = [{**{k: r.get(k) for k in IMP_FIELDS}, **r} for r in records]

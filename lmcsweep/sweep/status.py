@@ -58,6 +58,15 @@ class Current:
         return job in self.jobs and (self.study is None or study is None or study == self.study)
 
 
+def _study(config: SweepConfig | None) -> str | None:
+    """The Optuna study of a search sweep's current definition (None: no search, or unknown)."""
+    if config is None or config.search is None:
+        return None
+    from .search import study_name
+
+    return study_name(config)
+
+
 def current_jobs(tracker: Tracker, store_root: str | Path, name: str | None = None) -> dict[str, Current]:
     """Sweep name -> its current definition (from the config its sweep run recorded last), for every
     sweep in the store (or `name`). A sweep edited and run again keeps the runs of the jobs it no
@@ -68,12 +77,7 @@ def current_jobs(tracker: Tracker, store_root: str | Path, name: str | None = No
         if run["kind"] == "sweep":
             config = _recorded_config(tracker, run)
             if config is not None:
-                study = None
-                if config.search is not None:
-                    from .search import study_name
-
-                    study = study_name(config)
-                out[run["sweep"]] = Current(plan_hashes(config, store_root), study)
+                out[run["sweep"]] = Current(plan_hashes(config, store_root), _study(config))
     return out
 
 
@@ -102,16 +106,16 @@ def sweep_status(tracker: Tracker, store_root: str | Path, name: str | None = No
     out = []
     for sweep_name, runs in sorted(rows_by_sweep.items()):
         latest: dict[str, str] = {}  # job hash -> status of this sweep's latest run of it (FINISHED sticks)
-        trials: dict[str, int] = {}
-        sweep_run = None
-        for run in runs:
-            if run["kind"] == "sweep":
-                sweep_run = run
-            elif run["kind"] == "trial":
-                trials[run["status"]] = trials.get(run["status"], 0) + 1
-            elif run["job"] and latest.get(run["job"]) != FINISHED:
-                latest[run["job"]] = run["status"]
+        sweep_run = next((run for run in reversed(runs) if run["kind"] == "sweep"), None)  # the latest
         config = _recorded_config(tracker, sweep_run) if sweep_run is not None else None
+        study = _study(config)
+        trials: dict[str, int] = {}
+        for run in runs:
+            if run["kind"] == "trial":  # of the current study only (an edited search starts another)
+                if study is None or run["study"] in (None, study):
+                    trials[run["status"]] = trials.get(run["status"], 0) + 1
+            elif run["kind"] != "sweep" and run["job"] and latest.get(run["job"]) != FINISHED:
+                latest[run["job"]] = run["status"]
         hashes = plan_hashes(config, store_root) if config is not None else set(latest)
         alive = runner_alive(store_root, sweep_name)
         state = sweep_run["status"] if sweep_run else "?"
