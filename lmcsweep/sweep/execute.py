@@ -34,7 +34,7 @@ from ..data import load_dataset
 from ..store import Store
 from ..tracking import FAILED, FINISHED, Tracker, tag
 from .jobs import BODIES, Context, run_branches, run_trains
-from .plan import Job, Plan, branch_end
+from .plan import Job, Plan, branch_end, same_study
 
 
 @dataclass
@@ -261,7 +261,7 @@ class Runner:
         for run in self.tracker.runs_of_sweep(sweep.name):
             if tag(run, "trial") != (None if trial is None else str(trial)):
                 continue
-            if study is not None and tag(run, "study") not in (None, study):
+            if not same_study(tag(run, "study"), study):
                 continue
             job = tag(run, "job")
             if not job:

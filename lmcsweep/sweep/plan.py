@@ -60,6 +60,13 @@ class Plan:
         return job
 
 
+def same_study(run_study: str | None, study: str | None) -> bool:
+    """Whether a run tagged with Optuna study `run_study` belongs with `study`: trial n of an
+    earlier study of an edited search is another trial. Unknown on either side (no search, or a
+    run made before runs carried their study) counts as the same."""
+    return run_study is None or study is None or run_study == study
+
+
 def data_identity(sweep: SweepConfig, hyper: Hyper) -> dict[str, Any]:
     d = sweep.data
     return {
@@ -94,10 +101,11 @@ def rewind_iterations(sweep: SweepConfig, hyper: Hyper) -> list[int]:
     return sorted({s.to_iterations(hyper.iterations_per_epoch) for s in steps})
 
 
-def build_plan(sweep: SweepConfig, trial: int | None = None, overrides: dict[str, Any] | None = None) -> Plan:
-    """Expand one sweep (one Optuna variant when `trial` is set) into its jobs, parents first."""
+def build_plan(sweep: SweepConfig, trial: int | None = None, overrides: dict[str, Any] | None = None,
+               study: str | None = None) -> Plan:
+    """Expand one sweep (one Optuna variant when `trial` is set, of `study`) into its jobs, parents first."""
     hyper = resolve(sweep)
-    plan = Plan(sweep=sweep, hyper=hyper, trial=trial, overrides=dict(overrides or {}))
+    plan = Plan(sweep=sweep, hyper=hyper, trial=trial, overrides=dict(overrides or {}), study=study)
     data = data_identity(sweep, hyper)
     inst = sweep.instability
     points = rewind_iterations(sweep, hyper)

@@ -38,7 +38,7 @@ from pydantic import BaseModel
 from ..config import ConfigError, SearchConfig, SweepConfig, _Lines, apply_overrides, job_hash, validate
 from ..seeds import derive_seed
 from ..steps import Step
-from .plan import Plan, build_plan
+from .plan import Plan, build_plan, same_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -319,7 +319,7 @@ def objective_value(tracker: Any, plan: Plan) -> float:
     hashes = {j.hash for j in plan.jobs}
     runs = [r for r in tracker.search(f"tags.`{TAG}sweep` = '{sweep.name}' and tags.`{TAG}trial` = '{plan.trial}' "
                                       f"and attributes.status = '{FINISHED}'")
-            if tag(r, "job") in hashes and tag(r, "study") in (None, plan.study)]
+            if tag(r, "job") in hashes and same_study(tag(r, "study"), plan.study)]
     control = None if objective.control == "none" else objective.control
     ipe = plan.hyper.iterations_per_epoch
 
@@ -448,9 +448,8 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
                 fail(trial, trial_run, problem)
                 continue
             try:
-                plan = build_plan(variant(sweep, point), trial=n, overrides=params)
-                plan.study = study.study_name
-                batch.append((trial, trial_run, plan))
+                batch.append((trial, trial_run, build_plan(variant(sweep, point), trial=n, overrides=params,
+                                                           study=study.study_name)))
             except ConfigError as exc:
                 fail(trial, trial_run, f"invalid variant: {exc}")
         if not batch:

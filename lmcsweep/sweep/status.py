@@ -15,7 +15,7 @@ from typing import Any
 
 from ..config import ConfigError, SweepConfig, _Lines, validate
 from ..tracking import FAILED, FINISHED, RUNNING, Tracker
-from .plan import Plan, build_plan
+from .plan import Plan, build_plan, same_study
 
 
 def sweep_plans(sweep: SweepConfig, store_root: str | Path | None) -> list[Plan]:
@@ -55,16 +55,20 @@ class Current:
     def has(self, job: str | None, study: str | None) -> bool:
         """Whether a run of `job` (tagged with `study`, for a trial's) belongs to it: runs of jobs it
         no longer has, or of the trials of an earlier study of an edited search, do not."""
-        return job in self.jobs and (self.study is None or study is None or study == self.study)
+        return job in self.jobs and same_study(study, self.study)
 
 
-def _study(config: SweepConfig | None) -> str | None:
-    """The Optuna study of a search sweep's current definition (None: no search, or unknown)."""
-    if config is None or config.search is None:
+def _current_of(tracker: Tracker, store_root: str | Path, sweep_run: dict[str, Any] | None) -> Current | None:
+    """The definition its sweep run recorded last (None when it cannot be read)."""
+    config = _recorded_config(tracker, sweep_run) if sweep_run is not None else None
+    if config is None:
         return None
-    from .search import study_name
+    study = None
+    if config.search is not None:
+        from .search import study_name
 
-    return study_name(config)
+        study = study_name(config)
+    return Current(plan_hashes(config, store_root), study)
 
 
 def current_jobs(tracker: Tracker, store_root: str | Path, name: str | None = None) -> dict[str, Current]:
@@ -75,9 +79,9 @@ def current_jobs(tracker: Tracker, store_root: str | Path, name: str | None = No
     out = {}
     for run in tracker.run_rows(name):
         if run["kind"] == "sweep":
-            config = _recorded_config(tracker, run)
-            if config is not None:
-                out[run["sweep"]] = Current(plan_hashes(config, store_root), _study(config))
+            now = _current_of(tracker, store_root, run)
+            if now is not None:
+                out[run["sweep"]] = now
     return out
 
 
@@ -107,22 +111,21 @@ def sweep_status(tracker: Tracker, store_root: str | Path, name: str | None = No
     for sweep_name, runs in sorted(rows_by_sweep.items()):
         latest: dict[str, str] = {}  # job hash -> status of this sweep's latest run of it (FINISHED sticks)
         sweep_run = next((run for run in reversed(runs) if run["kind"] == "sweep"), None)  # the latest
-        config = _recorded_config(tracker, sweep_run) if sweep_run is not None else None
-        study = _study(config)
+        now = _current_of(tracker, store_root, sweep_run)
         trials: dict[str, int] = {}
         for run in runs:
             if run["kind"] == "trial":  # of the current study only (an edited search starts another)
-                if study is None or run["study"] in (None, study):
+                if now is None or same_study(run["study"], now.study):
                     trials[run["status"]] = trials.get(run["status"], 0) + 1
             elif run["kind"] != "sweep" and run["job"] and latest.get(run["job"]) != FINISHED:
                 latest[run["job"]] = run["status"]
-        hashes = plan_hashes(config, store_root) if config is not None else set(latest)
+        hashes = now.jobs if now is not None else set(latest)
         alive = runner_alive(store_root, sweep_name)
-        state = sweep_run["status"] if sweep_run else "?"
-        if state == RUNNING and not alive:  # its runner was killed: `lmcsweep run` resumes it
-            state = "INTERRUPTED"
+        sweep_state = sweep_run["status"] if sweep_run else "?"
+        if sweep_state == RUNNING and not alive:  # its runner was killed: `lmcsweep run` resumes it
+            sweep_state = "INTERRUPTED"
         row = {"sweep": sweep_name, "jobs": len(hashes), "done": 0, "running": 0, "failed": 0, "interrupted": 0,
-               "pending": 0, "trials": trials or None, "status": state, "runner": "active" if alive else "none"}
+               "pending": 0, "trials": trials or None, "status": sweep_state, "runner": "active" if alive else "none"}
         for h in hashes:
             state = latest.get(h)
             if h in finished_anywhere or state == FINISHED:
@@ -133,7 +136,7 @@ def sweep_status(tracker: Tracker, store_root: str | Path, name: str | None = No
                 row["failed"] += 1
             else:
                 row["pending"] += 1
-        if config is None:
+        if now is None:
             row["pending"] = None
         out.append(row)
     return out
