@@ -11,8 +11,8 @@ from pathlib import Path
 
 from lmcsweep.config import load_sweep
 from lmcsweep.store import Store
-from lmcsweep.sweep.execute import Outcome, Runner
-from lmcsweep.sweep.plan import build_plan
+from lmcsweep.run.scheduler import Outcome, Runner
+from lmcsweep.plan.build import build_plan
 from lmcsweep.tracking import TrackingProcess
 
 

@@ -37,8 +37,8 @@ instability:
 def populate(root: Path, path: Path, done: int) -> int:
     from lmcsweep.config import load_sweep
     from lmcsweep.store import Store
-    from lmcsweep.sweep.execute import Runner, _mlflow_kind
-    from lmcsweep.sweep.plan import build_plan
+    from lmcsweep.run.scheduler import Runner, _mlflow_kind
+    from lmcsweep.plan.build import build_plan
     from lmcsweep.tracking import FINISHED, Tracker
 
     tracker = Tracker(None, root)

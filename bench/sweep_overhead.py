@@ -37,19 +37,19 @@ CATEGORIES = {  # category: (module, qualified names)
     # fork, ~60 ms a group): the call that waits for them
     "training+evaluation (copies together)": ("lmcsweep.copies", ["together"]),
     "interpolation (evaluation)": ("lmcsweep.interpolate", ["error_curves", "error_curve"]),
-    "planning + config": ("lmcsweep.sweep.plan", ["build_plan", "summary"]),
+    "planning + config": ("lmcsweep.plan.build", ["build_plan"]),
     "config": ("lmcsweep.config", ["load_sweep"]),
-    "data loading (waiting for it)": ("lmcsweep.sweep.execute", ["Runner.dataset"]),
+    "data loading (waiting for it)": ("lmcsweep.run.scheduler", ["Runner.dataset"]),
     # `lmcsweep run` talks to MLflow through its tracking process: the time this process spends
     # sending calls and waiting for answers (queries wait for the writes before them)
     "checkpoint I/O": ("lmcsweep.store", ["Store.save_checkpoint", "Store.load_checkpoint", "Store.save_resume",
                                           "Store.load_resume", "Store.clear_resume", "atomic_save"]),
     "waiting for the writer": ("lmcsweep.store", ["Writer.flush"]),
-    "provenance (git)": ("lmcsweep.sweep.execute", ["provenance"]),
+    "provenance (git)": ("lmcsweep.run.scheduler", ["provenance"]),
     "optimizer construction": ("lmcsweep.train", ["make_optimizer"]),
-    "model construction": ("lmcsweep.sweep.jobs", ["Context.model"]),
-    "branch set-up (checkpoint, masks, loader)": ("lmcsweep.sweep.jobs", ["prepare_branch"]),
-    "run params": ("lmcsweep.sweep.execute", ["Runner._params"]),
+    "model construction": ("lmcsweep.run.bodies", ["Context.model"]),
+    "branch set-up (checkpoint, masks, loader)": ("lmcsweep.run.bodies", ["prepare_branch"]),
+    "run params": ("lmcsweep.run.scheduler", ["Runner._params"]),
 }
 
 
@@ -116,8 +116,8 @@ def child(sweep: str, store: str, started: float, by_call: bool) -> None:
     sweeps = cli._load((sweep,))
     t = time.perf_counter()
     import torch  # noqa: F401  -- the heavy imports, timed on their own
-    import lmcsweep.sweep.execute  # noqa: F401
-    import lmcsweep.sweep.jobs  # noqa: F401
+    import lmcsweep.run.scheduler  # noqa: F401
+    import lmcsweep.run.bodies  # noqa: F401
     imports = time.perf_counter() - t
     import inspect
 

@@ -69,11 +69,12 @@ def validate(files: tuple[str, ...]) -> None:
 
 
 def _print_plan(sweep, tracker) -> None:
-    from .sweep.plan import build_plan, summary
+    from .plan.build import build_plan
+    from .plan.graph import summary
 
     plans = [build_plan(sweep)]
     if sweep.search is not None:
-        from .sweep.search import trial_plans
+        from .search.driver import trial_plans
 
         plans = trial_plans(sweep, tracker.root)
     jobs = {j.hash for p in plans for j in p.jobs}
@@ -124,7 +125,7 @@ def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, retry_failed:
         code = 130
     except Exception as exc:
         from .data import DataError  # (imported by now: they are what raised)
-        from .sweep.execute import SweepBusy
+        from .run.scheduler import SweepBusy
         from .tracking import TrackingProcessError
 
         if isinstance(exc, TrackingProcessError):
@@ -146,7 +147,7 @@ RESUME = ("run the same command again to resume (runs left RUNNING are marked KI
 
 
 def _run(sweeps, tracker, store, progress: bool, retry_failed: bool) -> bool:
-    from .sweep.execute import run_sweep
+    from .sweep import run_sweep
 
     failed = False
     for sweep in sweeps:
@@ -193,8 +194,8 @@ def query(ctx: click.Context, sweep_name: str | None, kind: str, fmt: str, super
     """Print stored records read back from MLflow: one per interpolation and split (instability)
     or one per trained subnetwork (imp), of each sweep's current definition (the sweep file it was
     last run with)."""
-    from .sweep import query as q
-    from .sweep.status import current_jobs
+    from .records import query as q
+    from .records.status import current_jobs
 
     tracker, store = _stored(ctx, sweep_name)
     jobs = current_jobs(tracker, store.root, sweep_name)
@@ -208,7 +209,7 @@ def query(ctx: click.Context, sweep_name: str | None, kind: str, fmt: str, super
 @click.pass_context
 def status(ctx: click.Context, name: str | None) -> None:
     """Each sweep in the store (or sweep NAME) with its jobs done / running / failed / pending."""
-    from .sweep.status import sweep_status
+    from .records.status import sweep_status
 
     tracker, store = _backends(ctx)
     rows = sweep_status(tracker, store.root, name)
@@ -267,9 +268,9 @@ def data_prepare(ctx: click.Context, dataset: str, root: str | None, out: str | 
 def report(ctx: click.Context, sweep_name: str, out: str, superseded: bool) -> None:
     """Figures (instability vs rewind point, accuracy vs density) and an HTML page of SWEEP_NAME
     (its current definition's records, as `query`)."""
-    from .sweep import query as q
-    from .sweep.report import write_report
-    from .sweep.status import current_jobs
+    from .records import query as q
+    from .records.report import write_report
+    from .records.status import current_jobs
 
     tracker, store = _stored(ctx, sweep_name)
     jobs = current_jobs(tracker, store.root, sweep_name)

@@ -143,7 +143,7 @@ def test_run_imports_neither_mlflow_nor_dynamo(write_sweep, store, tmp_path):
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
-    assert "torch" in imported and "lmcsweep.sweep.jobs" in imported  # the check sees this process's imports
+    assert "torch" in imported and "lmcsweep.run.bodies" in imported  # the check sees this process's imports
     assert not {m for m in imported if m.split(".")[0] == "mlflow" or m.startswith("torch._dynamo")}
     assert "0 failed" in out.stdout, out.stdout
 

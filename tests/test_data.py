@@ -263,7 +263,7 @@ def test_runner_reads_the_data_set_once_and_in_the_background(tmp_path, write_sw
     copy, later ones (and Optuna trials) the same; a missing data set fails where it is needed."""
     from lmcsweep.config import load_sweep
     from lmcsweep.store import Store
-    from lmcsweep.sweep.execute import Runner
+    from lmcsweep.run.scheduler import Runner
     from lmcsweep.tracking import Tracker
 
     sweep = load_sweep(write_sweep())

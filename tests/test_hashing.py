@@ -9,7 +9,7 @@ import pytest
 
 from lmcsweep.config import job_hash, load_sweep
 from lmcsweep.steps import Step
-from lmcsweep.sweep.plan import build_plan
+from lmcsweep.plan.build import build_plan
 
 BASE = """\
 name: pin

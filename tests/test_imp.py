@@ -20,10 +20,11 @@ from lmcsweep import prune
 from lmcsweep.cli import main
 from lmcsweep.config import ConfigError, load_sweep
 from lmcsweep.store import Store
-from lmcsweep.sweep import jobs as job_bodies
-from lmcsweep.sweep.execute import Runner, run_sweep
-from lmcsweep.sweep.imp import add_matching
-from lmcsweep.sweep.plan import build_plan
+from lmcsweep.run import bodies as job_bodies
+from lmcsweep.run.scheduler import Runner
+from lmcsweep.sweep import run_sweep
+from lmcsweep.records.matching import add_matching
+from lmcsweep.plan.build import build_plan
 from lmcsweep.tracking import Tracker
 
 SWEEP = """\
@@ -148,7 +149,7 @@ def test_levels_default_to_the_presets_density(tmp_path, preset, style, expected
     """Without imp.levels, IMP prunes down to the Table-1 density of the preset (0.8^15 for LeNet,
     1.5% for VGG-16: 19 levels give 1.44%), or one level for one-shot pruning."""
     from lmcsweep.config import PRESETS
-    from lmcsweep.sweep.imp import levels
+    from lmcsweep.plan.imp import levels
 
     text = f"name: d\nexperiment: d\npreset: {preset}\nimp: {{rewind: [0it]" + (f", style: {style}" if style else "") + "}\n"
     plan = build_plan(load_sweep(_write(tmp_path, text)))

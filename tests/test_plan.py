@@ -5,8 +5,9 @@ from __future__ import annotations
 import textwrap
 
 from lmcsweep.config import load_sweep
-from lmcsweep.sweep.plan import branch_end, build_plan, lr_offset, summary
-from lmcsweep.sweep.search import trial_plans
+from lmcsweep.plan.build import build_plan
+from lmcsweep.plan.graph import branch_end, lr_offset, summary
+from lmcsweep.search.driver import trial_plans
 
 SWEEP = """\
 name: counts

@@ -18,9 +18,9 @@ from lmcsweep.config import load_sweep
 from lmcsweep.data import load_dataset, make_loader
 from lmcsweep.models import build_model
 from lmcsweep.store import Store
-from lmcsweep.sweep import jobs
-from lmcsweep.sweep.execute import run_sweep
-from lmcsweep.sweep.plan import build_plan
+from lmcsweep.run import bodies as jobs
+from lmcsweep.sweep import run_sweep
+from lmcsweep.plan.build import build_plan
 from lmcsweep.tracking import Tracker
 from lmcsweep.train import make_optimizer, train
 

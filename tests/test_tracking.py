@@ -126,7 +126,8 @@ def test_a_job_whose_tracking_failed_counts_as_failed(tmp_path, cache):
     """The runner's side: at the end of a sweep, a job whose run had a failed write leaves
     `computed` for `failed` (and `lmcsweep run` lists it and exits 1)."""
     from lmcsweep.store import Store
-    from lmcsweep.sweep.execute import Outcome, Runner, _tracking_failures
+    from lmcsweep.run.scheduler import Outcome, Runner
+from lmcsweep.sweep import _tracking_failures
 
     tracker = TrackingProcess(root=tmp_path / "store")
     try:

@@ -38,7 +38,12 @@ from pydantic import BaseModel
 from ..config import ConfigError, SearchConfig, SweepConfig, _Lines, apply_overrides, job_hash, validate
 from ..seeds import derive_seed
 from ..steps import Step
-from .plan import Plan, build_plan, same_study
+from ..plan.build import build_plan
+from ..plan.graph import Plan, same_study, summary
+from ..records.query import instability_records
+from ..run.scheduler import pick_device
+from ..tracking import FAILED, FINISHED, TAG, tag
+from ..copies import at_once
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -312,8 +317,6 @@ def _existing_study(sweep: SweepConfig, store_root: str | Path | None):
 
 def objective_value(tracker: Any, plan: Plan) -> float:
     """The objective of a finished trial from the stored records of exactly its plan's jobs."""
-    from ..tracking import FINISHED, TAG, tag
-    from .query import instability_records
 
     sweep, objective = plan.sweep, plan.sweep.search.objective
     hashes = {j.hash for j in plan.jobs}
@@ -377,8 +380,6 @@ def trials_at_once(sweep: SweepConfig) -> int:
     wave on; otherwise one. Their points never depend on it (a grid point is covered once, a
     random trial is seeded by its number); TPE's would (it learns from finished trials), so TPE
     asks one at a time, and so does a GPU, where networks train one after another anyway."""
-    from ..copies import at_once
-    from .execute import pick_device
 
     if sweep.search.sampler == "tpe":
         return 1
@@ -391,8 +392,6 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
     and has marked RUNNING MLflow runs KILLED."""
     from tqdm.auto import tqdm
 
-    from ..tracking import FAILED, FINISHED
-    from .plan import summary
 
     tracker, search = runner.tracker, sweep.search
     study, retry_before = open_study(sweep, runner.store.root, runner.retry_failed)

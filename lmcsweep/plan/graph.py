@@ -101,35 +101,6 @@ def rewind_iterations(sweep: SweepConfig, hyper: Hyper) -> list[int]:
     return sorted({s.to_iterations(hyper.iterations_per_epoch) for s in steps})
 
 
-def build_plan(sweep: SweepConfig, trial: int | None = None, overrides: dict[str, Any] | None = None,
-               study: str | None = None) -> Plan:
-    """Expand one sweep (one Optuna variant when `trial` is set, of `study`) into its jobs, parents first."""
-    hyper = resolve(sweep)
-    plan = Plan(sweep=sweep, hyper=hyper, trial=trial, overrides=dict(overrides or {}), study=study)
-    data = data_identity(sweep, hyper)
-    inst = sweep.instability
-    points = rewind_iterations(sweep, hyper)
-    for r in range(sweep.replicates):
-        seed = replicate_seed(sweep, r)
-        train_fields = {"hyper": hyper.identity(), "data": data,
-                        "seeds": {"init": seed, "data_order": seed, "augmentation": seed}}
-        train = plan.add(Job(
-            kind="train", hash=job_hash("train", train_fields), fields=train_fields, parents=[],
-            tree_parent=None, tags={"replicate": r, "density": 1.0}, name=f"replicate {r}",
-            iterations=hyper.iterations, trial=trial,
-        ))
-        train.fields["save_at"] = points  # not hashed: any later k is replayed from the nearest checkpoint
-        if inst:
-            for step in inst.rewind:
-                k = step.to_iterations(hyper.iterations_per_epoch)
-                add_instability(plan, train, r, k, level=None, mask=None, control=None, tree_parent=train.hash)
-        if sweep.imp:
-            from .imp import add_imp  # the IMP half of the plan lives beside this file
-
-            add_imp(plan, train, r)
-    return plan
-
-
 def add_instability(plan: Plan, train: Job, replicate: int, k: int, level: int | None, mask: str | None,
                     control: str | None, tree_parent: str, copies: int | None = None,
                     extra: dict[str, Any] | None = None, full_mask: bool = False) -> list[Job]:

@@ -9,18 +9,19 @@ query of the store's tags (`Tracker.run_rows`).
 from __future__ import annotations
 
 import fcntl
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, SweepConfig, _Lines, validate
 from ..tracking import FAILED, FINISHED, RUNNING, Tracker
-from .plan import Plan, build_plan, same_study
+from ..plan.build import build_plan
+from ..plan.graph import Plan
+from .query import Current
 
 
 def sweep_plans(sweep: SweepConfig, store_root: str | Path | None) -> list[Plan]:
     if sweep.search is not None:
-        from .search import trial_plans
+        from ..search.driver import trial_plans  # optuna: loaded only for a sweep with a search
 
         return trial_plans(sweep, store_root)
     return [build_plan(sweep)]
@@ -45,19 +46,6 @@ def _recorded_config(tracker: Tracker, run: dict[str, Any]) -> SweepConfig | Non
     return None
 
 
-@dataclass(frozen=True)
-class Current:
-    """A sweep's current definition: its jobs' hashes, and for a search its Optuna study's name."""
-
-    jobs: set[str]
-    study: str | None = None
-
-    def has(self, job: str | None, study: str | None) -> bool:
-        """Whether a run of `job` (tagged with `study`, for a trial's) belongs to it: runs of jobs it
-        no longer has, or of the trials of an earlier study of an edited search, do not."""
-        return job in self.jobs and same_study(study, self.study)
-
-
 def _current_of(tracker: Tracker, store_root: str | Path, sweep_run: dict[str, Any] | None) -> Current | None:
     """The definition its sweep run recorded last (None when it cannot be read)."""
     config = _recorded_config(tracker, sweep_run) if sweep_run is not None else None
@@ -65,7 +53,7 @@ def _current_of(tracker: Tracker, store_root: str | Path, sweep_run: dict[str, A
         return None
     study = None
     if config.search is not None:
-        from .search import study_name
+        from ..search.driver import study_name  # optuna: loaded only for a sweep with a search
 
         study = study_name(config)
     return Current(plan_hashes(config, store_root), study)

@@ -24,7 +24,7 @@ from ..tracking import Tracker
 from ..copies import kernel_threads, send, together
 from ..optim import Fused
 from ..train import evaluate, make_optimizer, train
-from .plan import Job, branch_end, exempt_layers, lr_offset
+from ..plan.graph import Job, branch_end, exempt_layers, lr_offset
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""IMP with rewinding (Algorithm 2 of the paper) as jobs of the plan, and matching read back.
+"""IMP with rewinding (Algorithm 2 of the paper) as jobs of the plan.
 
 For every replicate, every imp.rewind point k and every level L = 0 .. `levels(plan)`:
 
@@ -23,20 +23,17 @@ store) has them, so a sweep with both an instability and an imp section trains t
 Level L's mask depends on level L-1's trained weights only through job hashes, so the chain is
 static and known before anything runs; a finished level is found by its hash and never retrained.
 
-Matching is a property of a group of replicates, so it is computed when records are read
-(`query.imp_records`) and, at the end of a sweep run, logged on the copy-0 branch runs and on the
-level runs (`log_matching`).
+Matching is read back from the runs: `records.matching`.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from typing import Any
 
-from ..config import PRESETS
+from ..config import PRESETS, job_hash
 from ..seeds import derive_seed
-from .plan import Job, Plan, add_instability, exempt_layers, replicate_seed
+from .graph import Job, Plan, add_instability, exempt_layers, replicate_seed
 
 CONTROLS = ("random_prune", "random_reinit")
 
@@ -122,77 +119,4 @@ def add_imp(plan: Plan, train: Job, replicate: int) -> list[Job]:
 
 
 def _hash(fields: dict[str, Any], parents: list[str]) -> str:
-    from ..config import job_hash
-
     return job_hash("prune", fields, parents)
-
-
-# --------------------------------------------------------------------------------------------
-# Matching
-
-
-def add_matching(records: list[dict[str, Any]]) -> None:
-    """Sets, in place, on IMP records (one per trained subnetwork, replicate by replicate):
-
-    - ``accuracy_mean`` / ``accuracy_median``: over the replicates of its (sweep, trial, rewind,
-      level, control) group;
-    - ``dense_accuracy`` / ``dense_std`` / ``dense_median``: mean, sample std (0 with one replicate)
-      and median over replicates of the dense reference, level 0 of the same (sweep, trial, rewind);
-    - ``matching_std``: accuracy_mean >= dense_accuracy - dense_std (the paper's "within one std",
-      on its mean ± std figures);
-    - ``matching_02``: accuracy_median >= dense_median - 0.002 (the sparsity sweep's 0.2 points; its
-      figures show medians).
-
-    Without a level-0 record for the group's rewind point the reference and matching fields are None.
-    """
-    groups: dict[tuple, list[float]] = {}
-    for r in records:
-        groups.setdefault(_group(r), []).append(r["accuracy"])
-    for r in records:
-        ref = groups.get(_group({**r, "level": 0, "control": None}))
-        mean, median = statistics.fmean(groups[_group(r)]), statistics.median(groups[_group(r)])
-        r.update(accuracy_mean=mean, accuracy_median=median)
-        if not ref:
-            r.update(dense_accuracy=None, dense_std=None, dense_median=None, matching_std=None, matching_02=None)
-            continue
-        dense, dense_median = statistics.fmean(ref), statistics.median(ref)
-        std = statistics.stdev(ref) if len(ref) > 1 else 0.0
-        r.update(dense_accuracy=dense, dense_std=std, dense_median=dense_median,
-                 matching_std=bool(mean >= dense - std - 1e-12),
-                 matching_02=bool(median >= dense_median - 0.002 - 1e-12))
-
-
-def _group(r: dict[str, Any]) -> tuple:
-    return (r["sweep"], r["trial"], r["rewind"], r["level"], r["control"])
-
-
-def log_matching(tracker: Any, sweep: str, jobs: set[str] | None = None) -> int:
-    """Logs matching_std / matching_02 (1 or 0) and the group's accuracy_mean on every copy-0
-    branch run of an IMP level in `sweep` (of the jobs `jobs` only: the sweep's current
-    definition), and IMP's (control none) on its level run. Returns how many runs were written to."""
-    from .query import imp_records
-
-    from .status import Current
-
-    records = imp_records(tracker, sweep, None if jobs is None else {sweep: Current(jobs)})
-    level_runs = {}
-    for run in tracker.runs_of_sweep(sweep, kind="level", status="FINISHED"):
-        t = run.data.tags
-        key = (t.get("lmcsweep.trial"), t.get("lmcsweep.replicate"), t.get("lmcsweep.rewind"),
-               t.get("lmcsweep.level"))
-        level_runs[key] = run.info.run_id
-    written = 0
-    for r in records:
-        if r["matching_std"] is None:
-            continue
-        metrics = [("matching_std", float(r["matching_std"]), 0), ("matching_02", float(r["matching_02"]), 0),
-                   ("accuracy_mean", r["accuracy_mean"], 0)]
-        tracker.log_metrics(r["run_id"], metrics)
-        written += 1
-        if r["control"] is None:
-            key = (None if r["trial"] is None else str(r["trial"]), str(r["replicate"]), str(r["rewind"]),
-                   str(r["level"]))
-            if key in level_runs:
-                tracker.log_metrics(level_runs[key], metrics)
-                written += 1
-    return written

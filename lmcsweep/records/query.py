@@ -6,9 +6,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from typing import Any
 
+from ..plan.graph import same_study
 from ..tracking import FINISHED, TAG, Tracker, tag
+from .matching import add_matching
 
 INSTABILITY_FIELDS = ["sweep", "run_id", "trial", "preset", "dataset", "replicate", "level", "density", "rewind",
                       "control", "split", "instability", "error_endpoints", "error_max", "stable"]
@@ -88,7 +91,6 @@ def imp_records(tracker: Tracker, sweep: str | None = None, jobs: dict[str, Any]
     (the branch's `density` metric); instability_<split> is the mean over the pairs of its
     interpolations (None without them); matching fields as in `imp.add_matching`. `jobs` and
     `superseded` as in `instability_records`."""
-    from .imp import add_matching
 
     base = f"attributes.status = '{FINISHED}'" + (f" and tags.`{TAG}sweep` = '{sweep}'" if sweep else "")
     pairs: dict[tuple, dict[str, list[float]]] = {}
@@ -158,3 +160,44 @@ def render(records: list[dict[str, Any]], fmt: str, fields: list[str] | tuple[st
     lines = ["  ".join(c.ljust(w) for c, w in zip(shown, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Current:
+    """A sweep's current definition: its jobs' hashes, and for a search its Optuna study's name."""
+
+    jobs: set[str]
+    study: str | None = None
+
+    def has(self, job: str | None, study: str | None) -> bool:
+        """Whether a run of `job` (tagged with `study`, for a trial's) belongs to it: runs of jobs it
+        no longer has, or of the trials of an earlier study of an edited search, do not."""
+        return job in self.jobs and same_study(study, self.study)
+
+
+def log_matching(tracker: Any, sweep: str, jobs: set[str] | None = None) -> int:
+    """Logs matching_std / matching_02 (1 or 0) and the group's accuracy_mean on every copy-0
+    branch run of an IMP level in `sweep` (of the jobs `jobs` only: the sweep's current
+    definition), and IMP's (control none) on its level run. Returns how many runs were written to."""
+    records = imp_records(tracker, sweep, None if jobs is None else {sweep: Current(jobs)})
+    level_runs = {}
+    for run in tracker.runs_of_sweep(sweep, kind="level", status="FINISHED"):
+        t = run.data.tags
+        key = (t.get("lmcsweep.trial"), t.get("lmcsweep.replicate"), t.get("lmcsweep.rewind"),
+               t.get("lmcsweep.level"))
+        level_runs[key] = run.info.run_id
+    written = 0
+    for r in records:
+        if r["matching_std"] is None:
+            continue
+        metrics = [("matching_std", float(r["matching_std"]), 0), ("matching_02", float(r["matching_02"]), 0),
+                   ("accuracy_mean", r["accuracy_mean"], 0)]
+        tracker.log_metrics(r["run_id"], metrics)
+        written += 1
+        if r["control"] is None:
+            key = (None if r["trial"] is None else str(r["trial"]), str(r["replicate"]), str(r["rewind"]),
+                   str(r["level"]))
+            if key in level_runs:
+                tracker.log_metrics(level_runs[key], metrics)
+                written += 1
+    return written
