@@ -29,7 +29,7 @@ import torch
 from lmcsweep.config import Hyper
 from lmcsweep.data import load_dataset, make_loader
 from lmcsweep.models import build_model
-from lmcsweep.copies import together
+from lmcsweep.run.together import together
 from lmcsweep.train import make_optimizer, train
 
 

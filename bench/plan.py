@@ -37,7 +37,8 @@ instability:
 def populate(root: Path, path: Path, done: int) -> int:
     from lmcsweep.config import load_sweep
     from lmcsweep.store import Store
-    from lmcsweep.run.scheduler import Runner, _mlflow_kind
+    from lmcsweep.run.bodies import KINDS
+    from lmcsweep.run.scheduler import Runner
     from lmcsweep.plan.build import build_plan
     from lmcsweep.tracking import FINISHED, Tracker
 
@@ -48,7 +49,7 @@ def populate(root: Path, path: Path, done: int) -> int:
     experiment = tracker.experiment(sweep.experiment)
     parent = runner.sweep_run(sweep, experiment)
     for job in plan.jobs[:done]:
-        run = tracker.start(experiment, job.name, _mlflow_kind(job),
+        run = tracker.start(experiment, job.name, KINDS[job.kind].run_kind,
                             {**runner._job_tags(plan, job), "origin": "computed"}, parent=parent,
                             params=runner._params(plan, job))
         tracker.log_metrics(run, [("final_test_accuracy", 0.9, 1)])

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from _runner import time_plan  # bench/ is on sys.path when a script in it runs
-from lmcsweep.copies import kernel_threads
+from lmcsweep.run.together import kernel_threads
 from lmcsweep.data import load_dataset
 
 SWEEP = """\

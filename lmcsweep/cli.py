@@ -125,7 +125,7 @@ def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, retry_failed:
         code = 130
     except Exception as exc:
         from .data import DataError  # (imported by now: they are what raised)
-        from .run.scheduler import SweepBusy
+        from .store import SweepBusy
         from .tracking import TrackingProcessError
 
         if isinstance(exc, TrackingProcessError):

@@ -4,6 +4,10 @@ Layout under the store root (default ``mlruns/``, beside the MLflow database)::
 
     checkpoints/<job hash>/it<iteration>.pt     weights (+ optimizer state) at an iteration
     checkpoints/<job hash>/resume.pt            the latest resume point of an unfinished job
+    locks/<sweep>.lock                          held by the one runner of a sweep (`sweep_lock`)
+    checkpoints/<job hash>/mask.pt              the masks of an IMP level (a prune job)
+    plans/<sweep>/plan.json                     the job specs of a sweep run (`lmcsweep job run`)
+    plans/<sweep>/trial-<n>/plan.json           those of trial n of its search
 
 A write goes to a temporary file in the same folder, is flushed to disk and then renamed over the
 target, so a process killed mid-write never leaves a partial file under the final name.
@@ -11,11 +15,13 @@ target, so a process killed mid-write never leaves a partial file under the fina
 
 from __future__ import annotations
 
-import os
 import contextlib
+import fcntl
+import json
+import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:
     import torch
@@ -41,11 +47,43 @@ def atomic_save(obj: Any, path: Path) -> None:
         raise
 
 
+class SweepBusy(RuntimeError):
+    """Another runner holds the sweep's lock."""
+
+
 class Store:
-    """Files of jobs, addressed by job hash."""
+    """Files of jobs, addressed by job hash; the sweeps' locks."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
+
+    def _lock_path(self, sweep: str) -> Path:
+        return self.root / "locks" / f"{sweep}.lock"
+
+    @contextlib.contextmanager
+    def sweep_lock(self, sweep: str) -> Iterator[None]:
+        """One runner per sweep and store at a time (so RUNNING runs left behind are known to be dead)."""
+        path = self._lock_path(sweep)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise SweepBusy(f"sweep {sweep!r} is already running against this store (lock {path} is held)") from None
+            yield
+
+    def runner_alive(self, sweep: str) -> bool:
+        """Whether a runner holds the sweep's lock now (else RUNNING runs are leftovers of a kill)."""
+        path = self._lock_path(sweep)
+        if not path.exists():
+            return False
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
 
     def job_dir(self, job: str) -> Path:
         return self.root / "checkpoints" / job
@@ -89,6 +127,44 @@ class Store:
             shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
         return True
+
+    def checkpoint_iterations(self, job: str) -> list[int]:
+        """The iterations `job` has checkpoints at, in order."""
+        return sorted(int(p.stem[2:]) for p in self.job_dir(job).glob("it*.pt"))
+
+    def save_masks(self, job: str, masks: dict[str, Any]) -> Path:
+        path = self.job_dir(job) / "mask.pt"
+        atomic_save(masks, path)
+        return path
+
+    def load_masks(self, job: str) -> dict[str, Any]:
+        import torch
+
+        return torch.load(self.job_dir(job) / "mask.pt", map_location="cpu", weights_only=False)
+
+    def plan_path(self, sweep: str, trial: int | None = None) -> Path:
+        folder = self.root / "plans" / sweep
+        return (folder if trial is None else folder / f"trial-{trial}") / "plan.json"
+
+    def save_plan(self, sweep: str, trial: int | None, data: dict[str, Any]) -> None:
+        """Write a plan's specs (JSON) atomically."""
+        path = self.plan_path(sweep, trial)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".plan.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def load_plan(self, sweep: str, trial: int | None = None) -> dict[str, Any] | None:
+        path = self.plan_path(sweep, trial)
+        return json.loads(path.read_text()) if path.exists() else None
 
     def save_resume(self, job: str, state: dict[str, Any]) -> None:
         atomic_save(state, self.job_dir(job) / "resume.pt")

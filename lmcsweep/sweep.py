@@ -12,7 +12,7 @@ from .plan.build import build_plan
 from .plan.graph import summary
 from .records.query import log_matching
 from .records.status import plan_hashes
-from .run.scheduler import Outcome, Runner, sweep_lock
+from .run.scheduler import Outcome, Runner
 from .store import Store
 from .tracking import FAILED, FINISHED, Tracker
 
@@ -32,7 +32,7 @@ def run_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, progress: bool
     """Run (or resume) a whole sweep; with a `search` section, its Optuna trials."""
     started = time.time()
     outcome = Outcome()
-    with sweep_lock(store, sweep.name):
+    with store.sweep_lock(sweep.name):
         runner = Runner(tracker, store, progress=progress, retry_failed=retry_failed)
         runner.dataset(sweep, dataset_of(sweep), background=True)  # read while MLflow answers
         experiment_id = tracker.experiment(sweep.experiment)
@@ -45,7 +45,7 @@ def run_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, progress: bool
             run_search(sweep, runner, experiment_id, outcome)
         else:
             plan = build_plan(sweep)
-            done = set(runner._tree_runs(sweep, None)["finished"])
+            done = set(runner.finished_in_tree(plan))
             left = summary([plan], done)["iterations_remaining"]
             bar = tqdm(total=left, unit="it", disable=not progress or left == 0, dynamic_ncols=True,
                        mininterval=0.5)

@@ -13,7 +13,7 @@ from lmcsweep import interpolate as interp
 from lmcsweep.config import Hyper
 from lmcsweep.data import load_dataset, make_loader
 from lmcsweep.models import build_model
-from lmcsweep.copies import together
+from lmcsweep.run.together import together
 from lmcsweep.models.stacked import stack
 from lmcsweep.train import make_optimizer, train
 
@@ -314,7 +314,7 @@ def test_worker_processes_report_exceptions_and_messages():
     the tasks run, an exception names the worker's traceback, and a worker that dies is reported."""
     import os
 
-    from lmcsweep.copies import send
+    from lmcsweep.run.together import send
 
     seen = []
 

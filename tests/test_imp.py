@@ -78,8 +78,8 @@ def _chains(plan):
 
 
 def _branches(plan, prune_hash, control=None):
-    return [j for j in plan.jobs if j.kind == "branch" and j.fields["mask"] == prune_hash
-            and j.fields["control"] == control]
+    return [j for j in plan.jobs if j.kind == "branch" and j.spec.mask == prune_hash
+            and j.spec.control == control]
 
 
 # ------------------------------------------------------------------------------ the plan
@@ -96,7 +96,7 @@ def test_plan_levels_controls_and_seeds(tmp_path):
         train = next(j for j in plan.jobs if j.kind == "train" and j.tags["replicate"] == r)
         assert [p.tags["level"] for p in prunes] == [0, 1, 2]
         for level, p in enumerate(prunes):
-            f = p.fields
+            f = p.spec.identity()
             assert p.iterations == 0 and p.tree_parent == train.hash
             assert p.tags["density"] == pytest.approx(0.8 ** level)
             assert f["fraction"] == 0.2 and f["style"] == "iterative" and f["target_density"] is None
@@ -106,16 +106,16 @@ def test_plan_levels_controls_and_seeds(tmp_path):
             assert all(b.tree_parent == p.hash and b.tags["level"] == level for b in imp)
             if level == 0:
                 assert f["source"] is None and f["previous"] is None and p.parents == [train.hash]
-                assert not [j for j in plan.jobs if j.kind == "branch" and j.fields["mask"] == p.hash
-                            and j.fields["control"]]    # no controls at density 1
+                assert not [j for j in plan.jobs if j.kind == "branch" and j.spec.mask == p.hash
+                            and j.spec.control]    # no controls at density 1
             else:
                 before = prunes[level - 1]
                 assert f["source"] == _branches(plan, before.hash)[0].hash and f["previous"] == before.hash
                 assert p.parents == [f["source"], f["previous"]]
                 for control in ("random_prune", "random_reinit"):
                     branches = _branches(plan, p.hash, control)
-                    assert len(branches) == 2 and len({b.fields["control_seed"] for b in branches}) == 1
-                    seeds.add(branches[0].fields["control_seed"])
+                    assert len(branches) == 2 and len({b.spec.control_seed for b in branches}) == 1
+                    seeds.add(branches[0].spec.control_seed)
             # the level's pair is interpolated, nested under copy 0
             assert [j for j in plan.jobs if j.kind == "interpolate" and j.parents == [imp[0].hash, imp[1].hash]]
     assert len(seeds) == 2 * 2 * 2  # a seed per control, level and replicate
@@ -133,8 +133,8 @@ def test_one_shot_plan_and_validation(tmp_path):
     one_shot = SWEEP.replace("levels: 2", "levels: 1\n  style: one_shot\n  target_density: 0.3")
     plan = build_plan(load_sweep(_write(tmp_path, one_shot)))
     prunes = _chains(plan)[(0, K)]
-    assert [p.fields["style"] for p in prunes] == ["one_shot"] * 2
-    assert prunes[1].fields["target_density"] == 0.3 and prunes[1].tags["density"] == 0.3
+    assert [p.spec.style for p in prunes] == ["one_shot"] * 2
+    assert prunes[1].spec.target_density == 0.3 and prunes[1].tags["density"] == 0.3
     with pytest.raises(ConfigError, match="one_shot pruning has exactly one level"):
         load_sweep(_write(tmp_path, SWEEP.replace("levels: 2", "levels: 2\n  style: one_shot")))
     no_section = SWEEP.replace("instability: {rewind: [20it], copies: 2, alphas: 3, splits: [test]}\n", "")
@@ -258,7 +258,7 @@ def test_masks_through_the_levels(imp_run):
                 after = sum(int(m.sum()) for m in masks.values())
                 assert before - after == round(0.2 * before)      # exactly fraction of the remaining
                 assert all(not (masks[n] & ~previous[n]).any() for n in masks)   # shrinks, nested
-                trained = store.load_checkpoint(p.fields["source"], T)["model"]
+                trained = store.load_checkpoint(p.spec.source, T)["model"]
                 kept = torch.cat([trained[n][masks[n]].abs() for n in masks])
                 pruned = torch.cat([trained[n][previous[n] & ~masks[n]].abs() for n in masks])
                 assert kept.min() >= pruned.max()                  # globally the smallest
@@ -268,7 +268,7 @@ def test_masks_through_the_levels(imp_run):
                     weights = store.load_checkpoint(b.hash, T)["model"]
                     assert (weights["fc.weight"] != 0).all()          # the exempt layer trains freely
                     effective = masks if control != "random_prune" else \
-                        prune.random_prune(masks, b.fields["control_seed"])
+                        prune.random_prune(masks, b.spec.control_seed)
                     for n, m in effective.items():               # SGD, momentum 0.9, weight decay
                         assert (weights[n][~m] == 0).all() and (weights[n][m] != 0).any()
                     assert prune.layer_densities(effective) == prune.layer_densities(masks)
@@ -278,11 +278,11 @@ def test_masks_through_the_levels(imp_run):
 def test_rewind_and_controls_start_where_they_should(imp_run):
     path, store_dir, _ = imp_run
     plan = build_plan(load_sweep(path))
-    ctx = Runner(Tracker(root=store_dir), Store(store_dir), progress=False)._context(plan, plan.by_hash(), None)
+    ctx = Runner(Tracker(root=store_dir), Store(store_dir), progress=False).context(plan)
     ctx.tracker = type("NoTracking", (), {"log_metrics": lambda *a, **k: None})()
     p = _chains(plan)[(1, K)][2]
     imp_mask = job_bodies.load_masks(ctx, p.hash)
-    train = plan.by_hash()[p.fields["train"]]
+    train = plan.by_hash()[p.spec.train]
     at_k = ctx.store.load_checkpoint(train.hash, K)
     params_k = at_k["model"]
 
@@ -308,7 +308,7 @@ def test_rewind_and_controls_start_where_they_should(imp_run):
     branch = _branches(plan, p.hash, "random_reinit")[0]
     reinit = job_bodies.prepare_branch(ctx, branch, "run")
     assert all(torch.equal(reinit.masks[n], imp_mask[n]) for n in imp_mask)   # IMP's mask ...
-    fresh = ctx.model(branch.fields["control_seed"]).state_dict()
+    fresh = ctx.model(branch.spec.control_seed).state_dict()
     for n, v in reinit.model.state_dict().items():
         assert torch.equal(v, fresh[n] * imp_mask[n] if n in imp_mask else fresh[n])   # ... on new weights
         if v.dim() > 1:

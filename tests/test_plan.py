@@ -6,7 +6,7 @@ import textwrap
 
 from lmcsweep.config import load_sweep
 from lmcsweep.plan.build import build_plan
-from lmcsweep.plan.graph import branch_end, lr_offset, summary
+from lmcsweep.plan.graph import summary
 from lmcsweep.search.driver import trial_plans
 
 SWEEP = """\
@@ -114,9 +114,9 @@ def test_restarted_schedule_trains_T_more_and_counts_it(tmp_path, cli):
     assert [j.kind for j in plan.jobs] == [j.kind for j in base.jobs]
     for job in plan.jobs:
         if job.kind == "branch":
-            k = job.fields["rewind"]
-            assert job.iterations == 100 and branch_end(plan.hyper, job.fields) == k + 100
-            assert lr_offset(job.fields) == k
+            k = job.spec.rewind
+            assert job.iterations == 100 and job.spec.end == k + 100
+            assert job.spec.lr_offset == k
     # every branch trains T = 100 iterations: 2 replicates x 3 rewind points x 3 copies
     assert summary([plan], set())["iterations_remaining"] == 2 * 100 + 2 * 3 * 3 * 100
     result = cli("plan", path)
@@ -131,14 +131,14 @@ def test_restart_enters_the_hash_only_where_it_changes_the_result(tmp_path):
     for old, new in zip(base.jobs, restart.jobs):
         if old.kind == "train" or old.tags.get("rewind") == 0:
             # k = 0: the schedule restarted at 0 is the schedule: the same jobs, shared with `continue`
-            assert new.hash == old.hash and new.fields == old.fields, old.name
+            assert new.hash == old.hash and new.spec.identity() == old.spec.identity(), old.name
         elif old.kind == "branch":
-            assert new.hash != old.hash and new.fields == {**old.fields, "schedule": "restart"}, old.name
+            assert new.hash != old.hash and new.spec.identity() == {**old.spec.identity(), "schedule": "restart"}, old.name
         else:  # an interpolation: other branches, so another job
-            assert new.hash != old.hash and new.fields["pair"] != old.fields["pair"], old.name
+            assert new.hash != old.hash and new.spec.pair != old.spec.pair, old.name
     both = build_plan(_load(tmp_path, _with(SWEEP, schedule="restart", optimizer="restart"), "b.yaml"))
-    k10 = [j for j in both.jobs if j.kind == "branch" and j.fields["rewind"] == 10]
-    assert k10 and all(j.fields["optimizer"] == "restart" and j.fields["schedule"] == "restart" for j in k10)
+    k10 = [j for j in both.jobs if j.kind == "branch" and j.spec.rewind == 10]
+    assert k10 and all(j.spec.optimizer == "restart" and j.spec.schedule == "restart" for j in k10)
     assert not {j.hash for j in k10} & {j.hash for j in restart.jobs}
 
 
@@ -147,10 +147,10 @@ def test_imp_follows_the_restarted_schedule(tmp_path):
         imp: {levels: 1, rewind: [10it], instability: true, controls: [random_reinit]}
         """)
     plan = build_plan(_load(tmp_path, text))
-    imp = [j for j in plan.jobs if j.kind == "branch" and j.fields["mask"] is not None]
+    imp = [j for j in plan.jobs if j.kind == "branch" and j.spec.mask is not None]
     assert len(imp) == 2 * 3 * 3  # 2 replicates x (level 0, level 1, its control) x 3 copies
-    assert all(j.fields["schedule"] == "restart" and j.iterations == 100 for j in imp)
-    dense = {j.hash for j in plan.jobs if j.kind == "branch" and j.fields["mask"] is None}
+    assert all(j.spec.schedule == "restart" and j.iterations == 100 for j in imp)
+    dense = {j.hash for j in plan.jobs if j.kind == "branch" and j.spec.mask is None}
     level0 = [j for j in imp if j.tags["level"] == 0]
     assert level0 and all(j.same_as in dense for j in level0)  # still the dense branches' twins
 
@@ -165,7 +165,7 @@ def test_disjoint_pairs(tmp_path):
     assert sorted({j.tags["pair"] for j in interps}) == ["0-1", "2-3"]
     for r in range(2):
         for k in (0, 10, 50):
-            pairs = [j.fields["pair"] for j in interps if (j.tags["replicate"], j.tags["rewind"]) == (r, k)]
+            pairs = [j.spec.pair for j in interps if (j.tags["replicate"], j.tags["rewind"]) == (r, k)]
             assert len(pairs) == 2 and len({h for p in pairs for h in p}) == 4
     assert len([j for j in every.jobs if j.kind == "interpolate"]) == 2 * 3 * 6
     # the same branches; its interpolations are some of `all`'s, under the same hashes

@@ -71,7 +71,7 @@ def test_restarted_copies_train_T_more_iterations(fig4):
     _, store, plan = fig4
     tracker = Tracker(root=store)
     runs = {r.data.tags["lmcsweep.job"]: r for r in tracker.runs_of_sweep("fig4", kind="branch", status="FINISHED")}
-    branches = [j for j in plan.jobs if j.kind == "branch" and j.fields["mask"] is None]
+    branches = [j for j in plan.jobs if j.kind == "branch" and j.spec.mask is None]
     assert len(branches) == 8 and {j.hash for j in branches} <= set(runs)
     for job in branches:
         k = job.tags["rewind"]
@@ -101,7 +101,7 @@ def test_imp_levels_follow_the_restarted_schedule(fig4):
         store / "checkpoints" / level0.same_as / f"it{K + T}.pt")
     assert sorted(p.name for p in (store / "checkpoints" / level1.hash).glob("it*.pt")) == [f"it{K + T}.pt"]
     assert runs[level1.hash].data.tags["lmcsweep.origin"] == "computed"
-    assert 0.79 < runs[level1.fields["mask"]].data.metrics["density"] < 0.81
+    assert 0.79 < runs[level1.spec.mask].data.metrics["density"] < 0.81
 
 
 def test_disjoint_pairs_give_copies_over_two_records(fig4):
@@ -117,21 +117,21 @@ def test_restarted_copy_is_the_plain_loop_with_the_schedule_shifted(fig4):
     the learning rate of step k + j that of step j."""
     _, store, plan = fig4
     job = _branch(plan, K, 1)
-    train_job = plan.by_hash()[job.fields["train"]]
+    train_job = plan.by_hash()[job.spec.train]
     state = torch.load(store / "checkpoints" / train_job.hash / f"it{K}.pt", weights_only=False)
     data = load_dataset("fashion_mnist", subset_train=600, subset_test=300)
-    model = build_model("lenet", 10, data.shape, train_job.fields["seeds"]["init"], hidden=[32])
+    model = build_model("lenet", 10, data.shape, train_job.spec.seeds["init"], hidden=[32])
     model.load_state_dict(state["model"])
     optimizer = make_optimizer(model, plan.hyper)
     optimizer.load_state_dict(state["optimizer"])
-    seeds = job.fields["seeds"]
+    seeds = job.spec.seeds
     loader = make_loader(data, "train", 60, seeds["data_order"], seeds["augmentation"])
     for _ in train(model, optimizer, loader.train_batches(K, K + T), plan.hyper, K, K + T, lr_offset=K):
         pass
     saved = torch.load(store / "checkpoints" / job.hash / f"it{K + T}.pt", weights_only=False)["model"]
     assert all(torch.equal(saved[n], model.state_dict()[n]) for n in saved)
     # and not the plain schedule over the same iterations (so the comparison above can fail)
-    plain = build_model("lenet", 10, data.shape, train_job.fields["seeds"]["init"], hidden=[32])
+    plain = build_model("lenet", 10, data.shape, train_job.spec.seeds["init"], hidden=[32])
     plain.load_state_dict(state["model"])
     optimizer = make_optimizer(plain, plan.hyper)
     optimizer.load_state_dict(state["optimizer"])

@@ -175,7 +175,7 @@ def test_grid_trials_run_together_and_give_what_they_give_alone(tmp_path, monkey
     from lmcsweep.sweep import run_sweep
     from lmcsweep.tracking import Tracker
 
-    from lmcsweep import copies
+    from lmcsweep.run import together as copies
 
     monkeypatch.setattr(copies, "cores", lambda: 4)  # as on a 4-core node: 4 trials at once, 4 workers
     sweep = _sweep(tmp_path, "search:" + SEARCH.split("search:")[1])

@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import SweepConfig, job_hash, resolve
-from .graph import Job, Plan, add_instability, data_identity, replicate_seed, rewind_iterations
+from .graph import Plan, add_instability, data_identity, replicate_seed, rewind_iterations
 from .imp import add_imp
+from .specs import Job, TrainSpec
 
 
 def build_plan(sweep: SweepConfig, trial: int | None = None, overrides: dict[str, Any] | None = None,
@@ -20,14 +21,13 @@ def build_plan(sweep: SweepConfig, trial: int | None = None, overrides: dict[str
     points = rewind_iterations(sweep, hyper)
     for r in range(sweep.replicates):
         seed = replicate_seed(sweep, r)
-        train_fields = {"hyper": hyper.identity(), "data": data,
-                        "seeds": {"init": seed, "data_order": seed, "augmentation": seed}}
+        spec = TrainSpec(hyper=hyper.identity(), data=data,
+                         seeds={"init": seed, "data_order": seed, "augmentation": seed}, save_at=points)
         train = plan.add(Job(
-            kind="train", hash=job_hash("train", train_fields), fields=train_fields, parents=[],
+            kind="train", hash=job_hash("train", spec.identity()), spec=spec, parents=[],
             tree_parent=None, tags={"replicate": r, "density": 1.0}, name=f"replicate {r}",
             iterations=hyper.iterations, trial=trial,
         ))
-        train.fields["save_at"] = points  # not hashed: any later k is replayed from the nearest checkpoint
         if inst:
             for step in inst.rewind:
                 k = step.to_iterations(hyper.iterations_per_epoch)

@@ -26,21 +26,7 @@ from typing import Any
 
 from ..config import PRESETS, Hyper, SweepConfig, job_hash, resolve
 from ..seeds import derive_seed
-
-
-@dataclass
-class Job:
-    kind: str                       # train | branch | interpolate | prune
-    hash: str
-    fields: dict[str, Any]          # the inputs that determine the result (hashed)
-    parents: list[str]              # hashes of the jobs it starts from
-    tree_parent: str | None         # the job whose MLflow run this job's run nests under (None: trial/sweep)
-    tags: dict[str, Any]            # lmcsweep.* tags (replicate, rewind, level, density, control, copy)
-    name: str                       # MLflow run name
-    iterations: int = 0             # training iterations it costs
-    trial: int | None = None
-    same_as: str | None = None      # a job that computes the same result bit for bit under another
-    #                                 identity (IMP level 0 = the dense branches): reused once done
+from .specs import BranchSpec, InterpolateSpec, Job
 
 
 @dataclass
@@ -103,7 +89,7 @@ def rewind_iterations(sweep: SweepConfig, hyper: Hyper) -> list[int]:
 
 def add_instability(plan: Plan, train: Job, replicate: int, k: int, level: int | None, mask: str | None,
                     control: str | None, tree_parent: str, copies: int | None = None,
-                    extra: dict[str, Any] | None = None, full_mask: bool = False) -> list[Job]:
+                    control_seed: int | None = None, full_mask: bool = False) -> list[Job]:
     """Branches from checkpoint k of `train` (under `mask`/`control`) and, with instability analysis
     on, the interpolation of every pair of them (`instability.pairs: all`) or of copies (0,1),
     (2,3), ... (`disjoint`). The copies follow `instability.optimizer` and `.schedule` whether
@@ -116,59 +102,48 @@ def add_instability(plan: Plan, train: Job, replicate: int, k: int, level: int |
     n = copies if copies is not None else (inst.copies if inst else 1)
     optimizer_mode = inst.optimizer if inst else "continue"
     # At k = 0 a restarted schedule is the schedule itself: the same job, so the same hash.
-    schedule = {"schedule": "restart"} if inst and inst.schedule == "restart" and k > 0 else {}
+    schedule = "restart" if inst and inst.schedule == "restart" and k > 0 else None
     lvl = level or 0
     base_tags = {"replicate": replicate, "rewind": k, "level": level, "control": control}
     branches = []
     for c in range(n):
-        seeds = copy_seeds(sweep, replicate, lvl, c, noise)
-        fields = {"train": train.hash, "rewind": k, "mask": mask, "control": control, "seeds": seeds,
-                  "optimizer": optimizer_mode, **schedule, **(extra or {})}
+        spec = BranchSpec(train=train.hash, rewind=k, mask=mask, control=control,
+                          seeds=copy_seeds(sweep, replicate, lvl, c, noise), optimizer=optimizer_mode,
+                          schedule=schedule, control_seed=control_seed, parent_seeds=train.spec.seeds)
+        spec.end = hyper.iterations + spec.lr_offset  # T, or k + T with the schedule restarted at k
         label = f"{control or 'imp' if level is not None else 'dense'} k={k} copy {c}"
-        dense = {**fields, "mask": None, "control": None} if full_mask else None
+        dense = BranchSpec(**{**spec.__dict__, "mask": None, "control": None}) if full_mask else None
         branches.append(plan.add(Job(
-            kind="branch", hash=_branch_hash(fields, train.hash),
-            fields=fields, parents=[train.hash] + ([mask] if mask else []), tree_parent=tree_parent,
-            tags={**base_tags, "copy": c}, name=label if level is None else f"level {level} {label}",
-            iterations=branch_end(hyper, fields) - k, trial=plan.trial,
-            same_as=_branch_hash(dense, train.hash) if dense else None,
+            kind="branch", hash=_branch_hash(spec), spec=spec, parents=[train.hash] + ([mask] if mask else []),
+            tree_parent=tree_parent, tags={**base_tags, "copy": c},
+            name=label if level is None else f"level {level} {label}", iterations=spec.end - k,
+            trial=plan.trial, same_as=_branch_hash(dense) if dense else None,
         )))
     if inst and (level is None or (sweep.imp and sweep.imp.instability)):
         pairs = (itertools.combinations(branches, 2) if inst.pairs == "all"
                  else zip(branches[0::2], branches[1::2]))  # disjoint: (0,1), (2,3), ...
         for a, b in pairs:
-            fields = {"pair": [a.hash, b.hash], "alphas": inst.alphas, "splits": sorted(inst.splits),
-                      "bn": inst.bn, "bn_batches": inst.bn_batches, "train_examples": inst.train_examples,
-                      "subset_test": sweep.data.subset_test}
+            spec = InterpolateSpec(pair=[a.hash, b.hash], alphas=inst.alphas, splits=sorted(inst.splits),
+                                   bn=inst.bn, bn_batches=inst.bn_batches, train_examples=inst.train_examples,
+                                   subset_test=sweep.data.subset_test, ends=[a.spec.end, b.spec.end],
+                                   parent_seeds=train.spec.seeds)
             ca, cb = a.tags["copy"], b.tags["copy"]
-            twin = (_interpolate_hash({**fields, "pair": [a.same_as, b.same_as]})
+            twin = (_interpolate_hash(InterpolateSpec(**{**spec.__dict__, "pair": [a.same_as, b.same_as]}))
                     if a.same_as and b.same_as else None)
             plan.add(Job(
-                kind="interpolate", hash=_interpolate_hash(fields), fields=fields,
+                kind="interpolate", hash=_interpolate_hash(spec), spec=spec,
                 parents=[a.hash, b.hash], tree_parent=a.hash, tags={**base_tags, "pair": f"{ca}-{cb}"},
                 name=f"interpolate {ca}-{cb}", trial=plan.trial, same_as=twin,
             ))
     return branches
 
 
-def lr_offset(fields: dict[str, Any]) -> int:
-    """What a branch subtracts from the iteration to read its learning rate: k when its schedule
-    restarts at k (`instability.schedule: restart`), else 0."""
-    return fields["rewind"] if fields.get("schedule") == "restart" else 0
+def _branch_hash(spec: BranchSpec) -> str:
+    return job_hash("branch", spec.identity(), [spec.train] + ([spec.mask] if spec.mask else []))
 
 
-def branch_end(hyper: Hyper, fields: dict[str, Any]) -> int:
-    """The iteration a branch trains to (its final checkpoint's): T, or k + T when its schedule
-    restarts at k. Iterations stay global, so data order and augmentation keep their keys."""
-    return hyper.iterations + lr_offset(fields)
-
-
-def _branch_hash(fields: dict[str, Any], train: str) -> str:
-    return job_hash("branch", fields, [train] + ([fields["mask"]] if fields["mask"] else []))
-
-
-def _interpolate_hash(fields: dict[str, Any]) -> str:
-    return job_hash("interpolate", fields, list(fields["pair"]))
+def _interpolate_hash(spec: InterpolateSpec) -> str:
+    return job_hash("interpolate", spec.identity(), list(spec.pair))
 
 
 def exempt_layers(sweep: SweepConfig) -> list[str]:

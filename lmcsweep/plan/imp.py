@@ -33,7 +33,8 @@ from typing import Any
 
 from ..config import PRESETS, job_hash
 from ..seeds import derive_seed
-from .graph import Job, Plan, add_instability, exempt_layers, replicate_seed
+from .graph import Plan, add_instability, exempt_layers, replicate_seed
+from .specs import Job, PruneSpec
 
 CONTROLS = ("random_prune", "random_reinit")
 
@@ -88,18 +89,16 @@ def add_imp(plan: Plan, train: Job, replicate: int) -> list[Job]:
         source: Job | None = None
         for level in range(levels(plan) + 1):
             density = nominal_density(plan, level)
-            fields = {
-                "train": train.hash, "rewind": k, "level": level,
-                "source": source.hash if source else None,
-                "previous": previous.hash if previous else None,
-                "style": style,
-                "fraction": imp.fraction if style == "iterative" else None,
-                "target_density": target_density(plan) if style == "one_shot" else None,
-                "exempt": exempt,
-            }
+            spec = PruneSpec(
+                train=train.hash, rewind=k, level=level, source=source.hash if source else None,
+                previous=previous.hash if previous else None, style=style,
+                fraction=imp.fraction if style == "iterative" else None,
+                target_density=target_density(plan) if style == "one_shot" else None,
+                exempt=exempt, source_end=source.spec.end if source else None,
+            )
             parents = [source.hash, previous.hash] if source and previous else [train.hash]
             job = plan.add(Job(
-                kind="prune", hash=_hash(fields, parents), fields=fields, parents=parents,
+                kind="prune", hash=job_hash("prune", spec.identity(), parents), spec=spec, parents=parents,
                 tree_parent=train.hash, tags={"replicate": replicate, "rewind": k, "level": level,
                                               "density": round(density, 6), "control": None},
                 name=f"level {level} k={k}", iterations=0, trial=plan.trial,
@@ -111,12 +110,8 @@ def add_imp(plan: Plan, train: Job, replicate: int) -> list[Job]:
             for control in (imp.controls if level > 0 else []):
                 add_instability(plan, train, replicate, k, level=level, mask=job.hash, control=control,
                                 tree_parent=job.hash, copies=copies,
-                                extra={"control_seed": control_seed(plan, control, replicate, level, k)})
+                                control_seed=control_seed(plan, control, replicate, level, k))
             for added in plan.jobs[first:]:   # branches and interpolations carry the level's density
                 added.tags["density"] = round(density, 6)
             previous, source = job, branches[0]
     return prunes
-
-
-def _hash(fields: dict[str, Any], parents: list[str]) -> str:
-    return job_hash("prune", fields, parents)

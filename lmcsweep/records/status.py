@@ -8,11 +8,11 @@ query of the store's tags (`Tracker.run_rows`).
 
 from __future__ import annotations
 
-import fcntl
 from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, SweepConfig, _Lines, validate
+from ..store import Store
 from ..tracking import FAILED, FINISHED, RUNNING, Tracker
 from ..plan.build import build_plan
 from ..plan.graph import Plan
@@ -73,20 +73,6 @@ def current_jobs(tracker: Tracker, store_root: str | Path, name: str | None = No
     return out
 
 
-def runner_alive(store_root: str | Path, name: str) -> bool:
-    """Whether a runner holds the sweep's lock now (else RUNNING runs are leftovers of a kill)."""
-    path = Path(store_root) / "locks" / f"{name}.lock"
-    if not path.exists():
-        return False
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return False
-
-
 def sweep_status(tracker: Tracker, store_root: str | Path, name: str | None = None) -> list[dict[str, Any]]:
     """One row per sweep: jobs, done, running, failed, interrupted, pending (None when its recorded
     config cannot be read), trial runs by status, the sweep run's status (INTERRUPTED: RUNNING, but
@@ -108,7 +94,7 @@ def sweep_status(tracker: Tracker, store_root: str | Path, name: str | None = No
             elif run["kind"] != "sweep" and run["job"] and latest.get(run["job"]) != FINISHED:
                 latest[run["job"]] = run["status"]
         hashes = now.jobs if now is not None else set(latest)
-        alive = runner_alive(store_root, sweep_name)
+        alive = Store(store_root).runner_alive(sweep_name)
         sweep_state = sweep_run["status"] if sweep_run else "?"
         if sweep_state == RUNNING and not alive:  # its runner was killed: `lmcsweep run` resumes it
             sweep_state = "INTERRUPTED"

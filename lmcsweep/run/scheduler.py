@@ -1,4 +1,5 @@
-"""Running a plan: look every job up by hash, reuse what is done, run the rest in order, track it.
+"""Running plans: look every job up by hash, reuse what is done, hand the rest to an executor in
+waves, and record how each ended.
 
 For each job of a plan, wave by wave (`_waves`: parents first; the networks of a wave train together):
 
@@ -8,7 +9,8 @@ For each job of a plan, wave by wave (`_waves`: parents first; the networks of a
    same for a job whose `same_as` twin is done (IMP level 0: the dense branches), whose outputs
    are linked into its own place in the store;
 3. otherwise the job runs in its own MLflow run (``lmcsweep.origin=computed``), nested under its
-   parent job's run; a job killed earlier resumes from its resume checkpoint.
+   parent job's run, on the executor `executors.choose` picks for its group; a job killed earlier
+   resumes from its resume checkpoint.
 
 A failing job is marked FAILED (error as tag and artifact); jobs that depend on it are skipped, the
 others go on, and the run ends with the failures listed.
@@ -16,25 +18,21 @@ others go on, and the run ends with the failures listed.
 
 from __future__ import annotations
 
-import fcntl
-import importlib.metadata
-import subprocess
 import threading
-import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import torch
-
-from ..config import SweepConfig, canonical, dataset_of, job_hash, sweep_fingerprint
-from ..data import load_dataset
+from ..config import SweepConfig
+from ..data import DataSet
+from ..plan.graph import Plan
+from ..plan.specs import Job
 from ..store import Store
-from ..tracking import FAILED, FINISHED, Tracker, tag
-from ..plan.graph import Job, Plan, branch_end, same_study
-from .bodies import BODIES, Context, run_branches, run_trains
+from ..tracking import FAILED, FINISHED, Tracker
+from .bodies import KINDS
+from .context import Context, Datasets, pick_device, provenance
+from .executors import Task, choose
+from .runs import job_params, job_tags, open_sweep_run, record_reuse, tree_runs
 
 
 @dataclass
@@ -48,81 +46,38 @@ class Outcome:
     seconds: float = 0.0
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
-
-
-def provenance() -> dict[str, str]:
-    """Git commit and package versions, recorded on every run."""
-    out = {}
-    try:
-        here = Path(__file__).resolve().parent
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5)
-        if commit.returncode == 0:
-            out["git_commit"] = commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    for pkg in ("lmcsweep", "torch", "torchvision", "mlflow", "optuna", "ffcv", "numpy"):
-        try:
-            out[f"version.{pkg}"] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-class SweepBusy(RuntimeError):
-    """Another runner holds the sweep's lock."""
-
-
-@contextmanager
-def sweep_lock(store: Store, name: str) -> Iterator[None]:
-    """One runner per sweep and store at a time (so RUNNING runs left behind are known to be dead)."""
-    path = store.root / "locks" / f"{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SweepBusy(f"sweep {name!r} is already running against this store (lock {path} is held)") from None
-        yield
-
-
 class Runner:
-    """Runs the plans of one sweep against a tracker and a store, in this process."""
+    """Runs the plans of one sweep against a tracker and a store, from this process."""
 
     def __init__(self, tracker: Tracker, store: Store, progress: bool = True, retry_failed: bool = False):
         self.tracker, self.store = tracker, store
         self.show_progress, self.retry_failed = progress, retry_failed
-        self._prov = provenance()
+        self.provenance = provenance()
         self.computed_runs: dict[str, str] = {}  # run id -> job hash, of the jobs this runner computed
-        self._data: dict[tuple, tuple[threading.Thread, dict[str, Any]]] = {}
+        self.datasets = Datasets()
 
-    # -- the sweep and trial runs -----------------------------------------------------------
+    def dataset(self, sweep: SweepConfig, name: str, background: bool = False) -> DataSet | None:
+        """The data set `name` of `sweep`, read once (`Datasets.get`)."""
+        return self.datasets.get(sweep, name, background)
+
     def sweep_run(self, sweep: SweepConfig, experiment_id: str) -> str:
-        runs = self.tracker.runs_of_sweep(sweep.name, kind="sweep")
-        runs = [r for r in runs if r.info.experiment_id == experiment_id]
-        fingerprint = sweep_fingerprint(sweep)
-        digest = job_hash("sweep", fingerprint)
-        if runs:
-            run = runs[0]
-            if tag(run, "job") != digest:
-                self.tracker.set_tags(run.info.run_id, {"job": digest})
-                self.tracker.log_dict(run.info.run_id, fingerprint, f"config-{digest}.json")
-            self.tracker.reopen(run.info.run_id)
-            return run.info.run_id
-        run_id = self.tracker.start(experiment_id, sweep.name, "sweep", self._tags(sweep, {"job": digest}),
-                                    params={**self._prov, "replicates": sweep.replicates, "seed": sweep.seed})
-        self.tracker.log_dict(run_id, fingerprint, "config.json")
-        return run_id
+        return open_sweep_run(self.tracker, sweep, experiment_id, self.provenance)
 
-    def _tags(self, sweep: SweepConfig, extra: dict[str, Any]) -> dict[str, Any]:
-        return {"sweep": sweep.name, "preset": sweep.preset, "dataset": dataset_of(sweep), **extra}
+    def finished_in_tree(self, plan: Plan) -> dict[str, str]:
+        """The FINISHED runs of `plan`'s tree (its sweep, or its trial of its study), by job hash."""
+        return tree_runs(self.tracker, plan.sweep.name, plan.trial, plan.study)["finished"]
+
+    def context(self, plan: Plan, progress: Any = None) -> Context:
+        """The context the jobs of `plan` run with, in this process."""
+        lock = threading.Lock()  # networks training side by side report progress from their threads
+
+        def update(n: int) -> None:
+            if progress is not None:
+                with lock:
+                    progress.update(n)
+        return Context(sweep=plan.sweep, hyper=plan.hyper, store=self.store, tracker=self.tracker,
+                       device=pick_device(plan.sweep.train.device), data=self.dataset(plan.sweep, plan.hyper.dataset),
+                       progress=update)
 
     # -- running plans -----------------------------------------------------------------------
     def run_plan(self, plan: Plan, experiment_id: str, parent_run: str, outcome: Outcome,
@@ -173,60 +128,54 @@ class Runner:
                 tree.bad.add(job.hash)
                 outcome.failed[job.hash] = tree.failed[job.hash]
                 continue
-            source, tags, extra = original(job), self._job_tags(plan, job), []
+            source, tags, extra = original(job), job_tags(plan, job), []
             if source is None and self._twin_done(tree, job):  # IMP level 0: the dense job's result
                 source, tags, extra = tree.done[job.same_as], {**tags, "same_as": job.same_as}, _twin_metrics(job)
             if source is not None:
-                tree.run_of[job.hash] = tree.done[job.hash] = self._record_reuse(
-                    experiment_id, job, tags, tree.parent_of(job), source, self._params(plan, job), extra)
+                tree.run_of[job.hash] = tree.done[job.hash] = record_reuse(
+                    self.tracker, experiment_id, job, tags, tree.parent_of(job), source,
+                    job_params(plan, job, self.provenance), extra)
                 outcome.reused.append(job.hash)
                 continue
             group = [(tree, job)]
-            if job.kind in ("branch", "train"):  # every network of its wave trains with it (`copies.together`)
+            if KINDS[job.kind].trains:  # every network of its wave trains with it (`executors.pool`)
                 hashes, alike = {job.hash}, _alike(plan)
                 for t, j in by_wave[wave]:
                     if j.kind == job.kind and j.hash not in hashes and _alike(t.plan) == alike and ready(t, j):
                         group.append((t, j))
                         hashes.add(j.hash)  # a job in two plans trains once; the other reuses it
                 group.sort(key=lambda m: -m[1].iterations)  # longest first: the workers finish together
-            self._run_group(experiment_id, job, group, outcome, computed, progress)
+            self._run_group(experiment_id, group, outcome, computed, progress)
 
-    def _run_group(self, experiment_id: str, job: Job, group: list[tuple["_Tree", Job]], outcome: Outcome,
+    def _run_group(self, experiment_id: str, group: list[tuple["_Tree", Job]], outcome: Outcome,
                    computed: dict[str, str], progress: Any) -> None:
-        """Run `job` (a prune or interpolation: alone) or the networks of its wave that train with it
-        (`group`, itself among them), each in its own MLflow run nested in its tree, and record how
-        each ended: FINISHED, or FAILED with its error (then its children are blocked)."""
-        members = []
+        """Run a job (a prune or interpolation: alone) or the networks of a wave that train together
+        (`group`), each in its own MLflow run nested in its tree, on the executor chosen for them,
+        and record how each ended: FINISHED, or FAILED with its error (then its children are blocked)."""
+        tasks, trees = [], {}
         for t, member in group:
-            ctx = self._tree_context(t, progress)
-            run_id = self.tracker.start(experiment_id, member.name, _mlflow_kind(member),
-                                        {**self._job_tags(t.plan, member), "origin": "computed"},
+            if t.context is None:
+                t.context = self.context(t.plan, progress)
+            run_id = self.tracker.start(experiment_id, member.name, KINDS[member.kind].run_kind,
+                                        {**job_tags(t.plan, member), "origin": "computed"},
                                         parent=t.parent_of(member))
             # params go through the background writer, off the training path (flushed before FINISHED)
-            ctx.writer.submit(self.tracker.log_params, run_id, self._params(t.plan, member, len(group)))
+            t.context.writer.submit(self.tracker.log_params, run_id,
+                                    job_params(t.plan, member, self.provenance, len(group)))
             t.run_of[member.hash] = run_id
             t.handled.add(member.hash)
-            members.append((t, member, run_id))
+            tasks.append(Task(t.context, member, run_id))
+            trees[member.hash] = t
         if progress is not None:
-            progress.set_description(f"{group[0][0].plan.sweep.name}: {job.name}"
+            first = group[0][1]
+            progress.set_description(f"{group[0][0].plan.sweep.name}: {first.name}"
                                      + (f" +{len(group) - 1}" if len(group) > 1 else ""))
-        runs = [(t.context, member, run_id) for t, member, run_id in members]
-        errors: dict[str, BaseException] = {}
         try:
-            if job.kind == "branch":
-                errors = run_branches(runs)
-            elif job.kind == "train":  # the dense networks of all replicates
-                errors = run_trains(runs)
-            else:
-                BODIES[job.kind](runs[0][0], job, runs[0][2])
+            errors = choose(tasks[0], KINDS[tasks[0].job.kind].trains).run(tasks)
         except Exception as exc:  # noqa: BLE001 -- any failure of a job is recorded, the sweep goes on
-            errors = {member.hash: exc for _, member, _ in members}
-        for ctx in {id(t.context): t.context for t, _, _ in members}.values():
-            try:
-                ctx.writer.flush()
-            except Exception as exc:  # noqa: BLE001 -- params or metrics could not be written
-                errors = {m.hash: exc for t, m, _ in members if t.context is ctx} | errors
-        for t, member, run_id in members:
+            errors = {task.job.hash: exc for task in tasks}
+        for task in tasks:
+            member, run_id, t = task.job, task.run_id, trees[task.job.hash]
             exc = errors.get(member.hash)
             if exc is None:
                 self.tracker.finish(run_id, FINISHED)
@@ -245,106 +194,9 @@ class Runner:
             progress.update(0)
 
     def _tree(self, plan: Plan, parent_run: str) -> "_Tree":
-        runs = self._tree_runs(plan.sweep, plan.trial, plan.study)
+        runs = tree_runs(self.tracker, plan.sweep.name, plan.trial, plan.study)
         return _Tree(plan, parent_run, runs["finished"], runs["failed"], dict(runs["finished"]),
                      dict(runs["finished"]))
-
-    def _tree_context(self, tree: "_Tree", progress: Any) -> Context:
-        if tree.context is None:
-            tree.context = self._context(tree.plan, tree.plan.by_hash(), progress)
-        return tree.context
-
-    def _tree_runs(self, sweep: SweepConfig, trial: int | None, study: str | None = None) -> dict[str, dict[str, str]]:
-        """This sweep's (trial's) runs by job hash: finished, and failed. A trial's are those of its
-        study: trial n of an earlier study of an edited search is another trial."""
-        finished, failed = {}, {}
-        for run in self.tracker.runs_of_sweep(sweep.name):
-            if tag(run, "trial") != (None if trial is None else str(trial)):
-                continue
-            if not same_study(tag(run, "study"), study):
-                continue
-            job = tag(run, "job")
-            if not job:
-                continue
-            if run.info.status == FINISHED:
-                finished[job] = run.info.run_id
-            elif run.info.status == FAILED:
-                failed[job] = tag(run, "error", "failed")
-        return {"finished": finished, "failed": {j: e for j, e in failed.items() if j not in finished}}
-
-    def _context(self, plan: Plan, jobs: dict[str, Job], progress: Any) -> Context:
-        sweep, hyper = plan.sweep, plan.hyper
-        data = self.dataset(sweep, hyper.dataset)
-        device = pick_device(sweep.train.device)
-        lock = threading.Lock()  # copies training side by side report progress from their threads
-
-        def update(n: int) -> None:
-            if progress is not None:
-                with lock:
-                    progress.update(n)
-        return Context(sweep=sweep, hyper=hyper, store=self.store, tracker=self.tracker, device=device,
-                       data=data, jobs=jobs, progress=update)
-
-    def dataset(self, sweep: SweepConfig, name: str, background: bool = False):
-        """The data set of `sweep` (its `name`: an Optuna variant may not change it), read once; with
-        `background`, only start reading it, on a thread (reading files and decompressing leave the
-        GIL free), so it is ready when the first job needs it (not when it may have to download)."""
-        d = sweep.data
-        synthetic = d.synthetic.model_dump() if d.synthetic else None
-        key = (name, d.root, d.download, d.subset_train, d.subset_test, canonical(synthetic))
-        if background and (d.download or key in self._data):
-            return None
-        if key not in self._data:
-            box: dict[str, Any] = {}
-
-            def read() -> None:
-                try:
-                    box["data"] = load_dataset(name, root=d.root, download=d.download, subset_train=d.subset_train,
-                                               subset_test=d.subset_test, synthetic=synthetic)
-                except BaseException as exc:  # noqa: BLE001 -- raised where the data is needed
-                    box["error"] = exc
-            thread = threading.Thread(target=read, name="lmcsweep-data", daemon=True)
-            thread.start()
-            self._data[key] = (thread, box)
-        thread, box = self._data[key]
-        if background:
-            return None
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return box["data"]
-
-    def _job_tags(self, plan: Plan, job: Job) -> dict[str, Any]:
-        t = {k: v for k, v in job.tags.items() if v is not None}
-        t["job"] = job.hash
-        if plan.trial is not None:
-            t["trial"] = plan.trial
-        if plan.study is not None:
-            t["study"] = plan.study
-        return self._tags(plan.sweep, t)
-
-    def _params(self, plan: Plan, job: Job, group: int = 1) -> dict[str, Any]:
-        h = plan.hyper
-        params = {f"train.{k}": v for k, v in h.__dict__.items()}
-        device = pick_device(plan.sweep.train.device)
-        if job.kind in ("branch", "train"):  # networks trained with it (side by side on CPU; not in its identity)
-            params["train.group"] = group if device.type == "cpu" and not h.compile else 1
-        params.update({f"data.{k}": v for k, v in plan.sweep.data.model_dump(mode="json").items() if v is not None})
-        params.update(self._prov)
-        params["device"] = str(device)
-        params["torch_threads"] = torch.get_num_threads()  # evaluation's; training's is train.cpu_threads
-        params.update({f"hp.{k}": v for k, v in plan.overrides.items()})
-        for key, value in job.fields.items():
-            if key == "seeds":
-                params.update({f"seed.{k}": v for k, v in value.items()})
-            elif key not in ("hyper", "data"):
-                params[f"job.{key}"] = canonical(value) if isinstance(value, (dict, list)) else value
-        if plan.sweep.instability is not None:
-            inst = plan.sweep.instability
-            params.update({"instability.optimizer": inst.optimizer, "instability.schedule": inst.schedule,
-                           "instability.pairs": inst.pairs, "instability.bn": inst.bn,
-                           "instability.noise": ",".join(inst.noise)})
-        return params
 
     def _twin_done(self, tree: "_Tree", job: Job) -> bool:
         """Whether `job` can be reused from its `same_as` twin: the twin finished, and (a branch) its
@@ -352,18 +204,8 @@ class Runner:
         if job.same_as is None or job.same_as not in tree.done:
             return False
         if job.kind == "branch":
-            return self.store.share_checkpoint(job.same_as, job.hash, branch_end(tree.plan.hyper, job.fields))
+            return self.store.share_checkpoint(job.same_as, job.hash, job.spec.end)
         return True
-
-    def _record_reuse(self, experiment_id: str, job: Job, tags: dict[str, Any], parent: str, original: str,
-                      params: dict[str, Any], extra: list[tuple[str, float, int]] = ()) -> str:
-        """A run in this tree standing for a job computed elsewhere (run `original`): its metrics
-        (and `extra` ones), nothing recomputed."""
-        run_id = self.tracker.start(experiment_id, job.name, _mlflow_kind(job),
-                                    {**tags, "origin": "reused", "reused_from": original}, parent=parent, params=params)
-        self.tracker.log_metrics(run_id, self.tracker.metric_history(original) + list(extra))
-        self.tracker.finish(run_id, FINISHED)
-        return run_id
 
 
 @dataclass
@@ -403,15 +245,11 @@ def _waves(trees: list[_Tree]) -> list[tuple[_Tree, Job, int]]:
 
 
 def _alike(plan: Plan) -> tuple:
-    """What networks that train side by side must share (`copies.together` takes them from one)."""
+    """What networks that train side by side must share (`executors.pool` takes them from one)."""
     h = plan.hyper
     return (plan.sweep.train.device, h.compile, h.cpu_threads, plan.sweep.data.loader)
 
 
 def _twin_metrics(job: Job) -> list[tuple[str, float, int]]:
     """What a job logs beyond its `same_as` twin: an IMP level-0 branch, its (full) mask's density."""
-    return [("density", 1.0, job.fields["rewind"])] if job.kind == "branch" and job.fields["mask"] else []
-
-
-def _mlflow_kind(job: Job) -> str:
-    return "level" if job.kind == "prune" else job.kind
+    return [("density", 1.0, job.spec.rewind)] if job.kind == "branch" and job.spec.mask else []

@@ -41,9 +41,10 @@ from ..steps import Step
 from ..plan.build import build_plan
 from ..plan.graph import Plan, same_study, summary
 from ..records.query import instability_records
-from ..run.scheduler import pick_device
+from ..run.context import pick_device
+from ..run.runs import sweep_tags
 from ..tracking import FAILED, FINISHED, TAG, tag
-from ..copies import at_once
+from ..run.together import at_once
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -440,7 +441,7 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
                 point, problem = {}, f"invalid search space: {exc}"
             params = hp_params(point)
             trial_run = tracker.start(experiment_id, f"trial {n}", "trial",
-                                      runner._tags(sweep, {"trial": n, "study": study.study_name}),
+                                      sweep_tags(sweep, {"trial": n, "study": study.study_name}),
                                       parent=outcome.sweep_run, params={f"hp.{k}": v for k, v in params.items()})
             trial.set_user_attr(RUN_ID, trial_run)
             if problem:

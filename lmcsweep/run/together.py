@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from .children import die_with_parent
+from ..children import die_with_parent
 
 T = TypeVar("T")
 
