@@ -1,5 +1,5 @@
 """The sweep file: a strict, typed schema, YAML loading with line numbers, the Table-1 presets,
-resolution of a sweep into concrete training settings, and the canonical hashing of job inputs.
+and resolution of a sweep into concrete training settings (a job's hash: `identity`).
 
 Every mistake in a sweep file is reported at once as ``FILE:LINE: field.path: message``
 (`ConfigError`), before anything runs or is written.
@@ -8,8 +8,6 @@ Every mistake in a sweep file is reported at once as ``FILE:LINE: field.path: me
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StrictInt, ValidationError
 
+from . import identity as job_identity
 from .steps import Step, parse_step
 
 # --------------------------------------------------------------------------------------------
@@ -456,8 +455,8 @@ class Hyper:
         out = dict(self.__dict__)
         for key in ("eval_every", "checkpoint_every", "compile"):
             out.pop(key)
-        if self.augmentation != "none" or self.model in DROPOUT_MODELS:
-            out["draws"] = DRAWS
+        if self.augmentation != "none" or self.model in job_identity.DROPOUT_MODELS:
+            out["draws"] = job_identity.DRAWS  # read when called, so that raising it takes effect
         return out
 
 
@@ -615,53 +614,3 @@ def _variant_problem(sweep: SweepConfig, key: str, value: Any) -> str | None:
     except ConfigError as exc:
         return "; ".join(f"{p.field}: {p.message}" for p in exc.problems)
     return None
-
-
-def sweep_fingerprint(sweep: SweepConfig) -> dict[str, Any]:
-    """The resolved sweep as JSON-able data (recorded on runs)."""
-    return json.loads(sweep.model_dump_json())
-
-
-# --------------------------------------------------------------------------------------------
-# Hashing
-
-
-def canonical(obj: Any) -> str:
-    """Canonical JSON: sorted keys, Steps as text, tuples as lists, floats by repr."""
-
-    def norm(x: Any) -> Any:
-        if isinstance(x, Step):
-            return str(x)
-        if isinstance(x, BaseModel):
-            return norm(x.model_dump(mode="json"))
-        if isinstance(x, dict):
-            return {str(k): norm(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [norm(v) for v in x]
-        if isinstance(x, float) and x.is_integer():
-            return float(x)
-        return x
-
-    return json.dumps(norm(obj), sort_keys=True, separators=(",", ":"))
-
-
-# The revision of the arithmetic jobs compute with, part of every job's identity. Bumped when an
-# update changes the numbers a job with the same inputs produces, so a store never mixes two
-# revisions' results: an older revision's jobs are recomputed, not reused. 2: fused optimizers and,
-# on CPU, one kernel thread per copy (`copies`).
-NUMERICS = 2
-
-
-# The revision of the random draws that training makes besides the data order, part of the identity
-# of the jobs that make such draws only (`Hyper.identity`), so other jobs keep their hashes when it is
-# raised. 2: each example's augmentation drawn by (seed, epoch, example), not by its place in a
-# batch; dropout masks drawn from the augmentation seed, not torch's global generator.
-DRAWS = 2
-DROPOUT_MODELS = ("inception_v3",)  # networks with dropout (`models.SeededDropout`)
-
-
-def job_hash(kind: str, fields: dict[str, Any], parents: list[str] | tuple[str, ...] = ()) -> str:
-    """The identity of a job: a hash of its kind, the inputs that determine its result, its parents
-    and the arithmetic's revision (`NUMERICS`)."""
-    text = canonical({"kind": kind, "fields": fields, "parents": list(parents), "numerics": NUMERICS})
-    return f"{kind}_{hashlib.sha256(text.encode()).hexdigest()[:16]}"

@@ -29,8 +29,9 @@ from typing import Any, Iterator
 
 import torch
 
-from ..config import SweepConfig, canonical, dataset_of, job_hash, sweep_fingerprint
+from ..config import SweepConfig, dataset_of
 from ..data import load_dataset
+from ..identity import canonical, job_hash, sweep_fingerprint
 from ..store import Store
 from ..tracking import FAILED, FINISHED, Tracker, tag
 from ..plan.graph import Job, Plan, branch_end, same_study

@@ -35,7 +35,8 @@ from optuna.samplers import GridSampler, RandomSampler, TPESampler
 from optuna.trial import TrialState
 from pydantic import BaseModel
 
-from ..config import ConfigError, SearchConfig, SweepConfig, _Lines, apply_overrides, job_hash, validate
+from ..config import ConfigError, SearchConfig, SweepConfig, _Lines, apply_overrides, validate
+from ..identity import job_hash
 from ..seeds import derive_seed
 from ..steps import Step
 from ..plan.build import build_plan
