@@ -230,7 +230,7 @@ def status(ctx: click.Context, name: str | None) -> None:
 def presets(fmt: str) -> None:
     """The Table-1 presets: network, data set, parameter count (of the built model), optimizer,
     schedule, length, batch size, and the paper's reported accuracy."""
-    from .presets import preset_rows, render_rows
+    from .records.presets import preset_rows, render_rows
 
     click.echo(render_rows(preset_rows(), fmt))
 

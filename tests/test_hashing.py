@@ -7,7 +7,8 @@ import textwrap
 
 import pytest
 
-from lmcsweep.config import job_hash, load_sweep
+from lmcsweep.config import load_sweep
+from lmcsweep.identity import job_hash
 from lmcsweep.steps import Step
 from lmcsweep.plan.build import build_plan
 
@@ -21,7 +22,7 @@ instability: {rewind: [0it, 20it], copies: 2, alphas: 5}
 """
 
 # The jobs of BASE, parents first. Changing any of these is a breaking change of every store:
-# do it only on purpose, with a note in the README (last: config.NUMERICS 2, fused optimizers, and
+# do it only on purpose, with a note in the README (last: identity.NUMERICS 2, fused optimizers, and
 # train.cpu_threads in the identity).
 PINNED = [
     ("train", "train_fbcfb835bb45801a"),
@@ -107,18 +108,18 @@ def test_rewind_points_share_the_dense_network(tmp_path):
 
 
 def test_random_draws_revision_marks_only_jobs_that_draw(tmp_path):
-    """config.DRAWS is in the identity of jobs with augmentation or dropout only: raising it leaves
+    """identity.DRAWS is in the identity of jobs with augmentation or dropout only: raising it leaves
     the hashes of jobs without such draws (LeNet on MNIST-like data: the pinned plan) alone."""
-    from lmcsweep import config
+    from lmcsweep import config, identity
 
     cifar = BASE.replace("preset: lenet", "preset: resnet20").replace(
         "dataset: fashion_mnist, subset_train: 600, subset_test: 300", "dataset: cifar10")
     before = (hashes(tmp_path, BASE), hashes(tmp_path, cifar, "c.yaml"))
-    assert config.resolve(load_sweep(_write(tmp_path, cifar, "c.yaml"))).identity()["draws"] == config.DRAWS
+    assert config.resolve(load_sweep(_write(tmp_path, cifar, "c.yaml"))).identity()["draws"] == identity.DRAWS
     assert "draws" not in config.resolve(load_sweep(_write(tmp_path, BASE))).identity()
-    config.DRAWS += 1
+    identity.DRAWS += 1
     try:
         assert hashes(tmp_path, BASE) == before[0]
         assert not set(hashes(tmp_path, cifar, "c.yaml")) & set(before[1])
     finally:
-        config.DRAWS -= 1
+        identity.DRAWS -= 1

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import SweepConfig, job_hash, resolve
+from ..config import SweepConfig, resolve
+from ..identity import job_hash
 from .graph import Plan, add_instability, data_identity, replicate_seed, rewind_iterations
 from .imp import add_imp
 from .specs import Job, TrainSpec

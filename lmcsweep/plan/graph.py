@@ -24,7 +24,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import PRESETS, Hyper, SweepConfig, job_hash, resolve
+from ..config import PRESETS, Hyper, SweepConfig, resolve
+from ..identity import job_hash
 from ..seeds import derive_seed
 from .specs import BranchSpec, InterpolateSpec, Job
 

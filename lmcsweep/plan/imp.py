@@ -31,7 +31,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..config import PRESETS, job_hash
+from ..config import PRESETS
+from ..identity import job_hash
 from ..seeds import derive_seed
 from .graph import Plan, add_instability, exempt_layers, replicate_seed
 from .specs import Job, PruneSpec

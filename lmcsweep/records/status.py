@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, SweepConfig, _Lines, validate
+from ..config import ConfigError, Lines, SweepConfig, validate
 from ..store import Store
 from ..tracking import FAILED, FINISHED, RUNNING, Tracker
 from ..plan.build import build_plan
@@ -40,7 +40,7 @@ def _recorded_config(tracker: Tracker, run: dict[str, Any]) -> SweepConfig | Non
         except Exception:  # noqa: BLE001 -- missing artifact: try the next name
             continue
         try:
-            return validate(raw, _Lines(), f"{run['sweep']} (recorded config)", space=False)
+            return validate(raw, Lines(), f"{run['sweep']} (recorded config)", space=False)
         except ConfigError:
             return None
     return None

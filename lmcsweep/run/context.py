@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import Hyper, SweepConfig, canonical
+from ..config import Hyper, SweepConfig
+from ..identity import canonical
 from ..data import DataSet, load_dataset, make_loader
 from ..models import build_model
 from ..store import Store, Writer

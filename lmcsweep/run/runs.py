@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from ..config import SweepConfig, canonical, dataset_of, job_hash, sweep_fingerprint
+from ..config import SweepConfig, dataset_of
+from ..identity import canonical, job_hash, sweep_fingerprint
 from ..plan.graph import Plan, same_study
 from ..plan.specs import Job
 from ..tracking import FAILED, FINISHED, Tracker, tag

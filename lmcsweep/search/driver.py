@@ -35,7 +35,8 @@ from optuna.samplers import GridSampler, RandomSampler, TPESampler
 from optuna.trial import TrialState
 from pydantic import BaseModel
 
-from ..config import ConfigError, SearchConfig, SweepConfig, _Lines, apply_overrides, job_hash, validate
+from ..config import ConfigError, Lines, SearchConfig, SweepConfig, apply_overrides, validate
+from ..identity import job_hash
 from ..seeds import derive_seed
 from ..steps import Step
 from ..plan.build import build_plan
@@ -116,7 +117,7 @@ def variant(sweep: SweepConfig, overrides: dict[str, Any]) -> SweepConfig:
     """The sweep with `overrides` applied to its file's values and checked again (ConfigError if bad)."""
     raw = apply_overrides(sweep.model_dump(mode="json", exclude_unset=True), overrides)
     where = ", ".join(f"{k}={v}" for k, v in overrides.items())
-    return validate(raw, _Lines(), f"{sweep.name} [{where}]", space=False)
+    return validate(raw, Lines(), f"{sweep.name} [{where}]", space=False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,13 +1,13 @@
-"""The Table-1 presets as rows for `lmcsweep presets`: the preset's settings joined with the
-parameter count of the network it builds (counted, not copied from the paper)."""
+"""The Table-1 presets (`config.presets`) as rows for `lmcsweep presets`: the preset's settings
+joined with the parameter count of the network it builds (counted, not copied from the paper)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from .config import PRESETS, Preset
-from .models import build_model, count_parameters
+from ..config import PRESETS, Preset
+from ..models import build_model, count_parameters
 
 SHAPES = {"mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10), "imagenet": ((3, 224, 224), 1000)}
 

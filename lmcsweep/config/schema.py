@@ -1,0 +1,150 @@
+"""The schema of a sweep file: strict, typed pydantic models; an unknown or mistyped field is an error.
+
+Durations are `StepField`s ("2000it", "2ep"); fields left out of `train` come from the sweep's preset
+(`presets`), and `resolve` turns the two into concrete settings.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StrictInt
+
+from ..steps import Step, parse_step
+
+
+def _step(value: Any) -> Step:
+    return parse_step(value)
+
+
+StepField = Annotated[Step, BeforeValidator(_step), PlainSerializer(str, return_type=str)]
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "imagenet", "synthetic")
+TRAIN_SIZES = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "imagenet": 1281167}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(Strict):
+    shape: tuple[int, int, int] = (3, 32, 32)
+    classes: StrictInt = Field(10, ge=2)
+    train: StrictInt = Field(512, ge=1)
+    test: StrictInt = Field(256, ge=1)
+    seed: StrictInt = Field(0, ge=0)
+
+
+class DataConfig(Strict):
+    dataset: Literal["mnist", "fashion_mnist", "cifar10", "imagenet", "synthetic"] | None = Field(
+        None, description="data set; defaults to the preset's")
+    loader: Literal["tensor", "ffcv"] = Field("tensor", description="in-memory tensors or FFCV .beton files")
+    root: str | None = Field(None, description="folder holding the data set (else $LMCSWEEP_DATA, then defaults)")
+    download: bool = Field(False, description="allow torchvision to download the data set into root")
+    subset_train: StrictInt | None = Field(None, ge=1, description="use only the first N training examples")
+    subset_test: StrictInt | None = Field(None, ge=1, description="use only the first N test examples")
+    augmentation: Literal["none", "crop_flip", "rrc_flip"] | None = Field(None, description="override")
+    synthetic: SyntheticConfig | None = None
+
+
+class ModelOptions(Strict):
+    width: float | None = Field(None, gt=0, description="resnet20: first-stage channels; vgg16: multiplier")
+    depth: StrictInt | None = Field(None, ge=2, description="resnet20: 6n+2 layers")
+    hidden: list[StrictInt] | None = Field(None, description="lenet: hidden layer sizes")
+
+
+class TrainConfig(Strict):
+    """Overrides of the preset; anything left out comes from the preset."""
+
+    iterations: StepField | None = None
+    batch_size: StrictInt | None = Field(None, ge=1)
+    optimizer: Literal["sgd", "adam"] | None = None
+    lr: float | None = Field(None, gt=0)
+    momentum: float | None = Field(None, ge=0, lt=1)
+    weight_decay: float | None = Field(None, ge=0)
+    schedule: Literal["constant", "step", "linear"] | None = None
+    milestones: list[StepField] | None = None
+    gamma: float | None = Field(None, gt=0, le=1)
+    final_lr: float | None = Field(None, ge=0)
+    warmup: StepField | None = None
+    model: ModelOptions = ModelOptions()
+    eval_every: StepField | None = Field(None, description="test accuracy cadence (default: 10 times a run)")
+    checkpoint_every: StepField | None = Field(None, description="resume checkpoint cadence (default: 10 times a run)")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpu_threads: StrictInt = Field(1, ge=1, description="kernel threads per network trained on CPU; part of a job's "
+                             "identity (MKL and oneDNN sum weight gradients differently for other counts)")
+
+
+Noise = Literal["data_order", "augmentation"]
+Split = Literal["test", "train"]
+
+
+class InstabilityConfig(Strict):
+    rewind: list[StepField] = Field(min_length=1, description="rewind points k")
+    copies: StrictInt = Field(2, ge=2, description="copies trained from each k")
+    pairs: Literal["all", "disjoint"] = Field(
+        "all", description="compare every pair of copies, or (0,1), (2,3), ... only (pairs share no copy)")
+    alphas: StrictInt = Field(30, ge=2, description="evenly spaced points in [0, 1], endpoints included")
+    splits: list[Split] = Field(["test", "train"], min_length=1)
+    noise: list[Noise] = Field(["data_order", "augmentation"], min_length=1)
+    optimizer: Literal["continue", "restart"] = Field(
+        "continue", description="copies continue the optimizer state at k, or restart it")
+    schedule: Literal["continue", "restart"] = Field(
+        "continue", description="copies train T - k more iterations on the schedule where it was at k, or T "
+        "more with the learning-rate schedule restarted from iteration 0 (the paper's Figure 4 control)")
+    bn: Literal["interpolate", "reset"] = Field(
+        "interpolate", description="BatchNorm statistics along the path: interpolated, or re-estimated")
+    bn_batches: StrictInt = Field(20, ge=1, description="training batches used to re-estimate BatchNorm (bn: reset)")
+    train_examples: StrictInt | None = Field(
+        None, ge=1, description="evaluate the train split on its first N examples (default: all)")
+
+
+class ImpConfig(Strict):
+    levels: StrictInt | None = Field(None, ge=1, description="pruning rounds, density (1 - fraction)^level; default: "
+                               "down to the preset's IMP density (one level for one_shot)")
+    fraction: float = Field(0.2, gt=0, lt=1, description="fraction of remaining weights pruned per level")
+    rewind: list[StepField] = Field([Step(0)], min_length=1)
+    style: Literal["iterative", "one_shot"] | None = None
+    target_density: float | None = Field(None, gt=0, lt=1, description="one_shot: density to prune to")
+    instability: bool = False
+    controls: list[Literal["random_prune", "random_reinit"]] = []
+    exempt: list[str] | None = Field(None, description="layers never pruned: 'output' or parameter names")
+
+
+class RangeSpec(Strict):
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+
+class ObjectiveConfig(Strict):
+    metric: Literal["instability", "accuracy", "error", "earliest_stable"] = "instability"
+    split: Split = "test"
+    rewind: StepField | None = None
+    level: StrictInt | None = Field(None, ge=0)
+    control: Literal["none", "random_prune", "random_reinit"] = "none"
+    direction: Literal["minimize", "maximize"] = "minimize"
+
+
+class SearchConfig(Strict):
+    sampler: Literal["grid", "random", "tpe"] = "grid"
+    trials: StrictInt = Field(1, ge=1)
+    seed: StrictInt = Field(0, ge=0)
+    space: dict[str, list[Any] | RangeSpec] = Field(min_length=1)
+    objective: ObjectiveConfig = ObjectiveConfig()
+    storage: str | None = Field(None, description="Optuna storage URL (default: mlruns/optuna.db)")
+
+
+class SweepConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    experiment: str = Field(min_length=1)
+    preset: str
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    replicates: StrictInt = Field(1, ge=1, description="initialisations")
+    seed: StrictInt = Field(0, ge=0, description="base seed; replicate r uses seed + r")
+    instability: InstabilityConfig | None = None
+    imp: ImpConfig | None = None
+    search: SearchConfig | None = None
