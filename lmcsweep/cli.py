@@ -105,11 +105,18 @@ def plan(ctx: click.Context, files: tuple[str, ...]) -> None:
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--dry-run", is_flag=True, help="print the plan and stop (same as `lmcsweep plan`)")
+@click.option("--plan-only", is_flag=True,
+              help="make the sweep's MLflow run and record its job specs in the store, run nothing "
+                   "(then `lmcsweep job run HASH` runs any of them)")
 @click.option("--retry-failed", is_flag=True, help="run again the jobs that failed before")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="progress bar")
 @click.pass_context
-def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, retry_failed: bool, progress: bool) -> None:
+def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, plan_only: bool, retry_failed: bool,
+        progress: bool) -> None:
     """Run (or resume) sweep FILES. Finished jobs are never recomputed; killed ones resume."""
+    if plan_only:
+        _plan_only(ctx, _load(files))
+        return
     if dry_run:
         tracker, _ = _backends(ctx)
         for sweep in _load(files):
@@ -167,6 +174,80 @@ def _run(sweeps, tracker, store, progress: bool, retry_failed: bool) -> bool:
         if not outcome.failed:
             click.echo(f"  see: lmcsweep query --sweep {sweep.name}    or    lmcsweep ui")
     return failed
+
+
+def _plan_only(ctx: click.Context, sweeps) -> None:
+    from .store import SweepBusy
+    from .sweep import JobError, plan_sweep
+
+    tracker, store = _backends(ctx)
+    for sweep in sweeps:
+        try:
+            plan_sweep(sweep, tracker, store)
+        except (JobError, SweepBusy) as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        click.echo(f"{sweep.name}: planned in {store.root} (`lmcsweep job list {sweep.name}` lists its jobs)")
+
+
+@main.group()
+def job() -> None:
+    """One job of a planned sweep: list them, run one in this process."""
+
+
+@job.command("list")
+@click.argument("sweep_name", metavar="NAME")
+@click.option("--trial", type=int, default=None, help="a trial of a search")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+def job_list(ctx: click.Context, sweep_name: str, trial: int | None, fmt: str) -> None:
+    """The jobs of sweep NAME as planned in the store, parents first: hash, kind, name, state."""
+    import json
+
+    from .plan.graph import plan_from_dict
+
+    tracker, store = _backends(ctx)
+    data = store.load_plan(sweep_name, trial)
+    if data is None:
+        click.echo(f"error: no plan of sweep {sweep_name!r}" + (f" trial {trial}" if trial is not None else "")
+                   + f" in store {store.root} (`lmcsweep run --plan-only FILE` records one)", err=True)
+        sys.exit(2)
+    plan = plan_from_dict(data)
+    done = set(tracker.done_jobs([j.hash for j in plan.jobs])) if tracker.exists() else set()
+    rows = [{"hash": j.hash, "kind": j.kind, "name": j.name, "parents": j.parents,
+             "state": "done" if j.hash in done else "to run"} for j in plan.jobs]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=1))
+        return
+    for r in rows:
+        click.echo(f"{r['hash']:<30}{r['kind']:<13}{r['state']:<8}{r['name']}")
+
+
+@job.command("run")
+@click.argument("job_hash", metavar="HASH")
+@click.option("--sweep", "sweep_name", default=None, help="the sweep whose plan holds it (if several do)")
+@click.option("--trial", type=int, default=None, help="the trial of a search whose plan holds it")
+@click.option("--retry-failed", is_flag=True, help="run it again if it failed before")
+@click.pass_context
+def job_run(ctx: click.Context, job_hash: str, sweep_name: str | None, trial: int | None, retry_failed: bool) -> None:
+    """Run job HASH of a planned sweep in this process, from its spec in the store, recorded in its
+    own MLflow run where the sweep's runner would put it. Exit 1 if it failed, 2 if it cannot run."""
+    from .store import SweepBusy
+    from .sweep import JobError, run_job
+
+    tracker, store = _backends(ctx)
+    try:
+        outcome = run_job(tracker, store, job_hash, sweep_name, trial, retry_failed)
+    except (JobError, SweepBusy) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    for h, error in outcome.failed.items():
+        click.echo(f"FAILED {h}: {error}", err=True)
+    if outcome.failed or outcome.blocked:
+        sys.exit(1)
+    word = ("computed" if outcome.computed else "reused (its result was computed by another job)"
+            if outcome.reused else "already done")
+    click.echo(f"{job_hash}: {word} ({outcome.seconds:.1f}s)")
 
 
 def _stored(ctx: click.Context, sweep_name: str | None):

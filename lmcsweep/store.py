@@ -162,6 +162,16 @@ class Store:
                 os.unlink(tmp)
             raise
 
+    def planned(self, sweep: str | None = None, trial: int | None = None) -> list[tuple[str, int | None]]:
+        """(sweep, trial) of every plan recorded in the store (of `sweep`, `trial` when given)."""
+        out = []
+        for path in sorted((self.root / "plans").glob("**/plan.json")):
+            parts = path.relative_to(self.root / "plans").parts
+            name, number = parts[0], (int(parts[1][len("trial-"):]) if len(parts) == 3 else None)
+            if (sweep is None or name == sweep) and (trial is None or number == trial):
+                out.append((name, number))
+        return out
+
     def load_plan(self, sweep: str, trial: int | None = None) -> dict[str, Any] | None:
         path = self.plan_path(sweep, trial)
         return json.loads(path.read_text()) if path.exists() else None

@@ -1,5 +1,6 @@
 """A whole sweep run: its lock, its MLflow sweep run, its plan (or its Optuna trials) through the
-`Runner`, then IMP matching logged once every replicate is there."""
+`Runner`, then IMP matching logged once every replicate is there; a sweep planned into the store
+without running (`plan_sweep`), and one job of a planned sweep run on its own (`run_job`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from tqdm.auto import tqdm
 
 from .config import SweepConfig, dataset_of
 from .plan.build import build_plan
-from .plan.graph import summary
+from .plan.graph import Plan, plan_from_dict, same_study, summary
+from .plan.specs import Job
 from .records.query import log_matching
 from .records.status import plan_hashes
 from .run.scheduler import Outcome, Runner
 from .store import Store
-from .tracking import FAILED, FINISHED, Tracker
+from .tracking import FAILED, FINISHED, Tracker, tag
 
 
 def _tracking_failures(tracker: Tracker, runner: Runner, outcome: Outcome) -> None:
@@ -59,3 +61,80 @@ def run_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, progress: bool
         tracker.finish(outcome.sweep_run, FAILED if outcome.failed else FINISHED)
     outcome.seconds = time.time() - started
     return outcome
+
+
+def plan_sweep(sweep: SweepConfig, tracker: Tracker, store: Store) -> str:
+    """Make the sweep's experiment and run (status SCHEDULED) and record its plan's specs in the
+    store, running nothing: then any process can run its jobs (`run_job`). Returns the sweep run."""
+    if sweep.search is not None:
+        raise JobError(f"sweep {sweep.name!r} has a search: its trials are planned as they are asked "
+                       "(run it with `lmcsweep run`)")
+    with store.sweep_lock(sweep.name):
+        runner = Runner(tracker, store, progress=False)
+        experiment_id = tracker.experiment(sweep.experiment)
+        run_id = runner.sweep_run(sweep, experiment_id)
+        store.save_plan(sweep.name, None, build_plan(sweep).to_dict())
+        tracker.finish(run_id, "SCHEDULED")
+    return run_id
+
+
+class JobError(ValueError):
+    """A job that cannot be run as asked: not in a planned sweep, or its parents not done."""
+
+
+def find_job(store: Store, job: str, sweep: str | None = None, trial: int | None = None) -> tuple[Plan, Job]:
+    """The stored plan (of `sweep`, `trial` when given) that holds job `job`, and the job."""
+    found = []
+    for name, number in store.planned(sweep, trial):
+        plan = plan_from_dict(store.load_plan(name, number))
+        found += [(plan, j) for j in plan.jobs if j.hash == job]
+    if not found:
+        where = f"sweep {sweep!r}" if sweep else "any sweep"
+        raise JobError(f"job {job} is not in {where} planned in store {store.root} "
+                       "(`lmcsweep run FILE` or `lmcsweep run --plan-only FILE` plans a sweep)")
+    if len(found) > 1:
+        places = ", ".join(sorted({f"{p.sweep.name}" + (f" trial {p.trial}" if p.trial is not None else "")
+                                   for p, _ in found}))
+        raise JobError(f"job {job} is planned in several places ({places}): name one with --sweep/--trial")
+    return found[0]
+
+
+def run_job(tracker: Tracker, store: Store, job_hash: str, sweep: str | None = None, trial: int | None = None,
+            retry_failed: bool = False) -> Outcome:
+    """Run exactly one job of a planned sweep in this process, from its stored spec, recorded in its
+    own MLflow run nested where the sweep's runner would nest it (as the runner does: a job done
+    in the sweep's tree is left alone; one computed elsewhere gets a reuse record). Its parents must
+    be done. Holds the sweep's lock while it runs."""
+    started = time.time()
+    plan, job = find_job(store, job_hash, sweep, trial)
+    twin = {j.hash: j.same_as for j in plan.jobs}  # IMP level 0: done when its dense twin is
+    done = tracker.done_jobs(job.parents + [twin[p] for p in job.parents if twin.get(p)])
+    missing = [p for p in job.parents if p not in done and twin.get(p) not in done]
+    if missing:
+        raise JobError(f"job {job.hash} ({job.name}) needs job(s) {', '.join(missing)} done first")
+    outcome = Outcome()
+    with store.sweep_lock(plan.sweep.name):
+        runner = Runner(tracker, store, progress=False, retry_failed=retry_failed)
+        experiment_id = tracker.experiment(plan.sweep.experiment)
+        tracker.mark_stale_running(plan.sweep.name)
+        parent = tree_root(tracker, plan, experiment_id)
+        if parent is None:
+            raise JobError(f"the {'trial' if plan.trial is not None else 'sweep'} run of job {job.hash} is missing "
+                           f"from the store (run the sweep with `lmcsweep run` first)")
+        single = Plan(sweep=plan.sweep, hyper=plan.hyper, jobs=[job], trial=plan.trial,
+                      overrides=plan.overrides, study=plan.study)
+        runner.run_plans([(single, parent)], experiment_id, outcome, record_plans=False)
+        _tracking_failures(tracker, runner, outcome)
+    outcome.seconds = time.time() - started
+    return outcome
+
+
+def tree_root(tracker: Tracker, plan: Plan, experiment_id: str) -> str | None:
+    """The run a plan's tree hangs from: its sweep's run, or its trial's (of its study)."""
+    kind = "sweep" if plan.trial is None else "trial"
+    for run in tracker.runs_of_sweep(plan.sweep.name, kind=kind):
+        if run.info.experiment_id != experiment_id:
+            continue
+        if plan.trial is None or (tag(run, "trial") == str(plan.trial) and same_study(tag(run, "study"), plan.study)):
+            return run.info.run_id
+    return None

@@ -31,7 +31,7 @@ def build_plan(sweep: SweepConfig, trial: int | None = None, overrides: dict[str
         ))
         if inst:
             for step in inst.rewind:
-                k = step.to_iterations(hyper.iterations_per_epoch)
+                k = hyper.iterations_of(step)
                 add_instability(plan, train, r, k, level=None, mask=None, control=None, tree_parent=train.hash)
         if sweep.imp:
             add_imp(plan, train, r)

@@ -1,12 +1,13 @@
 """The job graph of a sweep: what must be computed, each job named by the hash of its inputs.
 
-Kinds of job (all keyed by `config.job_hash` of exactly the inputs that decide their result):
+Kinds of job (all keyed by `identity.job_hash` of exactly the inputs that decide their result,
+their typed specs in `specs`):
 
 - ``train``: the dense network of one replicate, from its init seed to T, saving checkpoints at
   every rewind point of the sweep (one run serves all k);
 - ``branch``: a copy trained from checkpoint k (optionally under a mask, or a control) to T with
   its own SGD-noise seeds (with ``instability.schedule: restart``, to k + T with the schedule
-  started again at k: `branch_end`, `lr_offset`);
+  started again at k: `BranchSpec.end`, `BranchSpec.lr_offset`);
 - ``interpolate``: a pair of branches -> error along the path -> instability;
 - ``prune``: the mask of IMP level L, from level L-1's trained subnetwork (a ``level`` run in MLflow).
 
@@ -25,9 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import PRESETS, Hyper, SweepConfig, resolve
-from ..identity import job_hash
+from ..identity import job_hash, sweep_fingerprint
 from ..seeds import derive_seed
-from .specs import BranchSpec, InterpolateSpec, Job
+from .specs import BranchSpec, InterpolateSpec, Job, job_from_dict
 
 
 @dataclass
@@ -45,6 +46,19 @@ class Plan:
     def add(self, job: Job) -> Job:
         self.jobs.append(job)
         return job
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as JSON-able data (`plan_from_dict` reads it back): the sweep (variant) it was
+        made from, its trial and study, and every job's spec."""
+        return {"sweep": sweep_fingerprint(self.sweep), "trial": self.trial, "study": self.study,
+                "overrides": self.overrides, "jobs": [j.to_dict() for j in self.jobs]}
+
+
+def plan_from_dict(data: dict[str, Any]) -> Plan:
+    """The `Plan` that `Plan.to_dict` wrote: its jobs as stored (not planned again)."""
+    sweep = SweepConfig.model_validate(data["sweep"])
+    return Plan(sweep=sweep, hyper=resolve(sweep), jobs=[job_from_dict(j) for j in data["jobs"]],
+                trial=data["trial"], overrides=data["overrides"], study=data["study"])
 
 
 def same_study(run_study: str | None, study: str | None) -> bool:
@@ -85,7 +99,7 @@ def rewind_iterations(sweep: SweepConfig, hyper: Hyper) -> list[int]:
         steps += sweep.instability.rewind
     if sweep.imp:
         steps += sweep.imp.rewind
-    return sorted({s.to_iterations(hyper.iterations_per_epoch) for s in steps})
+    return sorted({hyper.iterations_of(s) for s in steps})
 
 
 def add_instability(plan: Plan, train: Job, replicate: int, k: int, level: int | None, mask: str | None,

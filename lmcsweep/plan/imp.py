@@ -85,7 +85,7 @@ def add_imp(plan: Plan, train: Job, replicate: int) -> list[Job]:
     copies = inst.copies if (imp.instability and inst is not None) else 1
     exempt = exempt_layers(sweep)
     prunes: list[Job] = []
-    for k in sorted({step.to_iterations(hyper.iterations_per_epoch) for step in imp.rewind}):
+    for k in sorted({hyper.iterations_of(step) for step in imp.rewind}):
         previous: Job | None = None
         source: Job | None = None
         for level in range(levels(plan) + 1):

@@ -86,12 +86,14 @@ class Runner:
         self.run_plans([(plan, parent_run)], experiment_id, outcome, progress)
 
     def run_plans(self, items: list[tuple[Plan, str]], experiment_id: str, outcome: Outcome,
-                  progress: Any = None) -> None:
+                  progress: Any = None, record_plans: bool = True) -> None:
         """Run several plans (Optuna trials asked together) as one: wave by wave over all of
         them, the networks of a wave training together whatever plan they belong to (when they
         train alike: device, compile, cpu_threads, loader). A job in two of the plans is computed
         once; the other records its reuse."""
         trees = [self._tree(plan, parent_run) for plan, parent_run in items]
+        for plan, _ in items if record_plans else []:  # the specs any process runs a job from (`job run`)
+            self.store.save_plan(plan.sweep.name, plan.trial, plan.to_dict())
         wanted = [j.hash for t in trees for j in t.plan.jobs if j.hash not in t.finished]
         done_elsewhere = self.tracker.finished_jobs(wanted + [j.same_as for t in trees for j in t.plan.jobs if j.same_as])
         for t in trees:
