@@ -225,7 +225,7 @@ def test_trials_killed_together_are_asked_again(tmp_path):
 
 
 def test_earliest_stable_means_stable_from_there_on():
-    from lmcsweep.search.driver import earliest_stable
+    from lmcsweep.records.objective import earliest_stable
 
     assert earliest_stable({0: [0.5, 0.7], 100: [0.01, 0.015], 500: [0.0, 0.01]}) == 100
     # k=100 dips below 2% by chance, 500 is unstable again: stable only from 2000 on

@@ -12,7 +12,8 @@ Contract:
   is created before anything runs and named ``<sweep>-<hash of the search-relevant config>``, so an
   edited search (or an edited base config) is a new study while raising ``trials`` continues one;
 - the objective is read back from the stored query records of the trial's own jobs
-  (`objective_value`), never from in-memory results;
+  (`run_search` takes it as a function; `records.objective.objective_value`), never from
+  in-memory results;
 - a trial left RUNNING by a killed process is marked FAIL (user attribute ``orphaned``) and its
   point is asked again; a trial that failed for a reason (invalid variant, failed job) carries the
   reason as user attribute ``error`` and is asked again only with ``--retry-failed``;
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +41,13 @@ from ..config import ConfigError, SearchConfig, SweepConfig, _Lines, apply_overr
 from ..seeds import derive_seed
 from ..steps import Step
 from ..plan.build import build_plan
-from ..plan.graph import Plan, same_study, summary
-from ..records.query import instability_records
+from ..plan.graph import Plan, summary
 from ..run.scheduler import pick_device
-from ..tracking import FAILED, FINISHED, TAG, tag
+from ..tracking import FAILED, FINISHED
 from ..copies import at_once
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-STABLE = 0.02  # the paper's threshold: stable if instability < 2%
 ORPHANED, ERROR, RUN_ID = "orphaned", "error", "mlflow_run_id"
 
 # --------------------------------------------------------------------------------------------
@@ -312,65 +312,6 @@ def _existing_study(sweep: SweepConfig, store_root: str | Path | None):
 
 
 # --------------------------------------------------------------------------------------------
-# The objective, read back from the store
-
-
-def objective_value(tracker: Any, plan: Plan) -> float:
-    """The objective of a finished trial from the stored records of exactly its plan's jobs."""
-
-    sweep, objective = plan.sweep, plan.sweep.search.objective
-    hashes = {j.hash for j in plan.jobs}
-    runs = [r for r in tracker.search(f"tags.`{TAG}sweep` = '{sweep.name}' and tags.`{TAG}trial` = '{plan.trial}' "
-                                      f"and attributes.status = '{FINISHED}'")
-            if tag(r, "job") in hashes and same_study(tag(r, "study"), plan.study)]
-    control = None if objective.control == "none" else objective.control
-    ipe = plan.hyper.iterations_per_epoch
-
-    if objective.metric in ("accuracy", "error"):
-        kind = "train" if objective.level is None else "branch"
-        values = []
-        for r in runs:
-            if tag(r, "kind") != kind or "final_test_accuracy" not in r.data.metrics:
-                continue
-            if kind == "branch":
-                if tag(r, "level") != str(objective.level) or tag(r, "control") != control:
-                    continue
-                if objective.rewind is not None and tag(r, "rewind") != str(objective.rewind.to_iterations(ipe)):
-                    continue
-            values.append(r.data.metrics["final_test_accuracy"])
-        if not values:
-            raise LookupError(f"objective {objective.metric}: no finished {kind} runs"
-                              + (f" at level {objective.level}" if objective.level is not None else ""))
-        accuracy = sum(values) / len(values)
-        return accuracy if objective.metric == "accuracy" else 1.0 - accuracy
-
-    ids = {r.info.run_id for r in runs if tag(r, "kind") == "interpolate"}
-    records = [r for r in instability_records(tracker, sweep.name, plan.trial)
-               if r["run_id"] in ids and r["split"] == objective.split and r["level"] == objective.level
-               and r["control"] == control]
-    by_rewind: dict[int, list[float]] = {}
-    for r in records:
-        by_rewind.setdefault(r["rewind"], []).append(r["instability"])
-    if objective.metric == "earliest_stable":
-        return earliest_stable(by_rewind)
-    k = (objective.rewind.to_iterations(ipe) if objective.rewind is not None
-         else min(s.to_iterations(ipe) for s in sweep.instability.rewind) if sweep.instability else 0)
-    if k not in by_rewind:
-        raise LookupError(f"objective instability: no {objective.split} records at rewind {k}"
-                          + (f", level {objective.level}" if objective.level is not None else ""))
-    return sum(by_rewind[k]) / len(by_rewind[k])
-
-
-def earliest_stable(by_rewind: dict[int, list[float]]) -> float:
-    """The first rewind point k from which on the network is stable: the mean instability of the
-    pairs is below 2% at k and at every later rewind point measured. inf if there is none (a point
-    that dips below 2% before an unstable one does not count)."""
-    unstable = [k for k, v in by_rewind.items() if sum(v) / len(v) >= STABLE]
-    stable = [k for k in by_rewind if not any(u >= k for u in unstable)]
-    return float(min(stable)) if stable else math.inf
-
-
-# --------------------------------------------------------------------------------------------
 # Running a search
 
 
@@ -386,9 +327,11 @@ def trials_at_once(sweep: SweepConfig) -> int:
     return at_once(pick_device(sweep.train.device), sweep.train.cpu_threads, concurrent=not sweep.train.compile)
 
 
-def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any) -> None:
+def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any,
+               objective: Callable[[Any, Plan], float]) -> None:
     """Ask, run and tell trials until the grid is covered or `trials` trials have settled; up to
-    `trials_at_once` at a time, run together (`Runner.run_plans`). The caller holds the sweep lock
+    `trials_at_once` at a time, run together (`Runner.run_plans`). A finished trial's value is
+    `objective(tracker, plan)` (LookupError: the trial fails). The caller holds the sweep lock
     and has marked RUNNING MLflow runs KILLED."""
     from tqdm.auto import tqdm
 
@@ -472,7 +415,7 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
                 fail(trial, trial_run, message, listed=True)
                 continue
             try:
-                value = objective_value(tracker, plan)
+                value = objective(tracker, plan)
             except LookupError as exc:
                 fail(trial, trial_run, str(exc))
                 continue
