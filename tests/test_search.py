@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from lmcsweep.cli import main
 from lmcsweep.config import load_sweep
-from lmcsweep.search.driver import open_study, study_name, study_trials
+from lmcsweep.search.study import open_study, study_name, study_trials
 
 SEARCH = """\
 name: grid
@@ -147,7 +147,7 @@ def test_study_identity(tmp_path):
 
 
 def test_invalid_variant_fails_only_its_trial(tmp_path):
-    from lmcsweep.search.driver import trial_plans
+    from lmcsweep.search.study import trial_plans
 
     path = tmp_path / "s.yaml"
     # each value is valid on its own (`validate` checks that), but warmup 15it with 10 iterations of
@@ -237,7 +237,7 @@ def test_earliest_stable_means_stable_from_there_on():
 def test_study_names_are_pinned():
     """A study's name is its identity in optuna.db: a drift would orphan every stored study (its
     random/TPE history, its failed trials). Fields added later are left out at their defaults."""
-    from lmcsweep.search.driver import study_name
+    from lmcsweep.search.study import study_name
 
     root = Path(__file__).parent.parent / "sweeps"
     assert study_name(load_sweep(root / "lenet_search.yaml")) == "lenet-search-ac45674233"
