@@ -15,7 +15,7 @@ from typing import Any
 from ..config import ConfigError, SweepConfig, _Lines, validate
 from ..tracking import FAILED, FINISHED, RUNNING, Tracker
 from ..plan.build import build_plan
-from ..plan.graph import Plan
+from ..plan.graph import Plan, same_study
 from .query import Current
 
 
