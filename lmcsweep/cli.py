@@ -74,7 +74,7 @@ def _print_plan(sweep, tracker) -> None:
 
     plans = [build_plan(sweep)]
     if sweep.search is not None:
-        from .search.driver import trial_plans
+        from .search.study import trial_plans
 
         plans = trial_plans(sweep, tracker.root)
     jobs = {j.hash for p in plans for j in p.jobs}

@@ -42,9 +42,10 @@ def run_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, progress: bool
         runner.dataset(sweep, dataset_of(sweep))  # a missing data set (DataError) stops here, before any run
         outcome.sweep_run = runner.sweep_run(sweep, experiment_id)
         if sweep.search is not None:
+            from .records.objective import objective_value
             from .search.driver import run_search  # optuna: loaded only for a sweep with a search
 
-            run_search(sweep, runner, experiment_id, outcome)
+            run_search(sweep, runner, experiment_id, outcome, objective_value)
         else:
             plan = build_plan(sweep)
             done = set(runner.finished_in_tree(plan))

@@ -7,7 +7,7 @@ import textwrap
 from lmcsweep.config import load_sweep
 from lmcsweep.plan.build import build_plan
 from lmcsweep.plan.graph import summary
-from lmcsweep.search.driver import trial_plans
+from lmcsweep.search.study import trial_plans
 
 SWEEP = """\
 name: counts

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from lmcsweep.cli import main
 from lmcsweep.config import load_sweep
-from lmcsweep.search.driver import open_study, study_name, study_trials
+from lmcsweep.search.study import open_study, study_name, study_trials
 
 SEARCH = """\
 name: grid
@@ -147,7 +147,7 @@ def test_study_identity(tmp_path):
 
 
 def test_invalid_variant_fails_only_its_trial(tmp_path):
-    from lmcsweep.search.driver import trial_plans
+    from lmcsweep.search.study import trial_plans
 
     path = tmp_path / "s.yaml"
     # each value is valid on its own (`validate` checks that), but warmup 15it with 10 iterations of
@@ -225,7 +225,7 @@ def test_trials_killed_together_are_asked_again(tmp_path):
 
 
 def test_earliest_stable_means_stable_from_there_on():
-    from lmcsweep.search.driver import earliest_stable
+    from lmcsweep.records.objective import earliest_stable
 
     assert earliest_stable({0: [0.5, 0.7], 100: [0.01, 0.015], 500: [0.0, 0.01]}) == 100
     # k=100 dips below 2% by chance, 500 is unstable again: stable only from 2000 on
@@ -237,7 +237,7 @@ def test_earliest_stable_means_stable_from_there_on():
 def test_study_names_are_pinned():
     """A study's name is its identity in optuna.db: a drift would orphan every stored study (its
     random/TPE history, its failed trials). Fields added later are left out at their defaults."""
-    from lmcsweep.search.driver import study_name
+    from lmcsweep.search.study import study_name
 
     root = Path(__file__).parent.parent / "sweeps"
     assert study_name(load_sweep(root / "lenet_search.yaml")) == "lenet-search-ac45674233"

@@ -15,13 +15,13 @@ from ..config import ConfigError, Lines, SweepConfig, validate
 from ..store import Store
 from ..tracking import FAILED, FINISHED, RUNNING, Tracker
 from ..plan.build import build_plan
-from ..plan.graph import Plan
+from ..plan.graph import Plan, same_study
 from .query import Current
 
 
 def sweep_plans(sweep: SweepConfig, store_root: str | Path | None) -> list[Plan]:
     if sweep.search is not None:
-        from ..search.driver import trial_plans  # optuna: loaded only for a sweep with a search
+        from ..search.study import trial_plans  # optuna: loaded only for a sweep with a search
 
         return trial_plans(sweep, store_root)
     return [build_plan(sweep)]
@@ -53,7 +53,7 @@ def _current_of(tracker: Tracker, store_root: str | Path, sweep_run: dict[str, A
         return None
     study = None
     if config.search is not None:
-        from ..search.driver import study_name  # optuna: loaded only for a sweep with a search
+        from ..search.study import study_name  # optuna: loaded only for a sweep with a search
 
         study = study_name(config)
     return Current(plan_hashes(config, store_root), study)
