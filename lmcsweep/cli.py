@@ -69,26 +69,9 @@ def validate(files: tuple[str, ...]) -> None:
 
 
 def _print_plan(sweep, tracker) -> None:
-    from .plan.build import build_plan
-    from .plan.graph import summary
+    from .records.status import plan_lines
 
-    plans = [build_plan(sweep)]
-    if sweep.search is not None:
-        from .search.study import trial_plans
-
-        plans = trial_plans(sweep, tracker.root)
-    jobs = {j.hash for p in plans for j in p.jobs}
-    done = set(tracker.done_jobs(jobs)) if jobs and tracker.exists() else set()
-    s = summary(plans, done)
-    click.echo(f"sweep {sweep.name} (experiment {sweep.experiment}, preset {sweep.preset}"
-               + (f", {len(plans)} trials" if sweep.search else "") + ")")
-    click.echo(f"  {'kind':<12}{'jobs':>8}{'done':>8}{'left':>8}")
-    for kind, row in s["kinds"].items():
-        click.echo(f"  {kind:<12}{row['jobs']:>8}{row['done']:>8}{row['remaining']:>8}")
-    click.echo(f"  {'total':<12}{s['jobs']:>8}{s['done']:>8}{s['remaining']:>8}")
-    if s["twins_remaining"]:
-        click.echo(f"  of the jobs left, {s['twins_remaining']} (IMP level 0) are the dense ones: reused, not run again")
-    click.echo(f"  training iterations left: {s['iterations_remaining']}")
+    click.echo("\n".join(plan_lines(sweep, tracker)))
 
 
 @main.command()

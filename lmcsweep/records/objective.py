@@ -23,7 +23,6 @@ def objective_value(tracker: Any, plan: Plan) -> float:
                                       f"and attributes.status = '{FINISHED}'")
             if tag(r, "job") in hashes and same_study(tag(r, "study"), plan.study)]
     control = None if objective.control == "none" else objective.control
-    ipe = plan.hyper.iterations_per_epoch
 
     if objective.metric in ("accuracy", "error"):
         kind = "train" if objective.level is None else "branch"
@@ -34,7 +33,8 @@ def objective_value(tracker: Any, plan: Plan) -> float:
             if kind == "branch":
                 if tag(r, "level") != str(objective.level) or tag(r, "control") != control:
                     continue
-                if objective.rewind is not None and tag(r, "rewind") != str(objective.rewind.to_iterations(ipe)):
+                if objective.rewind is not None and tag(r, "rewind") != str(plan.hyper.iterations_of(
+                        objective.rewind)):
                     continue
             values.append(r.data.metrics["final_test_accuracy"])
         if not values:
@@ -52,8 +52,8 @@ def objective_value(tracker: Any, plan: Plan) -> float:
         by_rewind.setdefault(r["rewind"], []).append(r["instability"])
     if objective.metric == "earliest_stable":
         return earliest_stable(by_rewind)
-    k = (objective.rewind.to_iterations(ipe) if objective.rewind is not None
-         else min(s.to_iterations(ipe) for s in sweep.instability.rewind) if sweep.instability else 0)
+    k = (plan.hyper.iterations_of(objective.rewind) if objective.rewind is not None
+         else min(plan.hyper.iterations_of(s) for s in sweep.instability.rewind) if sweep.instability else 0)
     if k not in by_rewind:
         raise LookupError(f"objective instability: no {objective.split} records at rewind {k}"
                           + (f", level {objective.level}" if objective.level is not None else ""))

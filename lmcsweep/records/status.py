@@ -15,7 +15,7 @@ from ..config import ConfigError, Lines, SweepConfig, validate
 from ..store import Store
 from ..tracking import FAILED, FINISHED, RUNNING, Tracker
 from ..plan.build import build_plan
-from ..plan.graph import Plan, same_study
+from ..plan.graph import Plan, same_study, summary
 from .query import Current
 
 
@@ -113,4 +113,23 @@ def sweep_status(tracker: Tracker, store_root: str | Path, name: str | None = No
         if now is None:
             row["pending"] = None
         out.append(row)
+    return out
+
+
+def plan_lines(sweep: SweepConfig, tracker: Tracker) -> list[str]:
+    """`lmcsweep plan`: the jobs of a sweep (of all its trials) by kind, done and left, and the
+    training iterations left."""
+    plans = sweep_plans(sweep, tracker.root)
+    jobs = {j.hash for p in plans for j in p.jobs}
+    done = set(tracker.done_jobs(jobs)) if jobs and tracker.exists() else set()
+    s = summary(plans, done)
+    out = [f"sweep {sweep.name} (experiment {sweep.experiment}, preset {sweep.preset}"
+           + (f", {len(plans)} trials" if sweep.search else "") + ")",
+           f"  {'kind':<12}{'jobs':>8}{'done':>8}{'left':>8}"]
+    for kind, row in s["kinds"].items():
+        out.append(f"  {kind:<12}{row['jobs']:>8}{row['done']:>8}{row['remaining']:>8}")
+    out.append(f"  {'total':<12}{s['jobs']:>8}{s['done']:>8}{s['remaining']:>8}")
+    if s["twins_remaining"]:
+        out.append(f"  of the jobs left, {s['twins_remaining']} (IMP level 0) are the dense ones: reused, not run again")
+    out.append(f"  training iterations left: {s['iterations_remaining']}")
     return out
