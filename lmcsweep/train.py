@@ -72,7 +72,7 @@ def train(
     learning rate `lr_at(hyper, it - lr_offset)` (`lr_offset` = k: a copy whose schedule restarts
     at k). With `masks`, pruned weights get no gradient (so momentum cannot revive them) and are
     zeroed again after every step. Copies of a network train together by running this loop side
-    by side (`copies.together`). Dropout masks (`SeededDropout`) are drawn from (`noise_seed`,
+    by side (`run.together`). Dropout masks (`SeededDropout`) are drawn from (`noise_seed`,
     iteration): the job passes its augmentation seed.
     """
     masks = prune.multipliers(masks) if masks is not None else None

@@ -281,7 +281,7 @@ def test_rewind_and_controls_start_where_they_should(imp_run):
     ctx = Runner(Tracker(root=store_dir), Store(store_dir), progress=False).context(plan)
     ctx.tracker = type("NoTracking", (), {"log_metrics": lambda *a, **k: None})()
     p = _chains(plan)[(1, K)][2]
-    imp_mask = job_bodies.load_masks(ctx, p.hash)
+    imp_mask = ctx.store.load_masks(p.hash)
     train = plan.by_hash()[p.spec.train]
     at_k = ctx.store.load_checkpoint(train.hash, K)
     params_k = at_k["model"]

@@ -1,5 +1,5 @@
 """Copies trained together: the networks of one wave of the job graph (the copies of every
-instability analysis, an IMP level's subnetworks and controls; `sweep.execute._waves`) train at
+instability analysis, an IMP level's subnetworks and controls; `run.scheduler._waves`) train at
 the same time.
 
 On CPU every copy runs its own training loop (the plain network, its own optimizer, data order and
