@@ -127,7 +127,7 @@ def test_a_job_whose_tracking_failed_counts_as_failed(tmp_path, cache):
     `computed` for `failed` (and `lmcsweep run` lists it and exits 1)."""
     from lmcsweep.store import Store
     from lmcsweep.run.scheduler import Outcome, Runner
-from lmcsweep.sweep import _tracking_failures
+    from lmcsweep.sweep import _tracking_failures
 
     tracker = TrackingProcess(root=tmp_path / "store")
     try:
