@@ -41,6 +41,12 @@ def atomic_save(obj: Any, path: Path) -> None:
         raise
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` database URI (MLflow's store, Optuna's storage); None for any
+    other URI."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
 class Store:
     """Files of jobs, addressed by job hash."""
 

@@ -38,6 +38,7 @@ from pydantic import BaseModel
 from ..config import ConfigError, SearchConfig, SweepConfig, _Lines, apply_overrides, job_hash, validate
 from ..seeds import derive_seed
 from ..steps import Step
+from ..store import sqlite_path
 from ..plan.build import build_plan
 from ..plan.graph import Plan, same_study, summary
 from ..records.query import instability_records
@@ -234,8 +235,8 @@ def open_study(sweep: SweepConfig, store_root: str | Path, retry_failed: bool = 
     are asked again (None: failures stand)."""
     search = sweep.search
     url = storage_url(sweep, store_root)
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    if (db := sqlite_path(url)) is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
     sampler = _sampler(search)
     study = optuna.create_study(storage=url, study_name=study_name(sweep), load_if_exists=True,
                                 direction=search.objective.direction, sampler=sampler)
@@ -303,7 +304,7 @@ def _existing_study(sweep: SweepConfig, store_root: str | Path | None):
     if store_root is None and not sweep.search.storage:
         return None
     url = storage_url(sweep, store_root or ".")
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+    if (db := sqlite_path(url)) is not None and not db.exists():
         return None
     try:
         return optuna.load_study(study_name=study_name(sweep), storage=url)
