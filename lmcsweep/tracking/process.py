@@ -1,5 +1,6 @@
 """`TrackingProcess`: the same `Tracker`, served from a helper process, so that `lmcsweep run`'s
 own process never imports mlflow and never waits for its writes; `serve` is the helper's loop.
+Kept over MLflow's own asynchronous logging by `bench/tracking.py` (docs/performance.md, "Tracking").
 """
 
 from __future__ import annotations
