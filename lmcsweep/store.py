@@ -47,6 +47,12 @@ def atomic_save(obj: Any, path: Path) -> None:
         raise
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` database URI (MLflow's store, Optuna's storage); None for any
+    other URI."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
 class SweepBusy(RuntimeError):
     """Another runner holds the sweep's lock."""
 

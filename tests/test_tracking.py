@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lmcsweep.tracking import FAILED, FINISHED, TAG, Tracker, TrackingProcess, _template
+from lmcsweep.tracking import FAILED, FINISHED, TAG, Tracker, TrackingProcess
+from lmcsweep.tracking.database import template_path as _template
 
 
 @pytest.fixture

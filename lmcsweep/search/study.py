@@ -21,6 +21,7 @@ from ..identity import job_hash
 from ..plan.build import build_plan
 from ..plan.graph import Plan
 from ..seeds import derive_seed
+from ..store import sqlite_path
 from .space import decode_point, encode_point, grid_points, hp_params, suggest, variant
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -156,8 +157,8 @@ def open_study(sweep: SweepConfig, store_root: str | Path, retry_failed: bool = 
     failures stand)."""
     search = sweep.search
     url = storage_url(sweep, store_root)
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    if sqlite_path(url) is not None:
+        sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(storage=url, study_name=study_name(sweep), load_if_exists=True,
                                 direction=search.objective.direction, sampler=sampler_for(search))
     fail_orphans(study)
@@ -174,7 +175,7 @@ def existing_study(sweep: SweepConfig, store_root: str | Path | None):
     if store_root is None and not sweep.search.storage:
         return None
     url = storage_url(sweep, store_root or ".")
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+    if sqlite_path(url) is not None and not sqlite_path(url).exists():
         return None
     try:
         return optuna.load_study(study_name=study_name(sweep), storage=url)

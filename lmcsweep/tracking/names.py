@@ -1,0 +1,14 @@
+"""The run tree's vocabulary: lmcsweep's tag prefix, its run kinds and MLflow's run statuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+TAG = "lmcsweep."
+KINDS = ("sweep", "trial", "train", "branch", "interpolate", "level")
+RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
+
+
+def tag(run: Any, name: str, default: Any = None) -> Any:
+    """The value of lmcsweep tag `name` on an MLflow run."""
+    return run.data.tags.get(TAG + name, default)
