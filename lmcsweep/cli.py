@@ -93,12 +93,16 @@ def plan(ctx: click.Context, files: tuple[str, ...]) -> None:
                    "(then `lmcsweep job run HASH` runs any of them)")
 @click.option("--retry-failed", is_flag=True, help="run again the jobs that failed before")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="progress bar")
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="run the jobs on N local worker processes sharing the job queue")
+@click.option("--queue-uri", default=None, envvar="LMCSWEEP_QUEUE",
+              help="the job queue's database (env LMCSWEEP_QUEUE; default sqlite:///<store>/queue.db)")
 @click.pass_context
 def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, plan_only: bool, retry_failed: bool,
-        progress: bool) -> None:
+        progress: bool, workers: int | None, queue_uri: str | None) -> None:
     """Run (or resume) sweep FILES. Finished jobs are never recomputed; killed ones resume."""
-    if plan_only:
-        _plan_only(ctx, _load(files))
+    if plan_only or workers:
+        _queued(ctx, _load(files), workers, queue_uri)
         return
     if dry_run:
         tracker, _ = _backends(ctx)
@@ -159,18 +163,91 @@ def _run(sweeps, tracker, store, progress: bool, retry_failed: bool) -> bool:
     return failed
 
 
-def _plan_only(ctx: click.Context, sweeps) -> None:
+def _queue(ctx: click.Context, queue_uri: str | None, lease: float | None = None):
+    from .queue import LEASE_SECONDS, Queue, default_uri
+
+    return Queue(queue_uri or default_uri(ctx.obj["store"]), lease=lease or LEASE_SECONDS)
+
+
+def _queued(ctx: click.Context, sweeps, workers: int | None, queue_uri: str | None) -> None:
+    """--plan-only (sweeps planned into the store and the queue) or --workers N (and run by N workers)."""
+    from .data import DataError
+    from .queue import QueueError
     from .store import SweepBusy
-    from .sweep import JobError, plan_sweep
+    from .sweep import JobError, plan_sweep, run_with_workers
 
     tracker, store = _backends(ctx)
-    for sweep in sweeps:
-        try:
-            plan_sweep(sweep, tracker, store)
-        except (JobError, SweepBusy) as exc:
+    failed = False
+
+    last: list[str] = []
+
+    def show(counts: dict[str, int]) -> None:  # a line when the queue's counts change
+        line = "  jobs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        if [line] != last:
+            click.echo(line, err=True)
+            last[:] = [line]
+    try:
+        queue = _queue(ctx, queue_uri)
+        for sweep in sweeps:
+            if not workers:
+                plan_sweep(sweep, tracker, store, queue)
+                click.echo(f"{sweep.name}: planned in {store.root}, its jobs queued in {queue.uri} "
+                           f"(`lmcsweep job list {sweep.name}`; `lmcsweep worker` runs them)")
+                continue
+            out = run_with_workers(sweep, tracker, store, queue, workers, ctx.obj["store"], ctx.obj["tracking_uri"],
+                                   show)
+            click.echo(f"{sweep.name}: {out['done']} jobs done, {out['failed']} failed, {out['open']} left "
+                       f"({workers} workers, {out['seconds']:.0f}s)")
+            for job, errors in out["failures"].items():
+                click.echo(f"  FAILED {job}: {' | '.join(errors)}", err=True)
+            failed = failed or bool(out["failed"] or out["open"])
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; {RESUME}", err=True)
+        sys.exit(130)
+    except (JobError, SweepBusy, QueueError, DataError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.option("--queue-uri", default=None, envvar="LMCSWEEP_QUEUE",
+              help="the job queue's database (env LMCSWEEP_QUEUE; default sqlite:///<store>/queue.db)")
+@click.option("--sweep", "sweep_name", default=None, help="only jobs of this sweep")
+@click.option("--time-limit", type=float, default=None, help="stop claiming jobs after this many seconds")
+@click.option("--lease", type=float, default=None, help="lease of a claimed job, seconds (default 60)")
+@click.pass_context
+def worker(ctx: click.Context, queue_uri: str | None, sweep_name: str | None, time_limit: float | None,
+           lease: float | None) -> None:
+    """Claim and run jobs of planned sweeps from the job queue until none is left for it (exit 1 if
+    one failed). Start as many as you like, on any machine that sees the store and the queue."""
+    from .queue import QueueError
+    from .workers import work
+
+    queue = None
+    try:
+        queue = _queue(ctx, queue_uri, lease)
+        if not queue.exists() or not queue.counts(sweep_name):
+            raise QueueError(f"no planned jobs{f' of sweep {sweep_name!r}' if sweep_name else ''} in queue "
+                             f"{queue.uri} (`lmcsweep run --plan-only FILE` or `--workers N` plans a sweep)")
+        tracker, store = _backends(ctx, process=True)
+        report = work(tracker, store, queue, sweep_name, time_limit)
+        tracker.close()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        import sqlalchemy  # the queue's database (imported by now: it is what raised)
+
+        if isinstance(exc, QueueError):
             click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-        click.echo(f"{sweep.name}: planned in {store.root} (`lmcsweep job list {sweep.name}` lists its jobs)")
+        elif isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
+            click.echo(f"error: job queue {queue.uri if queue else queue_uri}: {str(exc).splitlines()[0]}", err=True)
+        else:
+            raise
+        sys.exit(2)
+    click.echo(f"worker: {len(report.done)} jobs done, {len(report.failed)} failed, {len(report.lost)} lost "
+               "(their leases had expired)")
+    sys.exit(1 if report.failed else 0)
 
 
 @main.group()

@@ -16,7 +16,9 @@ from .records.query import log_matching
 from .records.status import plan_hashes
 from .run.scheduler import Outcome, Runner
 from .store import Store
-from .tracking import FAILED, FINISHED, Tracker, tag
+from .queue import Queue, default_uri
+from .tracking import FAILED, FINISHED, Tracker
+from .workers import drive, enqueue
 
 
 def _tracking_failures(tracker: Tracker, runner: Runner, outcome: Outcome) -> None:
@@ -64,9 +66,10 @@ def run_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, progress: bool
     return outcome
 
 
-def plan_sweep(sweep: SweepConfig, tracker: Tracker, store: Store) -> str:
-    """Make the sweep's experiment and run (status SCHEDULED) and record its plan's specs in the
-    store, running nothing: then any process can run its jobs (`run_job`). Returns the sweep run."""
+def plan_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, queue: Queue | None = None) -> str:
+    """Make the sweep's experiment and run (status SCHEDULED), record its plan's specs in the store
+    and its jobs in the queue, running nothing: then any process can run its jobs (`run_job`,
+    `lmcsweep worker`). Returns the sweep run."""
     if sweep.search is not None:
         raise JobError(f"sweep {sweep.name!r} has a search: its trials are planned as they are asked "
                        "(run it with `lmcsweep run`)")
@@ -74,7 +77,9 @@ def plan_sweep(sweep: SweepConfig, tracker: Tracker, store: Store) -> str:
         runner = Runner(tracker, store, progress=False)
         experiment_id = tracker.experiment(sweep.experiment)
         run_id = runner.sweep_run(sweep, experiment_id)
-        store.save_plan(sweep.name, None, build_plan(sweep).to_dict())
+        plan = build_plan(sweep)
+        store.save_plan(sweep.name, None, plan.to_dict())
+        enqueue(sweep, runner, queue or Queue(default_uri(store.root)), plan)
         tracker.finish(run_id, "SCHEDULED")
     return run_id
 
@@ -118,7 +123,7 @@ def run_job(tracker: Tracker, store: Store, job_hash: str, sweep: str | None = N
         runner = Runner(tracker, store, progress=False, retry_failed=retry_failed)
         experiment_id = tracker.experiment(plan.sweep.experiment)
         tracker.mark_stale_running(plan.sweep.name)
-        parent = tree_root(tracker, plan, experiment_id)
+        parent = runner.tree_root(plan, experiment_id)
         if parent is None:
             raise JobError(f"the {'trial' if plan.trial is not None else 'sweep'} run of job {job.hash} is missing "
                            f"from the store (run the sweep with `lmcsweep run` first)")
@@ -130,12 +135,27 @@ def run_job(tracker: Tracker, store: Store, job_hash: str, sweep: str | None = N
     return outcome
 
 
-def tree_root(tracker: Tracker, plan: Plan, experiment_id: str) -> str | None:
-    """The run a plan's tree hangs from: its sweep's run, or its trial's (of its study)."""
-    kind = "sweep" if plan.trial is None else "trial"
-    for run in tracker.runs_of_sweep(plan.sweep.name, kind=kind):
-        if run.info.experiment_id != experiment_id:
-            continue
-        if plan.trial is None or (tag(run, "trial") == str(plan.trial) and same_study(tag(run, "study"), plan.study)):
-            return run.info.run_id
-    return None
+def run_with_workers(sweep: SweepConfig, tracker: Tracker, store: Store, queue: Queue, workers: int,
+                     store_arg: str, tracking_uri: str | None, on_progress=None) -> dict[str, object]:
+    """Run (or resume) a sweep on `workers` local worker processes sharing the job queue: the
+    experiment, the sweep run, the plan and the queue are made here first, then the workers start;
+    IMP matching is logged and the sweep run finished once they are done."""
+    if sweep.search is not None:
+        raise JobError(f"sweep {sweep.name!r} has a search: --workers runs sweeps without one for now "
+                       "(run it without --workers)")
+    started = time.time()
+    with store.sweep_lock(sweep.name):
+        runner = Runner(tracker, store, progress=False)
+        runner.dataset(sweep, dataset_of(sweep))  # a missing data set stops here, before any run
+        experiment_id = tracker.experiment(sweep.experiment)
+        tracker.mark_stale_running(sweep.name)
+        run_id = runner.sweep_run(sweep, experiment_id)
+        plan = build_plan(sweep)
+        store.save_plan(sweep.name, None, plan.to_dict())
+        enqueue(sweep, runner, queue, plan)
+        result = drive(sweep, store, queue, workers, store_arg, tracking_uri, on_progress)
+        if sweep.imp is not None and result["done"]:
+            log_matching(tracker, sweep.name, plan_hashes(sweep, store.root))
+        tracker.finish(run_id, FAILED if result["failed"] else FINISHED if not result["open"] else "KILLED")
+    result["seconds"] = time.time() - started
+    return result

@@ -25,10 +25,10 @@ from typing import Any
 
 from ..config import SweepConfig
 from ..data import DataSet
-from ..plan.graph import Plan
+from ..plan.graph import Plan, same_study
 from ..plan.specs import Job
 from ..store import Store
-from ..tracking import FAILED, FINISHED, Tracker
+from ..tracking import FAILED, FINISHED, Tracker, tag
 from .bodies import KINDS
 from .context import Context, Datasets, pick_device, provenance
 from .executors import Task, choose
@@ -66,6 +66,16 @@ class Runner:
     def finished_in_tree(self, plan: Plan) -> dict[str, str]:
         """The FINISHED runs of `plan`'s tree (its sweep, or its trial of its study), by job hash."""
         return tree_runs(self.tracker, plan.sweep.name, plan.trial, plan.study)["finished"]
+
+    def tree_root(self, plan: Plan, experiment_id: str) -> str | None:
+        """The run a plan's tree hangs from: its sweep's run, or its trial's (of its study)."""
+        kind = "sweep" if plan.trial is None else "trial"
+        for run in self.tracker.runs_of_sweep(plan.sweep.name, kind=kind):
+            if run.info.experiment_id != experiment_id:
+                continue
+            if plan.trial is None or (tag(run, "trial") == str(plan.trial) and same_study(tag(run, "study"), plan.study)):
+                return run.info.run_id
+        return None
 
     def context(self, plan: Plan, progress: Any = None) -> Context:
         """The context the jobs of `plan` run with, in this process."""

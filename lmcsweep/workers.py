@@ -1,0 +1,169 @@
+"""A sweep on many workers: the driver plans it into the job queue and starts workers; a worker
+claims ready jobs, runs them from their stored specs (`run.scheduler.Runner`, which records each in
+its own MLflow run, nested in the sweep's tree) and completes them while it holds their leases.
+
+A worker is `lmcsweep worker`: a process of its own, on this machine (`lmcsweep run --workers N`)
+or on any node that sees the store and the queue's database. It claims as many networks of one
+kind at a time as its cores train side by side, renews their leases on a heartbeat thread, and
+stops when the queue has nothing left for it (or its time limit is reached). A job whose worker was
+killed is claimed again once its lease expires and resumes from its resume checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .config import SweepConfig
+from .plan.graph import Plan, plan_from_dict
+from .queue import CLAIMED, DONE, FAILED, WAITING, Queue, QueueError, worker_name
+from .run.context import pick_device
+from .run.scheduler import Outcome, Runner
+from .run.together import at_once
+from .store import Store
+from .tracking import RUNNING, TAG, Tracker
+
+
+@dataclass
+class WorkerReport:
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    lost: list[str] = field(default_factory=list)   # completed elsewhere: this worker's lease had expired
+
+
+def work(tracker: Tracker, store: Store, queue: Queue, sweep: str | None = None,
+         time_limit: float | None = None, poll: float = 1.0) -> WorkerReport:
+    """Claim and run jobs until none is left for this worker (or `time_limit` seconds have passed)."""
+    owner, report, started = worker_name(), WorkerReport(), time.time()
+    queue.register(owner)
+    runner = Runner(tracker, store, progress=False)
+    plans: dict[tuple[str, int], Plan] = {}
+    while time_limit is None or time.time() - started < time_limit:
+        rows = queue.claim(owner, limit=_at_once(store, queue, sweep, plans), sweep=sweep)
+        if not rows:
+            if queue.open_work(sweep) == 0:
+                break
+            time.sleep(poll)  # what is left waits for jobs other workers hold
+            continue
+        queue.running(owner, [r["hash"] for r in rows])
+        stop = threading.Event()
+        beat = threading.Thread(target=_heartbeat, args=(queue, owner, rows, stop), daemon=True)
+        beat.start()
+        try:
+            outcome = _run_rows(runner, tracker, store, rows, plans)
+        finally:
+            stop.set()
+            beat.join()
+        for r in rows:
+            error = outcome.failed.get(r["hash"])
+            if not queue.complete(owner, r, error):
+                report.lost.append(r["hash"])
+            elif error is None:
+                report.done.append(r["hash"])
+            else:
+                report.failed[r["hash"]] = error
+        queue.running(owner, [])
+    return report
+
+
+def _plan(store: Store, plans: dict, sweep: str, trial: int) -> Plan:
+    key = (sweep, trial)
+    if key not in plans:
+        data = store.load_plan(sweep, None if trial < 0 else trial)
+        if data is None:
+            raise QueueError(f"the queue holds jobs of sweep {sweep!r} but its plan is not in store {store.root}")
+        plans[key] = plan_from_dict(data)
+    return plans[key]
+
+
+def _at_once(store: Store, queue: Queue, sweep: str | None, plans: dict) -> int:
+    """How many networks to claim at once: what this machine trains side by side."""
+    return at_once(pick_device("auto"))
+
+
+def _heartbeat(queue: Queue, owner: str, rows: list[dict], stop: threading.Event) -> None:
+    while not stop.wait(queue.lease / 3):
+        try:
+            queue.renew(owner, rows)
+        except Exception:  # noqa: BLE001 -- a missed beat: the next one tries again
+            pass
+
+
+def _run_rows(runner: Runner, tracker: Tracker, store: Store, rows: list[dict], plans: dict) -> Outcome:
+    """The claimed jobs run together (`Runner.run_plans`: one single-job plan each, nested in its
+    tree); their MLflow writes all committed before the queue hears of them."""
+    outcome = Outcome()
+    by_experiment: dict[str, list] = {}
+    for r in rows:
+        plan = _plan(store, plans, r["sweep"], r["trial"])
+        job = next(j for j in plan.jobs if j.hash == r["hash"])
+        if r["attempts"] > 1:  # an earlier attempt's run was left RUNNING by a killed worker
+            _kill_stale(tracker, plan.sweep.name, job.hash)
+        experiment_id = tracker.experiment(plan.sweep.experiment)
+        single = Plan(sweep=plan.sweep, hyper=plan.hyper, jobs=[job], trial=plan.trial,
+                      overrides=plan.overrides, study=plan.study)
+        by_experiment.setdefault(experiment_id, []).append((single, plan))
+    for experiment_id, items in by_experiment.items():
+        trees = []
+        for single, plan in items:
+            root = runner.tree_root(plan, experiment_id)
+            if root is None:
+                raise QueueError(f"sweep {plan.sweep.name!r} has no MLflow run in store {store.root}: "
+                                 "its driver makes it (`lmcsweep run --plan-only FILE`)")
+            trees.append((single, root))
+        runner.run_plans(trees, experiment_id, outcome, record_plans=False)
+    for run_id, message in tracker.write_errors().items():  # waits for every write sent
+        job = runner.computed_runs.get(run_id)
+        if job is not None:
+            outcome.failed[job] = message
+    return outcome
+
+
+def _kill_stale(tracker: Tracker, sweep: str, job: str) -> None:
+    """Runs of `job` in `sweep` left RUNNING by a worker that died are marked KILLED."""
+    for run in tracker.search(f"tags.`{TAG}sweep` = '{sweep}' and tags.`{TAG}job` = '{job}' "
+                              f"and attributes.status = '{RUNNING}'"):
+        tracker.finish(run.info.run_id, "KILLED")
+
+
+# -- the driver ---------------------------------------------------------------------------------
+def enqueue(sweep: SweepConfig, runner: Runner, queue: Queue, plan: Plan) -> None:
+    """The plan's jobs into the queue (made first, before any worker starts), those already
+    FINISHED in the sweep's tree as done."""
+    queue.create()
+    queue.enqueue(sweep.name, None, [j.to_dict() for j in plan.jobs], set(runner.finished_in_tree(plan)))
+
+
+def drive(sweep: SweepConfig, store: Store, queue: Queue, workers: int, store_arg: str, tracking_uri: str | None,
+          on_progress=None, poll: float = 1.0) -> dict[str, object]:
+    """Start `workers` local worker processes on the queued sweep and wait for them; returns the
+    queue's counts, the failures (job -> every attempt's error) and the workers' exit codes. A
+    Ctrl-C stops the workers (their jobs resume when the sweep runs again)."""
+    queue.release_dead(sweep.name)  # claims of workers killed with an earlier driver
+    base = [sys.executable, "-m", "lmcsweep.cli", "--store", store_arg]
+    if tracking_uri:
+        base += ["--tracking-uri", tracking_uri]
+    command = base + ["worker", "--queue-uri", queue.uri, "--sweep", sweep.name, "--lease", str(queue.lease)]
+    procs = [subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True) for _ in range(workers)]
+    try:
+        while any(p.poll() is None for p in procs):
+            if on_progress is not None:
+                on_progress(queue.counts(sweep.name))
+            time.sleep(poll)
+    except BaseException:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+        for p in procs:
+            p.wait()
+        queue.release_dead(sweep.name)
+        raise
+    counts = queue.counts(sweep.name)
+    return {"counts": counts, "failures": queue.failures(sweep.name), "codes": [p.returncode for p in procs],
+            "open": counts.get(WAITING, 0) + counts.get(CLAIMED, 0), "done": counts.get(DONE, 0),
+            "failed": counts.get(FAILED, 0)}
