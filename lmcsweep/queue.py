@@ -194,7 +194,7 @@ class Queue:
                 conn.execute(JOBS.update().where(*self._key(r)).values(
                     state=state, owner=owner if state == CLAIMED else None, lease_until=now + self.lease,
                     attempts=r["attempts"] + (state == CLAIMED), errors=json.dumps(errors)))
-                r.update(state=state, errors=errors)
+                r.update(state=state, errors=errors, attempts=r["attempts"] + (state == CLAIMED))
                 if state == FAILED:
                     self._block(conn, r)
             return [r for r in rows if r["state"] == CLAIMED]

@@ -1,0 +1,111 @@
+"""One sweep on many workers through the job queue, end to end through the CLI: every job ends as
+exactly one computed FINISHED run, with the bits of a one-process run; a worker killed mid-job
+loses nothing (its lease expires, another worker resumes the job from its checkpoint)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmcsweep.queue import Queue, default_uri
+from lmcsweep.tracking import Tracker
+
+SWEEP = """\
+name: many
+experiment: tests
+preset: lenet
+data: {dataset: fashion_mnist, subset_train: 600, subset_test: 300}
+train: {iterations: 200it, batch_size: 60, eval_every: 100it, checkpoint_every: 20it, model: {hidden: [64]}}
+replicates: 2
+instability: {rewind: [0it, 20it], copies: 2, alphas: 4, train_examples: 300}
+"""
+
+
+def _cli(store: Path, *args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmcsweep.cli", "--store", str(store), *map(str, args)],
+                          capture_output=True, text=True, timeout=600, **kw)
+
+
+def _weights(store: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Every final checkpoint and the dense networks' rewind checkpoints, by relative path."""
+    out = {}
+    for path in sorted((store / "checkpoints").rglob("it*.pt")):
+        out[str(path.relative_to(store))] = torch.load(path, weights_only=False)["model"]
+    return out
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        a[f].keys() == b[f].keys() and all(torch.equal(a[f][k], b[f][k]) for k in a[f]) for f in a)
+
+
+def _computed_runs(store: Path) -> list[str]:
+    return [r.data.tags["lmcsweep.job"] for r in Tracker(root=store).runs_of_sweep("many", status="FINISHED")
+            if r.data.tags.get("lmcsweep.origin") == "computed"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("workers")
+    path = root / "sweep.yaml"
+    path.write_text(SWEEP)
+    one = root / "one"
+    out = _cli(one, "run", "--no-progress", path)
+    assert out.returncode == 0, out.stderr
+    return path, one
+
+
+def test_three_workers_compute_each_job_once_with_the_bits_of_one_process(reference, tmp_path):
+    path, one = reference
+    many = tmp_path / "many"
+    out = _cli(many, "run", "--workers", "3", path)
+    assert out.returncode == 0, out.stderr
+    assert "14 jobs done, 0 failed, 0 left (3 workers" in out.stdout
+    runs = _computed_runs(many)
+    assert len(runs) == len(set(runs)) == 14                       # each job exactly one FINISHED run
+    assert sorted(runs) == sorted(_computed_runs(one))
+    assert _same(_weights(one), _weights(many))
+    query = [_cli(s, "query", "--sweep", "many", "--format", "csv").stdout for s in (one, many)]
+    strip = lambda text: sorted(",".join(x for i, x in enumerate(line.split(",")) if i != 1)  # noqa: E731
+                                for line in text.splitlines())     # (column 1: the run id)
+    assert strip(query[0]) == strip(query[1])
+    again = _cli(many, "run", "--workers", "2", path)               # nothing left: nothing recomputed
+    assert again.returncode == 0 and len(_computed_runs(many)) == 14
+
+
+def test_a_worker_killed_mid_job_is_resumed_by_another(reference, tmp_path):
+    path, one = reference
+    store = tmp_path / "killed"
+    assert _cli(store, "run", "--plan-only", path).returncode == 0
+    queue = Queue(default_uri(store))
+    command = [sys.executable, "-m", "lmcsweep.cli", "--store", str(store), "worker", "--lease", "4"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not list((store / "checkpoints").glob("train_*/resume.pt")):   # mid-training, past a checkpoint
+            assert time.time() < deadline and first.poll() is None, first.communicate()
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        assert queue.counts("many").get("claimed", 0) >= 1           # its claims wait for their leases
+        second = _cli(store, "worker", "--lease", "4")
+        assert second.returncode == 0, second.stderr
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert queue.counts("many") == {"done": 14}
+    runs = _computed_runs(store)
+    assert len(runs) == len(set(runs)) == 14
+    resumed = [r for r in Tracker(root=store).runs_of_sweep("many", status="FINISHED")
+               if "lmcsweep.resumed_from" in r.data.tags]
+    assert resumed                                                    # from its checkpoint, not from scratch
+    assert _same(_weights(one), _weights(store))
+    killed = Tracker(root=store).runs_of_sweep("many", status="KILLED")
+    assert killed                                                     # the dead worker's run, marked
