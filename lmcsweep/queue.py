@@ -226,7 +226,7 @@ class Queue:
             conn.execute(JOBS.update().where(*self._key(row)).values(**values))
             if values["state"] == FAILED:
                 self._block(conn, row)
-            conn.execute(WORKERS.update().where(WORKERS.c.name == owner).values(done=WORKERS.c.done + (error is None)))
+            conn.execute(WORKERS.update().where(WORKERS.c.name == owner).values(done=WORKERS.c.done + int(error is None)))
             return True
 
     def register(self, owner: str) -> None:

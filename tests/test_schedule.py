@@ -56,7 +56,7 @@ def fig4(tmp_path_factory):
     path.write_text(textwrap.dedent(SWEEP))
     with pytest.MonkeyPatch.context() as mp:  # the forked copy workers inherit it
         mp.setattr(Store, "clear_resume", lambda self, job: None)
-        mp.setattr(jobs, "_trained", lambda *args: None)  # no "trained" record over the last resume one
+        mp.setattr(jobs, "mark_trained", lambda *args: None)  # no "trained" record over the last resume one
         result = _invoke(store, "run", "--no-progress", path)
     assert result.exit_code == 0, result.output
     yield path, store, build_plan(load_sweep(path))

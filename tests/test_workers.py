@@ -109,3 +109,34 @@ def test_a_worker_killed_mid_job_is_resumed_by_another(reference, tmp_path):
     assert _same(_weights(one), _weights(store))
     killed = Tracker(root=store).runs_of_sweep("many", status="KILLED")
     assert killed                                                     # the dead worker's run, marked
+
+
+def test_three_workers_on_postgresql_and_an_mlflow_server(reference, tmp_path):
+    """The cluster set-up on one machine: the MLflow tracking server backed by PostgreSQL, the
+    job queue on PostgreSQL, checkpoints in a shared folder."""
+    import shutil
+    import tempfile
+
+    from services import create_db, mlflow_server, postgres
+
+    path, one = reference
+    folder = Path(tempfile.mkdtemp(prefix="lmcsweep-pg-"))
+    folder.chmod(0o755)                                       # where user postgres can reach it
+    try:
+        with postgres(folder / "pg") as base:
+            tracking, queue_uri = create_db(base, "mlflow"), create_db(base, "queue")
+            with mlflow_server(tracking, tmp_path / "artifacts") as server:
+                store = tmp_path / "shared"
+                out = _cli(store, "--tracking-uri", server, "run", "--workers", "3", "--queue-uri", queue_uri, path)
+                assert out.returncode == 0, out.stderr
+                assert "14 jobs done, 0 failed, 0 left (3 workers" in out.stdout
+                assert not (store / "mlflow.db").exists() and not (store / "queue.db").exists()
+                assert Queue(queue_uri).counts("many") == {"done": 14}
+                runs = [r.data.tags["lmcsweep.job"] for r in Tracker(server, store).runs_of_sweep("many", status="FINISHED")
+                        if r.data.tags.get("lmcsweep.origin") == "computed"]
+                assert len(runs) == len(set(runs)) == 14
+                assert _same(_weights(one), _weights(store))
+                status = _cli(store, "--tracking-uri", server, "status", "many")
+                assert status.returncode == 0 and " 14 " in status.stdout, status.stdout
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
