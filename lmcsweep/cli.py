@@ -6,6 +6,7 @@ errors, unknown names, a missing data set, the sweep already running); 130 inter
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -97,12 +98,23 @@ def plan(ctx: click.Context, files: tuple[str, ...]) -> None:
               help="run the jobs on N local worker processes sharing the job queue")
 @click.option("--queue-uri", default=None, envvar="LMCSWEEP_QUEUE",
               help="the job queue's database (env LMCSWEEP_QUEUE; default sqlite:///<store>/queue.db)")
+@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+              help="where --workers run: local processes, or a SLURM job array (submitit)")
+@click.option("--gpus", default=None, help="local workers: GPUs to use, e.g. 0,1,2,3 (--workers per GPU)")
+@click.option("--slurm", "slurm_options", multiple=True, metavar="KEY=VALUE",
+              help="sbatch option for --executor slurm: partition, time (minutes), cpus-per-task, "
+                   "gpus-per-task, gpus-per-node, mem, account, qos, constraint, exclude, extra=KEY:VALUE")
 @click.pass_context
 def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, plan_only: bool, retry_failed: bool,
-        progress: bool, workers: int | None, queue_uri: str | None) -> None:
+        progress: bool, workers: int | None, queue_uri: str | None, executor: str, gpus: str | None,
+        slurm_options: tuple[str, ...]) -> None:
     """Run (or resume) sweep FILES. Finished jobs are never recomputed; killed ones resume."""
     if plan_only or workers:
-        _queued(ctx, _load(files), workers, queue_uri)
+        bad = [o for o in slurm_options if "=" not in o]
+        if bad:
+            raise click.BadParameter(f"{bad[0]!r} is not KEY=VALUE", param_hint="--slurm")
+        slurm = dict(o.split("=", 1) for o in slurm_options) if executor == "slurm" else None
+        _queued(ctx, _load(files), workers, queue_uri, slurm, gpus.split(",") if gpus else None)
         return
     if dry_run:
         tracker, _ = _backends(ctx)
@@ -169,7 +181,8 @@ def _queue(ctx: click.Context, queue_uri: str | None, lease: float | None = None
     return Queue(queue_uri or default_uri(ctx.obj["store"]), lease=lease or LEASE_SECONDS)
 
 
-def _queued(ctx: click.Context, sweeps, workers: int | None, queue_uri: str | None) -> None:
+def _queued(ctx: click.Context, sweeps, workers: int | None, queue_uri: str | None, slurm: dict | None,
+            gpus: list[str] | None) -> None:
     """--plan-only (sweeps planned into the store and the queue) or --workers N (and run by N workers)."""
     from .data import DataError
     from .queue import QueueError
@@ -195,16 +208,20 @@ def _queued(ctx: click.Context, sweeps, workers: int | None, queue_uri: str | No
                            f"(`lmcsweep job list {sweep.name}`; `lmcsweep worker` runs them)")
                 continue
             out = run_with_workers(sweep, tracker, store, queue, workers, ctx.obj["store"], ctx.obj["tracking_uri"],
-                                   show)
+                                   show, slurm, gpus)
             click.echo(f"{sweep.name}: {out['done']} jobs done, {out['failed']} failed, {out['open']} left "
-                       f"({workers} workers, {out['seconds']:.0f}s)")
+                       f"({workers} workers{' per GPU' if gpus else ''}, {out['seconds']:.0f}s)")
             for job, errors in out["failures"].items():
                 click.echo(f"  FAILED {job}: {' | '.join(errors)}", err=True)
             failed = failed or bool(out["failed"] or out["open"])
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; {RESUME}", err=True)
         sys.exit(130)
-    except (JobError, SweepBusy, QueueError, DataError) as exc:
+    except Exception as exc:
+        from .slurm import SlurmError  # (imported by now if it is what raised)
+
+        if not isinstance(exc, (JobError, SweepBusy, QueueError, DataError, SlurmError)):
+            raise
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     sys.exit(1 if failed else 0)
@@ -347,9 +364,12 @@ def query(ctx: click.Context, sweep_name: str | None, kind: str, fmt: str, super
 
 @main.command()
 @click.argument("name", required=False)
+@click.option("--queue-uri", default=None, envvar="LMCSWEEP_QUEUE",
+              help="the job queue's database (env LMCSWEEP_QUEUE; default sqlite:///<store>/queue.db)")
 @click.pass_context
-def status(ctx: click.Context, name: str | None) -> None:
-    """Each sweep in the store (or sweep NAME) with its jobs done / running / failed / pending."""
+def status(ctx: click.Context, name: str | None, queue_uri: str | None) -> None:
+    """Each sweep in the store (or sweep NAME) with its jobs done / running / failed / pending, and
+    the job queue's workers: what each is running, its last heartbeat."""
     from .records.status import sweep_status
 
     tracker, store = _backends(ctx)
@@ -364,6 +384,19 @@ def status(ctx: click.Context, name: str | None) -> None:
         if r["trials"]:
             note += ", trials " + " ".join(f"{k.lower()} {v}" for k, v in r["trials"].items() if v)
         click.echo(f"{r['sweep']:<24}{r['jobs']:>7}{r['done']:>7}{r['running']:>9}{r['failed']:>8}{pending:>9}  {note}")
+    _print_workers(ctx, queue_uri)
+
+
+def _print_workers(ctx: click.Context, queue_uri: str | None) -> None:
+    import time
+
+    queue = _queue(ctx, queue_uri)
+    if not queue.exists() or not queue.workers():
+        return
+    click.echo(f"\n{'worker':<28}{'heartbeat':>10}{'done':>6}  running")
+    for w in queue.workers():
+        age = time.time() - w["heartbeat"]
+        click.echo(f"{w['name']:<28}{age:>9.0f}s{w['done']:>6}  {', '.join(json.loads(w['running'])) or '-'}")
 
 
 @main.command()

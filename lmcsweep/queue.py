@@ -235,6 +235,11 @@ class Queue:
             conn.execute(WORKERS.insert().values(name=owner, started=time.time(), heartbeat=time.time(),
                                                  running="[]", done=0))
 
+    def unregister(self, owner: str) -> None:
+        """A worker that stops cleanly leaves the list (one that dies stays, its heartbeat ageing)."""
+        with self._write() as conn:
+            conn.execute(WORKERS.delete().where(WORKERS.c.name == owner))
+
     def running(self, owner: str, hashes: list[str]) -> None:
         with self._write() as conn:
             conn.execute(WORKERS.update().where(WORKERS.c.name == owner).values(

@@ -136,7 +136,8 @@ def run_job(tracker: Tracker, store: Store, job_hash: str, sweep: str | None = N
 
 
 def run_with_workers(sweep: SweepConfig, tracker: Tracker, store: Store, queue: Queue, workers: int,
-                     store_arg: str, tracking_uri: str | None, on_progress=None) -> dict[str, object]:
+                     store_arg: str, tracking_uri: str | None, on_progress=None,
+                     slurm: dict[str, str] | None = None, gpus: list[str] | None = None) -> dict[str, object]:
     """Run (or resume) a sweep on `workers` local worker processes sharing the job queue: the
     experiment, the sweep run, the plan and the queue are made here first, then the workers start;
     IMP matching is logged and the sweep run finished once they are done."""
@@ -153,7 +154,7 @@ def run_with_workers(sweep: SweepConfig, tracker: Tracker, store: Store, queue: 
         plan = build_plan(sweep)
         store.save_plan(sweep.name, None, plan.to_dict())
         enqueue(sweep, runner, queue, plan)
-        result = drive(sweep, store, queue, workers, store_arg, tracking_uri, on_progress)
+        result = drive(sweep, store, queue, workers, store_arg, tracking_uri, on_progress, slurm=slurm, gpus=gpus)
         if sweep.imp is not None and result["done"]:
             log_matching(tracker, sweep.name, plan_hashes(sweep, store.root))
         tracker.finish(run_id, FAILED if result["failed"] else FINISHED if not result["open"] else "KILLED")

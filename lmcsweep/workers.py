@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .config import SweepConfig
 from .plan.graph import Plan, plan_from_dict
@@ -68,6 +69,7 @@ def work(tracker: Tracker, store: Store, queue: Queue, sweep: str | None = None,
             else:
                 report.failed[r["hash"]] = error
         queue.running(owner, [])
+    queue.unregister(owner)
     return report
 
 
@@ -140,30 +142,47 @@ def enqueue(sweep: SweepConfig, runner: Runner, queue: Queue, plan: Plan) -> Non
 
 
 def drive(sweep: SweepConfig, store: Store, queue: Queue, workers: int, store_arg: str, tracking_uri: str | None,
-          on_progress=None, poll: float = 1.0) -> dict[str, object]:
-    """Start `workers` local worker processes on the queued sweep and wait for them; returns the
-    queue's counts, the failures (job -> every attempt's error) and the workers' exit codes. A
-    Ctrl-C stops the workers (their jobs resume when the sweep runs again)."""
+          on_progress=None, poll: float = 1.0, slurm: dict[str, str] | None = None,
+          gpus: list[str] | None = None) -> dict[str, object]:
+    """Start `workers` workers on the queued sweep and wait for them: local processes (with `gpus`,
+    `workers` per GPU, each seeing its own through CUDA_VISIBLE_DEVICES), or with `slurm` (sbatch
+    options) a SLURM job array. Returns the queue's counts, the failures (job -> every attempt's
+    error) and how the workers ended. A Ctrl-C stops the workers (their jobs resume when the sweep
+    runs again)."""
     queue.release_dead(sweep.name)  # claims of workers killed with an earlier driver
-    base = [sys.executable, "-m", "lmcsweep.cli", "--store", store_arg]
+    base = [sys.executable, "-m", "lmcsweep.cli", "--store", str(Path(store_arg).resolve())]
     if tracking_uri:
         base += ["--tracking-uri", tracking_uri]
     command = base + ["worker", "--queue-uri", queue.uri, "--sweep", sweep.name, "--lease", str(queue.lease)]
-    procs = [subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True) for _ in range(workers)]
-    try:
-        while any(p.poll() is None for p in procs):
-            if on_progress is not None:
-                on_progress(queue.counts(sweep.name))
-            time.sleep(poll)
-    except BaseException:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-        for p in procs:
-            p.wait()
-        queue.release_dead(sweep.name)
-        raise
+    show = (lambda: on_progress(queue.counts(sweep.name))) if on_progress is not None else (lambda: None)
+    if slurm is not None:
+        from . import slurm as cluster  # submitit: loaded only for a SLURM run
+
+        jobs = cluster.submit(command, workers, store.root / "slurm", slurm)
+        try:
+            ended = cluster.wait(jobs, poll, show)
+        except BaseException:
+            cluster.cancel(jobs)
+            raise
+    else:
+        envs = [None] * workers if not gpus else \
+            [{**os.environ, "CUDA_VISIBLE_DEVICES": g} for g in gpus for _ in range(workers)]
+        procs = [subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True, env=env) for env in envs]
+        try:
+            while any(p.poll() is None for p in procs):
+                show()
+                time.sleep(poll)
+        except BaseException:
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+            for p in procs:
+                p.wait()
+            queue.release_dead(sweep.name)
+            raise
+        ended = [p.returncode for p in procs]
+    show()
     counts = queue.counts(sweep.name)
-    return {"counts": counts, "failures": queue.failures(sweep.name), "codes": [p.returncode for p in procs],
+    return {"counts": counts, "failures": queue.failures(sweep.name), "ended": ended,
             "open": counts.get(WAITING, 0) + counts.get(CLAIMED, 0), "done": counts.get(DONE, 0),
             "failed": counts.get(FAILED, 0)}
