@@ -103,3 +103,62 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+@contextlib.contextmanager
+def slurm_cluster(folder: Path) -> Iterator[dict[str, str]]:
+    """A one-node SLURM cluster (Debian's slurm-wlm 22.05 + munge), every address on loopback and
+    every file in `folder`; yields the environment that points the SLURM commands at it."""
+    if not shutil.which("slurmctld") or not shutil.which("munged"):
+        import pytest
+
+        pytest.skip("SLURM is not installed (scripts/install.sh installs slurm-wlm and munge)")
+    folder.mkdir(parents=True, exist_ok=True)
+    started = []
+    key = Path("/etc/munge/munge.key")
+    for d in ("/etc/munge", "/run/munge", "/var/log/munge", "/var/lib/munge"):
+        Path(d).mkdir(parents=True, exist_ok=True)
+        shutil.chown(d, "munge", "munge")
+    if not key.exists():
+        key.write_bytes(os.urandom(1024))
+        shutil.chown(key, "munge", "munge")
+        key.chmod(0o400)
+    if subprocess.run(["munge", "-n"], capture_output=True).returncode != 0:
+        subprocess.run(["su", "munge", "-s", "/bin/sh", "-c", "munged --force"], check=True, timeout=30)
+        started.append(Path("/run/munge/munged.pid"))
+    host, cpus = socket.gethostname(), os.cpu_count() or 1
+    conf = folder / "slurm.conf"
+    conf.write_text("\n".join([
+        f"ClusterName=lmcsweep", f"SlurmctldHost={host}(127.0.0.1)", "SlurmUser=root", "SlurmdUser=root",
+        "AuthType=auth/munge", "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
+        "SwitchType=switch/none", "MpiDefault=none", "SelectType=select/cons_tres",
+        "SelectTypeParameters=CR_Core", "AccountingStorageType=accounting_storage/none",
+        "JobCompType=jobcomp/none", "ReturnToService=2", f"StateSaveLocation={folder}/state",
+        f"SlurmdSpoolDir={folder}/spool", f"SlurmctldPidFile={folder}/slurmctld.pid",
+        f"SlurmdPidFile={folder}/slurmd.pid", f"SlurmctldLogFile={folder}/slurmctld.log",
+        f"SlurmdLogFile={folder}/slurmd.log", f"SlurmctldPort={free_port()}", f"SlurmdPort={free_port()}",
+        "JobRequeue=1",
+        f"NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN",
+        f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP", ""]))
+    (folder / "state").mkdir(exist_ok=True)
+    (folder / "spool").mkdir(exist_ok=True)
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    try:
+        for daemon in ("slurmctld", "slurmd"):
+            subprocess.run([daemon, "-f", str(conf)], env=env, check=True, timeout=30)
+            started.append(folder / f"{daemon}.pid")
+
+        def idle() -> bool:
+            out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True)
+            return out.returncode == 0 and out.stdout.strip() == "idle"
+        _wait(idle, "the SLURM node", 60)
+        yield env
+    finally:
+        subprocess.run(["scancel", "--user", "root"], env=env, capture_output=True, timeout=30)
+        for pid_file in reversed(started):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pid_file.read_text().split()[0])
+                os.kill(pid, 15)
+                deadline = time.time() + 15
+                while time.time() < deadline and _alive(pid):
+                    time.sleep(0.1)

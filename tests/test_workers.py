@@ -140,3 +140,43 @@ def test_three_workers_on_postgresql_and_an_mlflow_server(reference, tmp_path):
                 assert status.returncode == 0 and " 14 " in status.stdout, status.stdout
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_workers_as_a_slurm_array_and_a_requeued_task(reference, tmp_path):
+    """`--executor slurm`: the workers are a SLURM job array submitted through submitit; one task
+    requeued mid-job (`scontrol requeue`, as a preemption) changes nothing in the result."""
+    import threading
+
+    from services import slurm_cluster
+
+    path, one = reference
+    store = tmp_path / "slurm"
+    with slurm_cluster(tmp_path / "cluster") as env:
+        requeued: list[str] = []
+
+        def requeue_one() -> None:  # once a dense network is mid-training, requeue the task holding it
+            deadline = time.time() + 240
+            while time.time() < deadline and not requeued:
+                if list((store / "checkpoints").glob("train_*/resume.pt")):
+                    ids = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i"], env=env, capture_output=True,
+                                         text=True).stdout.split()
+                    if ids:
+                        subprocess.run(["scontrol", "requeue", ids[0]], env=env, capture_output=True)
+                        requeued.append(ids[0])
+                time.sleep(0.2)
+        watcher = threading.Thread(target=requeue_one, daemon=True)
+        watcher.start()
+        out = subprocess.run([sys.executable, "-m", "lmcsweep.cli", "--store", str(store), "run", "--workers", "2",
+                              "--executor", "slurm", "--slurm", "partition=debug", "--slurm", "time=10", path],
+                             env=env, capture_output=True, text=True, timeout=600)
+        watcher.join()
+        refused = subprocess.run([sys.executable, "-m", "lmcsweep.cli", "--store", str(tmp_path / "refused"), "run",
+                                  "--workers", "1", "--executor", "slurm", "--slurm", "partition=nowhere", path],
+                                 env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "14 jobs done, 0 failed, 0 left (2 workers" in out.stdout
+    assert requeued
+    runs = _computed_runs(store)
+    assert len(runs) == len(set(runs)) == 14
+    assert _same(_weights(one), _weights(store))
+    assert refused.returncode == 2 and "sbatch refused" in refused.stderr and "Traceback" not in refused.stderr
