@@ -31,7 +31,7 @@ JOBS = sa.Table(
     "jobs", _meta,
     sa.Column("sweep", sa.String(200), primary_key=True),
     sa.Column("trial", sa.Integer, primary_key=True),          # -1: no trial
-    sa.Column("hash", sa.String(64), primary_key=True),
+    sa.Column("hash", sa.String(64), primary_key=True, index=True),
     sa.Column("kind", sa.String(20), nullable=False),
     sa.Column("position", sa.Integer, nullable=False),          # its place in the plan (parents first)
     sa.Column("state", sa.String(10), nullable=False, index=True),
@@ -39,6 +39,7 @@ JOBS = sa.Table(
     sa.Column("lease_until", sa.Float),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("errors", sa.Text, nullable=False, default="[]"),  # JSON: every attempt's error
+    sa.Index("jobs_ready", "state", "position"),
 )
 EDGES = sa.Table(
     "edges", _meta,
@@ -147,8 +148,10 @@ class Queue:
                     for i, j in enumerate(jobs) if j["hash"] not in have]
             if rows:
                 conn.execute(JOBS.insert(), rows)
-                conn.execute(EDGES.insert(), [{"sweep": sweep, "trial": t, "child": j["hash"], "parent": p}
-                                              for j in jobs if j["hash"] not in have for p in j["parents"]])
+                edges = [{"sweep": sweep, "trial": t, "child": j["hash"], "parent": p}
+                         for j in jobs if j["hash"] not in have for p in j["parents"]]
+                if edges:  # (an empty list would insert one row of defaults)
+                    conn.execute(EDGES.insert(), edges)
             conn.execute(JOBS.update().where(JOBS.c.sweep == sweep, JOBS.c.trial == t,
                                              JOBS.c.hash.in_(list(done)), JOBS.c.state != DONE)
                          .values(state=DONE, owner=None, lease_until=None))
