@@ -213,7 +213,9 @@ def _queued(ctx: click.Context, sweeps, workers: int | None, queue_uri: str | No
                        f"({workers} workers{' per GPU' if gpus else ''}, {out['seconds']:.0f}s)")
             for job, errors in out["failures"].items():
                 click.echo(f"  FAILED {job}: {' | '.join(errors)}", err=True)
-            failed = failed or bool(out["failed"] or out["open"])
+            for trial in out["trials_failed"]:
+                click.echo(f"  FAILED {trial}", err=True)
+            failed = failed or bool(out["failed"] or out["open"] or out["trials_failed"])
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; {RESUME}", err=True)
         sys.exit(130)

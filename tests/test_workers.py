@@ -180,3 +180,38 @@ def test_workers_as_a_slurm_array_and_a_requeued_task(reference, tmp_path):
     assert len(runs) == len(set(runs)) == 14
     assert _same(_weights(one), _weights(store))
     assert refused.returncode == 2 and "sbatch refused" in refused.stderr and "Traceback" not in refused.stderr
+
+
+GRID = """\
+name: grid
+experiment: tests
+preset: lenet
+data: {dataset: fashion_mnist, subset_train: 300, subset_test: 200}
+train: {iterations: 20it, batch_size: 60, eval_every: 10it, checkpoint_every: 10it, model: {hidden: [16]}}
+replicates: 1
+instability: {rewind: [0it], copies: 2, alphas: 3, train_examples: 200}
+search:
+  sampler: grid
+  space: {train.lr: [0.001, 0.002], train.batch_size: [30, 60]}
+  objective: {metric: instability, split: test, rewind: 0it, direction: minimize}
+"""
+
+
+def test_a_grid_search_on_three_workers_asks_each_point_once(tmp_path):
+    import optuna
+
+    path = tmp_path / "grid.yaml"
+    path.write_text(GRID)
+    store = tmp_path / "store"
+    out = _cli(store, "run", "--workers", "3", path)
+    assert out.returncode == 0, out.stderr
+    assert "16 jobs done, 0 failed, 0 left" in out.stdout
+    study = optuna.load_study(study_name=optuna.get_all_study_names(f"sqlite:///{store / 'optuna.db'}")[0],
+                              storage=f"sqlite:///{store / 'optuna.db'}")
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert sorted((t.params["train.lr"], t.params["train.batch_size"]) for t in trials) == \
+        [(0.001, 30), (0.001, 60), (0.002, 30), (0.002, 60)]
+    runs = [r.data.tags["lmcsweep.job"] for r in Tracker(root=store).runs_of_sweep("grid", status="FINISHED")
+            if r.data.tags.get("lmcsweep.origin") == "computed"]
+    assert len(runs) == len(set(runs)) == 16

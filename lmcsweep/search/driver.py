@@ -32,17 +32,21 @@ def trials_at_once(sweep: SweepConfig) -> int:
 
 
 def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any,
-               objective: Callable[[Any, Plan], float]) -> None:
+               objective: Callable[[Any, Plan], float], at_once: int | None = None,
+               run_batch: Callable[[list[tuple[Plan, str]], Any], None] | None = None) -> None:
     """Ask, run and tell trials until the grid is covered or `trials` trials have settled; up to
-    `trials_at_once` at a time, run together (`Runner.run_plans`). A finished trial's value is
-    `objective(tracker, plan)` (LookupError: the trial fails). The caller holds the sweep lock
-    and has marked RUNNING MLflow runs KILLED."""
+    `at_once` (default `trials_at_once`) at a time, run together by `run_batch((plan, trial run)
+    pairs, outcome)` (default: `Runner.run_plans` in this process; the queue's workers for
+    `lmcsweep run --workers`). Only this process asks and tells, so each grid point is asked once
+    however many workers run the trials. A finished trial's value is `objective(tracker, plan)`
+    (LookupError: the trial fails). The caller holds the sweep lock and has marked RUNNING MLflow
+    runs KILLED."""
     from tqdm.auto import tqdm
 
     tracker, search = runner.tracker, sweep.search
     study, retry_before = open_study(sweep, runner.store.root, runner.retry_failed)
     grid = search.sampler == "grid"
-    at_once = trials_at_once(sweep)
+    at_once = at_once or trials_at_once(sweep)
 
     # What earlier runs settled: their jobs count as done, their failures are reported again.
     for t in study.get_trials(deepcopy=False):
@@ -99,16 +103,20 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
                 fail(trial, trial_run, f"invalid variant: {exc}")
         if not batch:
             continue
-        plans = [plan for _, _, plan in batch]
-        done = set(tracker.done_jobs([j.hash for plan in plans for j in plan.jobs]))
-        left = summary(plans, done)["iterations_remaining"]
-        names = ", ".join(str(trial.number) for trial, _, _ in batch)
-        bar = tqdm(total=left, unit="it", disable=not runner.show_progress or left == 0, dynamic_ncols=True,
-                   mininterval=0.5, desc=f"trial{'s' if len(batch) > 1 else ''} {names}")
-        try:
-            runner.run_plans([(plan, trial_run) for _, trial_run, plan in batch], experiment_id, outcome, bar)
-        finally:
-            bar.close()
+        items = [(plan, trial_run) for _, trial_run, plan in batch]
+        if run_batch is not None:
+            run_batch(items, outcome)
+        else:
+            plans = [plan for _, _, plan in batch]
+            done = set(tracker.done_jobs([j.hash for plan in plans for j in plan.jobs]))
+            left = summary(plans, done)["iterations_remaining"]
+            names = ", ".join(str(trial.number) for trial, _, _ in batch)
+            bar = tqdm(total=left, unit="it", disable=not runner.show_progress or left == 0, dynamic_ncols=True,
+                       mininterval=0.5, desc=f"trial{'s' if len(batch) > 1 else ''} {names}")
+            try:
+                runner.run_plans(items, experiment_id, outcome, bar)
+            finally:
+                bar.close()
         for trial, trial_run, plan in batch:
             hashes = [j.hash for j in plan.jobs]
             errors = [outcome.failed[h] for h in hashes if h in outcome.failed]
