@@ -201,6 +201,7 @@ def _queued(ctx: click.Context, sweeps, workers: int | None, queue_uri: str | No
             last[:] = [line]
     try:
         queue = _queue(ctx, queue_uri)
+        queue.exists()  # an unreachable queue stops here, before anything is written
         for sweep in sweeps:
             if not workers:
                 plan_sweep(sweep, tracker, store, queue)
