@@ -35,21 +35,21 @@ CATEGORIES = {  # category: (module, qualified names)
     "training+evaluation": ("lmcsweep.train", ["train", "evaluate", "evaluate_group"]),
     # copies train in worker processes (their loops, evaluations and own checkpoint writes, and the
     # fork, ~60 ms a group): the call that waits for them
-    "training+evaluation (copies together)": ("lmcsweep.copies", ["together"]),
+    "training+evaluation (copies together)": ("lmcsweep.run.together", ["together"]),
     "interpolation (evaluation)": ("lmcsweep.interpolate", ["error_curves", "error_curve"]),
     "planning + config": ("lmcsweep.plan.build", ["build_plan"]),
     "config": ("lmcsweep.config", ["load_sweep"]),
-    "data loading (waiting for it)": ("lmcsweep.run.scheduler", ["Runner.dataset"]),
+    "data loading (waiting for it)": ("lmcsweep.run.context", ["Datasets.get"]),
     # `lmcsweep run` talks to MLflow through its tracking process: the time this process spends
     # sending calls and waiting for answers (queries wait for the writes before them)
     "checkpoint I/O": ("lmcsweep.store", ["Store.save_checkpoint", "Store.load_checkpoint", "Store.save_resume",
                                           "Store.load_resume", "Store.clear_resume", "atomic_save"]),
     "waiting for the writer": ("lmcsweep.store", ["Writer.flush"]),
-    "provenance (git)": ("lmcsweep.run.scheduler", ["provenance"]),
+    "provenance (git)": ("lmcsweep.run.context", ["provenance"]),
     "optimizer construction": ("lmcsweep.train", ["make_optimizer"]),
-    "model construction": ("lmcsweep.run.bodies", ["Context.model"]),
+    "model construction": ("lmcsweep.run.context", ["Context.model"]),
     "branch set-up (checkpoint, masks, loader)": ("lmcsweep.run.bodies", ["prepare_branch"]),
-    "run params": ("lmcsweep.run.scheduler", ["Runner._params"]),
+    "run params": ("lmcsweep.run.runs", ["job_params"]),
 }
 
 

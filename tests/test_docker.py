@@ -86,7 +86,7 @@ def test_server_role_asks_for_the_credentials_of_its_secret_files(tmp_path):
     def get(auth: str | None) -> int:
         request = urllib.request.Request(url, headers={"Authorization": f"Basic {auth}"} if auth else {})
         try:
-            return urllib.request.urlopen(request, timeout=5).status
+            return urllib.request.urlopen(request, timeout=60).status
         except urllib.error.HTTPError as exc:
             return exc.code
     try:
