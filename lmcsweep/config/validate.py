@@ -10,10 +10,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..steps import Step
+from .bounds import bound_problems
 from .presets import PRESETS
 from .resolve import resolve
 from .schema import RangeSpec, SweepConfig
 from .yamlfile import ConfigError, Lines, Problem, dotted, read_yaml
+
+
+PATTERN_MESSAGES = {
+    "name": "letters, digits, '_', '.' and '-' only, starting with a letter or digit (a file and run name)",
+    "storage": "an Optuna storage URL: sqlite:///PATH, postgresql://... or mysql://...",
+}
 
 
 def _pydantic_message(err: dict[str, Any]) -> str:
@@ -22,6 +29,8 @@ def _pydantic_message(err: dict[str, Any]) -> str:
         return "unknown field"
     if kind == "missing":
         return "required field is missing"
+    if kind == "string_pattern_mismatch":
+        return PATTERN_MESSAGES.get(err["loc"][-1] if err["loc"] else "", "control characters are not allowed")
     if kind == "value_error" and msg.startswith("Value error, "):
         return msg[len("Value error, "):]
     return msg[0].lower() + msg[1:] if msg else kind
@@ -148,6 +157,7 @@ def semantic_problems(sweep: SweepConfig, lines: Lines, file: str, space: bool =
             path = ("train", "milestones", i)
             problems.append(Problem(file, lines.line(path), dotted(path),
                                     f"milestone {m} is past the end of training ({T} iterations)"))
+    problems.extend(bound_problems(sweep, hyper, lines, file))
     if hyper.warmup > T:
         problems.append(Problem(file, lines.line(("train", "warmup")), "train.warmup",
                                 f"warmup ({hyper.warmup} iterations) is longer than training ({T})"))
