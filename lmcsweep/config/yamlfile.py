@@ -33,8 +33,15 @@ class Problem:
 
     def __str__(self) -> str:
         if self.line < 1:  # about the whole file
-            return f"{self.file}: {self.message}"
-        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+            return f"{self.file}: {_oneline(self.message)}"
+        return f"{self.file}:{self.line}: {_oneline(self.field)}: {_oneline(self.message)}"
+
+
+def _oneline(text: str, limit: int = 300) -> str:
+    """`text` on one line of at most `limit` characters: control characters escaped (a key or a
+    value of the file shown in a message cannot break the one-line format)."""
+    text = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class ConfigError(Exception):
