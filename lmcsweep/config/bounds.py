@@ -17,7 +17,8 @@ from .schema import SweepConfig, SyntheticConfig
 from .yamlfile import Lines, Problem
 
 MAX_ITERATIONS = 10**9  # ImageNet's 90 epochs are ~450,000 iterations
-MAX_JOBS = 50_000  # a plan is built at ~20 µs a job: a second for the largest sweep allowed
+MAX_JOBS = 50_000  # a plan is built at ~25 µs a job: about a second for the largest sweep allowed, room
+# for ~9 times sweeps/vgg16_imp.yaml (5,613 jobs: IMP with controls and instability)
 MAX_TRIALS = 1000  # points of a grid (the random and tpe samplers' `trials` has the same bound)
 MODEL_OPTIONS = {"lenet": {"hidden"}, "resnet20": {"depth", "width"}, "vgg16": {"width"}}
 
@@ -94,21 +95,26 @@ def job_count(sweep: SweepConfig) -> int:
     return sweep.replicates * per_replicate
 
 
+def search_trials(sweep: SweepConfig) -> int:
+    """The variants a sweep plans: the points of a grid, else `search.trials` (1 without a search)."""
+    search = sweep.search
+    if search is None:
+        return 1
+    if search.sampler == "grid":
+        return math.prod(len(v) if isinstance(v, list) else 1 for v in search.space.values())
+    return search.trials
+
+
 def _size_problems(sweep: SweepConfig, add) -> None:
     if sweep.imp is not None and imp_levels(sweep) > 100:
         add(("imp", "fraction"), f"pruning {sweep.imp.fraction} a level takes {imp_levels(sweep)} levels to "
                                  f"reach the preset's density: set imp.levels (at most 100) or a larger fraction")
         return
-    trials, where = 1, ""
+    trials, where = search_trials(sweep), ""
     if sweep.search is not None:
-        search = sweep.search
-        if search.sampler == "grid":
-            trials = math.prod(len(v) if isinstance(v, list) else 1 for v in search.space.values())
-            if trials > MAX_TRIALS:
-                add(("search", "space"), f"the grid has {trials} points, more than {MAX_TRIALS}")
-                return
-        else:
-            trials = search.trials
+        if sweep.search.sampler == "grid" and trials > MAX_TRIALS:
+            add(("search", "space"), f"the grid has {trials} points, more than {MAX_TRIALS}")
+            return
         where = f" x {trials} trials"
     jobs = job_count(sweep)
     if jobs * trials > MAX_JOBS:

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..steps import Step
-from .bounds import bound_problems
+from .bounds import MAX_JOBS, bound_problems, job_count, search_trials
 from .presets import PRESETS
 from .resolve import resolve
 from .schema import RangeSpec, SweepConfig
@@ -189,6 +189,8 @@ def semantic_problems(sweep: SweepConfig, lines: Lines, file: str, space: bool =
 def _search_problems(sweep: SweepConfig, lines: Lines, file: str, space: bool) -> list[Problem]:
     problems = []
     raw = sweep.model_dump(mode="json")
+    base = job_count(sweep)
+    largest = base  # an upper bound of the jobs of the largest variant, key by key
     for key, spec in sweep.search.space.items():
         path = ("search", "space", key)
         node: Any = raw
@@ -201,10 +203,14 @@ def _search_problems(sweep: SweepConfig, lines: Lines, file: str, space: bool) -
         if isinstance(spec, list) and not spec:
             problems.append(Problem(file, lines.line(path), dotted(path), "needs at least one value"))
         values = spec if isinstance(spec, list) else [spec.low, spec.high]
+        most = base
         for value in values if space and not any(p.field == dotted(path) for p in problems) else ():
-            bad = _variant_problem(sweep, key, value)
+            bad, variant = _variant_problem(sweep, key, value)
             if bad:
                 problems.append(Problem(file, lines.line(path), dotted(path), f"value {value!r}: {bad}"))
+            else:
+                most = max(most, job_count(variant))
+        largest = largest * most // max(base, 1)
         if isinstance(spec, RangeSpec):
             if spec.low >= spec.high:
                 problems.append(Problem(file, lines.line(path), dotted(path), "low must be below high"))
@@ -213,15 +219,20 @@ def _search_problems(sweep: SweepConfig, lines: Lines, file: str, space: bool) -
             if sweep.search.sampler == "grid":
                 problems.append(Problem(file, lines.line(path), dotted(path),
                                         "the grid sampler needs a list of values, not a range"))
+    trials = search_trials(sweep)
+    if space and not problems and largest > base and largest * trials > MAX_JOBS:
+        problems.append(Problem(file, lines.line(("search", "space")), "search.space",
+                                f"its variants expand to up to {largest} jobs x {trials} trials, more than one "
+                                f"sweep may have ({MAX_JOBS})"))
     return problems
 
 
-def _variant_problem(sweep: SweepConfig, key: str, value: Any) -> str | None:
-    """Why the sweep with `key` set to `value` (one point of its search space) is invalid, or None."""
+def _variant_problem(sweep: SweepConfig, key: str, value: Any) -> tuple[str | None, SweepConfig | None]:
+    """Why the sweep with `key` set to `value` (one point of its search space) is invalid (and None),
+    or None and the variant."""
     raw = sweep.model_dump(mode="json", exclude_unset=True)
     raw.pop("search")
     try:
-        validate(apply_overrides(raw, {key: value}), Lines(), "")
+        return None, validate(apply_overrides(raw, {key: value}), Lines(), "")
     except ConfigError as exc:
-        return "; ".join(f"{p.field}: {p.message}" for p in exc.problems)
-    return None
+        return "; ".join(f"{p.field}: {p.message}" for p in exc.problems), None
