@@ -230,6 +230,10 @@ def test_a_sample_through_the_cli_exits_2_and_writes_nothing(tmp_path):
     ("train: {batch_size: 100000}\n", "train.batch_size", "larger than the 60000 training examples"),
     ("train: {iterations: 99999999999ep}\n", "train.iterations", "more than plan and run allow"),
     ("replicates: 1000\ninstability: {rewind: [0it, 1it, 2it], copies: 10}\n", "replicates", "166000 jobs"),
+    ("instability: {rewind: [0it], splits: [test]}\nsearch: {space: {train.lr: [0.1]}, objective: {split: train}}\n",
+     "search.objective.split", "not in instability.splits"),
+    ("instability: {rewind: [0it]}\nsearch: {space: {train.lr: [0.1]}, objective: {rewind: 5it}}\n",
+     "search.objective.rewind", "not one of the sweep's"),
     ("instability: {rewind: [0it]}\nsearch: {space: {replicates: [1000], train.lr: [0.1, 0.2, 0.3, 0.4, 0.5, "
      "0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3]}}\n", "search.space", "4000 jobs x 13 trials"),
 ])

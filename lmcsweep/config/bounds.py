@@ -52,7 +52,43 @@ def bound_problems(sweep: SweepConfig, hyper: Hyper, lines: Lines, file: str) ->
     if (sweep.data.dataset or PRESETS[sweep.preset].dataset) == "synthetic":
         _synthetic_problems(sweep, model, add)
     _size_problems(sweep, add)
+    if sweep.search is not None:
+        _objective_problems(sweep, hyper, add)
     return out
+
+
+def _objective_problems(sweep: SweepConfig, hyper: Hyper, add) -> None:
+    """An objective the trials' records can give (else every trial fails when its value is read)."""
+    objective, inst, imp = sweep.search.objective, sweep.instability, sweep.imp
+    path = ("search", "objective")
+    level, control = objective.level, objective.control
+    if level is not None and imp is None:
+        return add(path + ("level",), "a level needs an `imp` section")
+    if level is not None and level > imp_levels(sweep):
+        return add(path + ("level",), f"the sweep prunes {imp_levels(sweep)} levels, not {level}")
+    if control != "none" and (level is None or level < 1 or control not in imp.controls):
+        return add(path + ("control",), f"no {control} runs: they exist at levels >= 1 with {control} in imp.controls")
+    if objective.metric in ("accuracy", "error") and level is None:
+        return None  # every replicate's training has a final accuracy
+    if objective.metric in ("instability", "earliest_stable"):
+        if inst is None or (level is not None and not imp.instability):
+            return add(path + ("metric",), f"{objective.metric} needs an `instability` section"
+                       + (" and imp.instability: true" if level is not None else ""))
+        if objective.split not in inst.splits:
+            return add(path + ("split",), f"the {objective.split} split is not in instability.splits")
+        if objective.metric == "earliest_stable":
+            return None
+    points = {hyper.iterations_of(step) for step in (imp.rewind if level is not None else inst.rewind)}
+    if objective.rewind is not None:
+        k = hyper.iterations_of(objective.rewind)
+    elif objective.metric in ("accuracy", "error"):
+        return None  # branches of every rewind point
+    else:
+        k = min(hyper.iterations_of(step) for step in inst.rewind)
+    if k not in points:
+        where = "imp.rewind" if level is not None else "instability.rewind"
+        add(path + ("rewind",), f"rewind {k} iterations is not one of the sweep's ({where}: "
+                                f"{', '.join(map(str, sorted(points)))})")
 
 
 def _synthetic_problems(sweep: SweepConfig, model: str, add) -> None:
