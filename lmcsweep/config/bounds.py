@@ -20,6 +20,7 @@ MAX_ITERATIONS = 10**9  # ImageNet's 90 epochs are ~450,000 iterations
 MAX_JOBS = 50_000  # a plan is built at ~25 µs a job: about a second for the largest sweep allowed, room
 # for ~9 times sweeps/vgg16_imp.yaml (5,613 jobs: IMP with controls and instability)
 MAX_TRIALS = 1000  # points of a grid (the random and tpe samplers' `trials` has the same bound)
+MAX_SPACE_VALUES = 2000  # values of a search space in all (each is checked as a variant of the file)
 MODEL_OPTIONS = {"lenet": {"hidden"}, "resnet20": {"depth", "width"}, "vgg16": {"width"}}
 
 
@@ -100,6 +101,8 @@ def _synthetic_problems(sweep: SweepConfig, model: str, add) -> None:
         add(("data", "synthetic", "shape"), f"{model} takes 3 input channels, not {c}")
     if model == "vgg16" and min(h, w) < 32:
         add(("data", "synthetic", "shape"), "vgg16 pools five times: height and width must be at least 32")
+    if model == "inception_v3" and min(h, w) < 75:
+        add(("data", "synthetic", "shape"), "inception_v3 takes images of at least 75 x 75")
 
 
 def imp_levels(sweep: SweepConfig) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..steps import Step
-from .bounds import MAX_JOBS, bound_problems, job_count, search_trials
+from .bounds import MAX_JOBS, MAX_SPACE_VALUES, bound_problems, job_count, search_trials
 from .presets import PRESETS
 from .resolve import resolve
 from .schema import RangeSpec, SweepConfig
@@ -191,6 +191,11 @@ def _search_problems(sweep: SweepConfig, lines: Lines, file: str, space: bool) -
     raw = sweep.model_dump(mode="json")
     base = job_count(sweep)
     largest = base  # an upper bound of the jobs of the largest variant, key by key
+    values_in_all = sum(len(v) if isinstance(v, list) else 2 for v in sweep.search.space.values())
+    if values_in_all > MAX_SPACE_VALUES:  # each is checked as a variant of the file: ~0.2 ms each
+        problems.append(Problem(file, lines.line(("search", "space")), "search.space",
+                                f"{values_in_all} values in all, more than {MAX_SPACE_VALUES}"))
+        space = False
     for key, spec in sweep.search.space.items():
         path = ("search", "space", key)
         node: Any = raw
