@@ -23,6 +23,7 @@ StepField = Annotated[Step, BeforeValidator(_step), PlainSerializer(str, return_
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 MAX_NAME = 100
 MAX_LIST = 100  # rewind points, hidden layers, controls, exempt layers
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no control characters (a newline in a path or an experiment name)
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "imagenet", "synthetic")
 TRAIN_SIZES = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "imagenet": 1281167}
 
@@ -44,18 +45,22 @@ class DataConfig(Strict):
     dataset: Literal["mnist", "fashion_mnist", "cifar10", "imagenet", "synthetic"] | None = Field(
         None, description="data set; defaults to the preset's")
     loader: Literal["tensor", "ffcv"] = Field("tensor", description="in-memory tensors or FFCV .beton files")
-    root: str | None = Field(None, max_length=4096, pattern=r"^[^\x00-\x1f\x7f]*$", description="folder holding the data set (else $LMCSWEEP_DATA, then defaults)")
+    root: str | None = Field(None, max_length=4096, pattern=PRINTABLE,
+                             description="folder holding the data set (else $LMCSWEEP_DATA, then defaults)")
     download: bool = Field(False, description="allow torchvision to download the data set into root")
-    subset_train: StrictInt | None = Field(None, ge=1, le=10**8, description="use only the first N training examples")
+    subset_train: StrictInt | None = Field(None, ge=1, le=10**8,
+                                           description="use only the first N training examples")
     subset_test: StrictInt | None = Field(None, ge=1, le=10**8, description="use only the first N test examples")
     augmentation: Literal["none", "crop_flip", "rrc_flip"] | None = Field(None, description="override")
     synthetic: SyntheticConfig | None = None
 
 
 class ModelOptions(Strict):
-    width: float | None = Field(None, gt=0, le=64, allow_inf_nan=False, description="resnet20: first-stage channels; vgg16: multiplier")
+    width: float | None = Field(None, gt=0, le=64, allow_inf_nan=False,
+                                description="resnet20: first-stage channels; vgg16: multiplier")
     depth: StrictInt | None = Field(None, ge=2, le=1000, description="resnet20: 6n+2 layers")
-    hidden: list[Annotated[StrictInt, Field(ge=1, le=100000)]] | None = Field(None, max_length=MAX_LIST, description="lenet: hidden layer sizes")
+    hidden: list[Annotated[StrictInt, Field(ge=1, le=100000)]] | None = Field(
+        None, max_length=MAX_LIST, description="lenet: hidden layer sizes")
 
 
 class TrainConfig(Strict):
@@ -78,8 +83,9 @@ class TrainConfig(Strict):
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    cpu_threads: StrictInt = Field(1, ge=1, le=1024, description="kernel threads per network trained on CPU; part of a job's "
-                             "identity (MKL and oneDNN sum weight gradients differently for other counts)")
+    cpu_threads: StrictInt = Field(1, ge=1, le=1024, description="kernel threads per network trained on CPU; part "
+                                   "of a job's identity (MKL and oneDNN sum weight gradients differently for other "
+                                   "counts)")
 
 
 Noise = Literal["data_order", "augmentation"]
@@ -101,21 +107,25 @@ class InstabilityConfig(Strict):
         "more with the learning-rate schedule restarted from iteration 0 (the paper's Figure 4 control)")
     bn: Literal["interpolate", "reset"] = Field(
         "interpolate", description="BatchNorm statistics along the path: interpolated, or re-estimated")
-    bn_batches: StrictInt = Field(20, ge=1, le=10000, description="training batches used to re-estimate BatchNorm (bn: reset)")
+    bn_batches: StrictInt = Field(20, ge=1, le=10000,
+                                  description="training batches used to re-estimate BatchNorm (bn: reset)")
     train_examples: StrictInt | None = Field(
         None, ge=1, le=10**8, description="evaluate the train split on its first N examples (default: all)")
 
 
 class ImpConfig(Strict):
-    levels: StrictInt | None = Field(None, ge=1, le=100, description="pruning rounds, density (1 - fraction)^level; default: "
-                               "down to the preset's IMP density (one level for one_shot)")
-    fraction: float = Field(0.2, gt=0, lt=1, allow_inf_nan=False, description="fraction of remaining weights pruned per level")
+    levels: StrictInt | None = Field(None, ge=1, le=100, description="pruning rounds, density (1 - fraction)^level; "
+                                     "default: down to the preset's IMP density (one level for one_shot)")
+    fraction: float = Field(0.2, gt=0, lt=1, allow_inf_nan=False,
+                            description="fraction of remaining weights pruned per level")
     rewind: list[StepField] = Field([Step(0)], min_length=1, max_length=MAX_LIST)
     style: Literal["iterative", "one_shot"] | None = None
-    target_density: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False, description="one_shot: density to prune to")
+    target_density: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False,
+                                         description="one_shot: density to prune to")
     instability: bool = False
     controls: list[Literal["random_prune", "random_reinit"]] = Field([], max_length=2)
-    exempt: list[Annotated[str, Field(max_length=200)]] | None = Field(None, max_length=MAX_LIST, description="layers never pruned: 'output' or parameter names")
+    exempt: list[Annotated[str, Field(max_length=200)]] | None = Field(
+        None, max_length=MAX_LIST, description="layers never pruned: 'output' or parameter names")
 
 
 class RangeSpec(Strict):
@@ -134,20 +144,23 @@ class ObjectiveConfig(Strict):
     direction: Literal["minimize", "maximize"] = "minimize"
 
 
+STORAGE_URL = r"^(sqlite:///[^\x00-\x1f]+|(postgresql|mysql)(\+\w+)?://[^\x00-\x1f\s]+)$"
+
+
 class SearchConfig(Strict):
     sampler: Literal["grid", "random", "tpe"] = "grid"
     trials: StrictInt = Field(1, ge=1, le=1000)
     seed: StrictInt = Field(0, ge=0, le=2**63 - 1)
     space: dict[str, Annotated[list[Any], Field(max_length=1000)] | RangeSpec] = Field(min_length=1, max_length=20)
     objective: ObjectiveConfig = ObjectiveConfig()
-    storage: str | None = Field(None, max_length=1000, pattern=r"^(sqlite:///[^\x00-\x1f]+|(postgresql|mysql)(\+\w+)?://[^\x00-\x1f\s]+)$",
+    storage: str | None = Field(None, max_length=1000, pattern=STORAGE_URL,
                                 description="Optuna storage URL, sqlite:///PATH, postgresql://... or mysql://... "
                                             "(default: mlruns/optuna.db)")
 
 
 class SweepConfig(Strict):
     name: str = Field(max_length=MAX_NAME, pattern=NAME_PATTERN)
-    experiment: str = Field(min_length=1, max_length=MAX_NAME, pattern=r"^[^\x00-\x1f\x7f]*$")
+    experiment: str = Field(min_length=1, max_length=MAX_NAME, pattern=PRINTABLE)
     preset: str
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()

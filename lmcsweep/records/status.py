@@ -117,7 +117,8 @@ def sweep_status(tracker: Tracker, store_root: str | Path, name: str | None = No
     return out
 
 
-def _snapshot(tracker: Tracker, store: Store, name: str | None, tries: int = 5) -> tuple[list[dict[str, Any]], set[str]]:
+def _snapshot(tracker: Tracker, store: Store, name: str | None,
+              tries: int = 5) -> tuple[list[dict[str, Any]], set[str]]:
     """The runs and the sweeps a runner holds, as one snapshot: the locks are read before and after
     the runs, and the runs again until both agree (a sweep that finished, or started, while its runs
     were read would otherwise show RUNNING with no runner: INTERRUPTED)."""
