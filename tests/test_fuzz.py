@@ -146,7 +146,7 @@ def _plan_seconds(sweep) -> float:
 def test_validator_answers_every_malformed_file_in_one_line_each(tmp_path):
     files = malformed_files(1300)
     rejected = accepted = 0
-    slowest = 0.0
+    slowest, planned = 0.0, set()
     for i, data in enumerate(files):
         path = tmp_path / f"f{i}.yaml"
         path.write_bytes(data)
@@ -162,7 +162,9 @@ def test_validator_answers_every_malformed_file_in_one_line_each(tmp_path):
         else:  # a mutation that is still a valid sweep (a comment line removed, ...): it plans quickly
             took = time.perf_counter() - start
             accepted += 1
-            assert _plan_seconds(sweep) < 2, data[:500]
+            if sweep.model_dump_json() not in planned:  # (most are a comment changed: plan each sweep once)
+                planned.add(sweep.model_dump_json())
+                assert _plan_seconds(sweep) < 2, data[:500]
         slowest = max(slowest, took)
         assert took < 2, (took, data[:300])
         path.unlink()
