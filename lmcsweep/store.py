@@ -91,6 +91,12 @@ class Store:
             fcntl.flock(f, fcntl.LOCK_UN)
             return False
 
+    def active_runners(self) -> set[str]:
+        """The sweeps whose lock a runner holds now."""
+        folder = self.root / "locks"
+        names = sorted(p.stem for p in folder.glob("*.lock")) if folder.is_dir() else []
+        return {name for name in names if self.runner_alive(name)}
+
     def job_dir(self, job: str) -> Path:
         return self.root / "checkpoints" / job
 

@@ -5,6 +5,7 @@
 - `yamlfile`: reading YAML with the line of every field (`Lines`); `Problem` and `ConfigError`.
 - `validate`: every mistake in a file at once (`validate`, `load_sweep`), ``FILE:LINE: field.path: message``,
   before anything runs or is written.
+- `bounds`: what plan and run can do (training length, model options, at most `MAX_JOBS` jobs a sweep).
 - `resolve`: preset + overrides -> `Hyper`, the concrete settings, all durations in iterations.
 
 A job's hash, and the revisions in it, live in `lmcsweep.identity`.

@@ -18,6 +18,12 @@ def _step(value: Any) -> Step:
 
 
 StepField = Annotated[Step, BeforeValidator(_step), PlainSerializer(str, return_type=str)]
+# Bounds of what plan and run can do: counts a sweep could ask for, far beyond any paper's, that
+# still plan in about a second; names safe as file names (the store's lock) and MLflow run names.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+MAX_NAME = 100
+MAX_LIST = 100  # rewind points, hidden layers, controls, exempt layers
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no control characters (a newline in a path or an experiment name)
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "imagenet", "synthetic")
 TRAIN_SIZES = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "imagenet": 1281167}
 
@@ -27,44 +33,49 @@ class Strict(BaseModel):
 
 
 class SyntheticConfig(Strict):
-    shape: tuple[int, int, int] = (3, 32, 32)
-    classes: StrictInt = Field(10, ge=2)
-    train: StrictInt = Field(512, ge=1)
-    test: StrictInt = Field(256, ge=1)
-    seed: StrictInt = Field(0, ge=0)
+    shape: tuple[Annotated[StrictInt, Field(ge=1, le=1024)], Annotated[StrictInt, Field(ge=1, le=1024)],
+                 Annotated[StrictInt, Field(ge=1, le=1024)]] = (3, 32, 32)
+    classes: StrictInt = Field(10, ge=2, le=100000)
+    train: StrictInt = Field(512, ge=1, le=10**6)
+    test: StrictInt = Field(256, ge=1, le=10**6)
+    seed: StrictInt = Field(0, ge=0, le=2**63 - 1)
 
 
 class DataConfig(Strict):
     dataset: Literal["mnist", "fashion_mnist", "cifar10", "imagenet", "synthetic"] | None = Field(
         None, description="data set; defaults to the preset's")
     loader: Literal["tensor", "ffcv"] = Field("tensor", description="in-memory tensors or FFCV .beton files")
-    root: str | None = Field(None, description="folder holding the data set (else $LMCSWEEP_DATA, then defaults)")
+    root: str | None = Field(None, max_length=4096, pattern=PRINTABLE,
+                             description="folder holding the data set (else $LMCSWEEP_DATA, then defaults)")
     download: bool = Field(False, description="allow torchvision to download the data set into root")
-    subset_train: StrictInt | None = Field(None, ge=1, description="use only the first N training examples")
-    subset_test: StrictInt | None = Field(None, ge=1, description="use only the first N test examples")
+    subset_train: StrictInt | None = Field(None, ge=1, le=10**8,
+                                           description="use only the first N training examples")
+    subset_test: StrictInt | None = Field(None, ge=1, le=10**8, description="use only the first N test examples")
     augmentation: Literal["none", "crop_flip", "rrc_flip"] | None = Field(None, description="override")
     synthetic: SyntheticConfig | None = None
 
 
 class ModelOptions(Strict):
-    width: float | None = Field(None, gt=0, description="resnet20: first-stage channels; vgg16: multiplier")
-    depth: StrictInt | None = Field(None, ge=2, description="resnet20: 6n+2 layers")
-    hidden: list[StrictInt] | None = Field(None, description="lenet: hidden layer sizes")
+    width: float | None = Field(None, gt=0, le=64, allow_inf_nan=False,
+                                description="resnet20: first-stage channels; vgg16: multiplier")
+    depth: StrictInt | None = Field(None, ge=2, le=1000, description="resnet20: 6n+2 layers")
+    hidden: list[Annotated[StrictInt, Field(ge=1, le=100000)]] | None = Field(
+        None, max_length=MAX_LIST, description="lenet: hidden layer sizes")
 
 
 class TrainConfig(Strict):
     """Overrides of the preset; anything left out comes from the preset."""
 
     iterations: StepField | None = None
-    batch_size: StrictInt | None = Field(None, ge=1)
+    batch_size: StrictInt | None = Field(None, ge=1, le=10**6)
     optimizer: Literal["sgd", "adam"] | None = None
-    lr: float | None = Field(None, gt=0)
-    momentum: float | None = Field(None, ge=0, lt=1)
-    weight_decay: float | None = Field(None, ge=0)
+    lr: float | None = Field(None, gt=0, allow_inf_nan=False)
+    momentum: float | None = Field(None, ge=0, lt=1, allow_inf_nan=False)
+    weight_decay: float | None = Field(None, ge=0, allow_inf_nan=False)
     schedule: Literal["constant", "step", "linear"] | None = None
-    milestones: list[StepField] | None = None
-    gamma: float | None = Field(None, gt=0, le=1)
-    final_lr: float | None = Field(None, ge=0)
+    milestones: list[StepField] | None = Field(None, max_length=MAX_LIST)
+    gamma: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    final_lr: float | None = Field(None, ge=0, allow_inf_nan=False)
     warmup: StepField | None = None
     model: ModelOptions = ModelOptions()
     eval_every: StepField | None = Field(None, description="test accuracy cadence (default: 10 times a run)")
@@ -72,8 +83,9 @@ class TrainConfig(Strict):
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    cpu_threads: StrictInt = Field(1, ge=1, description="kernel threads per network trained on CPU; part of a job's "
-                             "identity (MKL and oneDNN sum weight gradients differently for other counts)")
+    cpu_threads: StrictInt = Field(1, ge=1, le=1024, description="kernel threads per network trained on CPU; part "
+                                   "of a job's identity (MKL and oneDNN sum weight gradients differently for other "
+                                   "counts)")
 
 
 Noise = Literal["data_order", "augmentation"]
@@ -81,13 +93,13 @@ Split = Literal["test", "train"]
 
 
 class InstabilityConfig(Strict):
-    rewind: list[StepField] = Field(min_length=1, description="rewind points k")
-    copies: StrictInt = Field(2, ge=2, description="copies trained from each k")
+    rewind: list[StepField] = Field(min_length=1, max_length=MAX_LIST, description="rewind points k")
+    copies: StrictInt = Field(2, ge=2, le=100, description="copies trained from each k")
     pairs: Literal["all", "disjoint"] = Field(
         "all", description="compare every pair of copies, or (0,1), (2,3), ... only (pairs share no copy)")
-    alphas: StrictInt = Field(30, ge=2, description="evenly spaced points in [0, 1], endpoints included")
-    splits: list[Split] = Field(["test", "train"], min_length=1)
-    noise: list[Noise] = Field(["data_order", "augmentation"], min_length=1)
+    alphas: StrictInt = Field(30, ge=2, le=1000, description="evenly spaced points in [0, 1], endpoints included")
+    splits: list[Split] = Field(["test", "train"], min_length=1, max_length=2)
+    noise: list[Noise] = Field(["data_order", "augmentation"], min_length=1, max_length=2)
     optimizer: Literal["continue", "restart"] = Field(
         "continue", description="copies continue the optimizer state at k, or restart it")
     schedule: Literal["continue", "restart"] = Field(
@@ -95,56 +107,65 @@ class InstabilityConfig(Strict):
         "more with the learning-rate schedule restarted from iteration 0 (the paper's Figure 4 control)")
     bn: Literal["interpolate", "reset"] = Field(
         "interpolate", description="BatchNorm statistics along the path: interpolated, or re-estimated")
-    bn_batches: StrictInt = Field(20, ge=1, description="training batches used to re-estimate BatchNorm (bn: reset)")
+    bn_batches: StrictInt = Field(20, ge=1, le=10000,
+                                  description="training batches used to re-estimate BatchNorm (bn: reset)")
     train_examples: StrictInt | None = Field(
-        None, ge=1, description="evaluate the train split on its first N examples (default: all)")
+        None, ge=1, le=10**8, description="evaluate the train split on its first N examples (default: all)")
 
 
 class ImpConfig(Strict):
-    levels: StrictInt | None = Field(None, ge=1, description="pruning rounds, density (1 - fraction)^level; default: "
-                               "down to the preset's IMP density (one level for one_shot)")
-    fraction: float = Field(0.2, gt=0, lt=1, description="fraction of remaining weights pruned per level")
-    rewind: list[StepField] = Field([Step(0)], min_length=1)
+    levels: StrictInt | None = Field(None, ge=1, le=100, description="pruning rounds, density (1 - fraction)^level; "
+                                     "default: down to the preset's IMP density (one level for one_shot)")
+    fraction: float = Field(0.2, gt=0, lt=1, allow_inf_nan=False,
+                            description="fraction of remaining weights pruned per level")
+    rewind: list[StepField] = Field([Step(0)], min_length=1, max_length=MAX_LIST)
     style: Literal["iterative", "one_shot"] | None = None
-    target_density: float | None = Field(None, gt=0, lt=1, description="one_shot: density to prune to")
+    target_density: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False,
+                                         description="one_shot: density to prune to")
     instability: bool = False
-    controls: list[Literal["random_prune", "random_reinit"]] = []
-    exempt: list[str] | None = Field(None, description="layers never pruned: 'output' or parameter names")
+    controls: list[Literal["random_prune", "random_reinit"]] = Field([], max_length=2)
+    exempt: list[Annotated[str, Field(max_length=200)]] | None = Field(
+        None, max_length=MAX_LIST, description="layers never pruned: 'output' or parameter names")
 
 
 class RangeSpec(Strict):
-    low: float
-    high: float
+    low: float = Field(allow_inf_nan=False)
+    high: float = Field(allow_inf_nan=False)
     log: bool = False
-    step: float | None = None
+    step: float | None = Field(None, gt=0, allow_inf_nan=False)
 
 
 class ObjectiveConfig(Strict):
     metric: Literal["instability", "accuracy", "error", "earliest_stable"] = "instability"
     split: Split = "test"
     rewind: StepField | None = None
-    level: StrictInt | None = Field(None, ge=0)
+    level: StrictInt | None = Field(None, ge=0, le=100)
     control: Literal["none", "random_prune", "random_reinit"] = "none"
     direction: Literal["minimize", "maximize"] = "minimize"
 
 
+STORAGE_URL = r"^(sqlite:///[^\x00-\x1f]+|(postgresql|mysql)(\+\w+)?://[^\x00-\x1f\s]+)$"
+
+
 class SearchConfig(Strict):
     sampler: Literal["grid", "random", "tpe"] = "grid"
-    trials: StrictInt = Field(1, ge=1)
-    seed: StrictInt = Field(0, ge=0)
-    space: dict[str, list[Any] | RangeSpec] = Field(min_length=1)
+    trials: StrictInt = Field(1, ge=1, le=1000)
+    seed: StrictInt = Field(0, ge=0, le=2**63 - 1)
+    space: dict[str, Annotated[list[Any], Field(max_length=1000)] | RangeSpec] = Field(min_length=1, max_length=20)
     objective: ObjectiveConfig = ObjectiveConfig()
-    storage: str | None = Field(None, description="Optuna storage URL (default: mlruns/optuna.db)")
+    storage: str | None = Field(None, max_length=1000, pattern=STORAGE_URL,
+                                description="Optuna storage URL, sqlite:///PATH, postgresql://... or mysql://... "
+                                            "(default: mlruns/optuna.db)")
 
 
 class SweepConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    experiment: str = Field(min_length=1)
+    name: str = Field(max_length=MAX_NAME, pattern=NAME_PATTERN)
+    experiment: str = Field(min_length=1, max_length=MAX_NAME, pattern=PRINTABLE)
     preset: str
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
-    replicates: StrictInt = Field(1, ge=1, description="initialisations")
-    seed: StrictInt = Field(0, ge=0, description="base seed; replicate r uses seed + r")
+    replicates: StrictInt = Field(1, ge=1, le=1000, description="initialisations")
+    seed: StrictInt = Field(0, ge=0, le=2**31 - 1, description="base seed; replicate r uses seed + r")
     instability: InstabilityConfig | None = None
     imp: ImpConfig | None = None
     search: SearchConfig | None = None

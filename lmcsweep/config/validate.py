@@ -10,10 +10,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..steps import Step
+from .bounds import MAX_JOBS, MAX_SPACE_VALUES, bound_problems, job_count, search_trials
 from .presets import PRESETS
 from .resolve import resolve
 from .schema import RangeSpec, SweepConfig
 from .yamlfile import ConfigError, Lines, Problem, dotted, read_yaml
+
+
+PATTERN_MESSAGES = {
+    "name": "letters, digits, '_', '.' and '-' only, starting with a letter or digit (a file and run name)",
+    "storage": "an Optuna storage URL: sqlite:///PATH, postgresql://... or mysql://...",
+}
 
 
 def _pydantic_message(err: dict[str, Any]) -> str:
@@ -22,6 +29,8 @@ def _pydantic_message(err: dict[str, Any]) -> str:
         return "unknown field"
     if kind == "missing":
         return "required field is missing"
+    if kind == "string_pattern_mismatch":
+        return PATTERN_MESSAGES.get(err["loc"][-1] if err["loc"] else "", "control characters are not allowed")
     if kind == "value_error" and msg.startswith("Value error, "):
         return msg[len("Value error, "):]
     return msg[0].lower() + msg[1:] if msg else kind
@@ -148,6 +157,7 @@ def semantic_problems(sweep: SweepConfig, lines: Lines, file: str, space: bool =
             path = ("train", "milestones", i)
             problems.append(Problem(file, lines.line(path), dotted(path),
                                     f"milestone {m} is past the end of training ({T} iterations)"))
+    problems.extend(bound_problems(sweep, hyper, lines, file))
     if hyper.warmup > T:
         problems.append(Problem(file, lines.line(("train", "warmup")), "train.warmup",
                                 f"warmup ({hyper.warmup} iterations) is longer than training ({T})"))
@@ -179,6 +189,13 @@ def semantic_problems(sweep: SweepConfig, lines: Lines, file: str, space: bool =
 def _search_problems(sweep: SweepConfig, lines: Lines, file: str, space: bool) -> list[Problem]:
     problems = []
     raw = sweep.model_dump(mode="json")
+    base = job_count(sweep)
+    largest = base  # an upper bound of the jobs of the largest variant, key by key
+    values_in_all = sum(len(v) if isinstance(v, list) else 2 for v in sweep.search.space.values())
+    if values_in_all > MAX_SPACE_VALUES:  # each is checked as a variant of the file: ~0.2 ms each
+        problems.append(Problem(file, lines.line(("search", "space")), "search.space",
+                                f"{values_in_all} values in all, more than {MAX_SPACE_VALUES}"))
+        space = False
     for key, spec in sweep.search.space.items():
         path = ("search", "space", key)
         node: Any = raw
@@ -191,10 +208,14 @@ def _search_problems(sweep: SweepConfig, lines: Lines, file: str, space: bool) -
         if isinstance(spec, list) and not spec:
             problems.append(Problem(file, lines.line(path), dotted(path), "needs at least one value"))
         values = spec if isinstance(spec, list) else [spec.low, spec.high]
+        most = base
         for value in values if space and not any(p.field == dotted(path) for p in problems) else ():
-            bad = _variant_problem(sweep, key, value)
+            bad, variant = _variant_problem(sweep, key, value)
             if bad:
                 problems.append(Problem(file, lines.line(path), dotted(path), f"value {value!r}: {bad}"))
+            else:
+                most = max(most, job_count(variant))
+        largest = largest * most // max(base, 1)
         if isinstance(spec, RangeSpec):
             if spec.low >= spec.high:
                 problems.append(Problem(file, lines.line(path), dotted(path), "low must be below high"))
@@ -203,15 +224,20 @@ def _search_problems(sweep: SweepConfig, lines: Lines, file: str, space: bool) -
             if sweep.search.sampler == "grid":
                 problems.append(Problem(file, lines.line(path), dotted(path),
                                         "the grid sampler needs a list of values, not a range"))
+    trials = search_trials(sweep)
+    if space and not problems and largest > base and largest * trials > MAX_JOBS:
+        problems.append(Problem(file, lines.line(("search", "space")), "search.space",
+                                f"its variants expand to up to {largest} jobs x {trials} trials, more than one "
+                                f"sweep may have ({MAX_JOBS})"))
     return problems
 
 
-def _variant_problem(sweep: SweepConfig, key: str, value: Any) -> str | None:
-    """Why the sweep with `key` set to `value` (one point of its search space) is invalid, or None."""
+def _variant_problem(sweep: SweepConfig, key: str, value: Any) -> tuple[str | None, SweepConfig | None]:
+    """Why the sweep with `key` set to `value` (one point of its search space) is invalid (and None),
+    or None and the variant."""
     raw = sweep.model_dump(mode="json", exclude_unset=True)
     raw.pop("search")
     try:
-        validate(apply_overrides(raw, {key: value}), Lines(), "")
+        return None, validate(apply_overrides(raw, {key: value}), Lines(), "")
     except ConfigError as exc:
-        return "; ".join(f"{p.field}: {p.message}" for p in exc.problems)
-    return None
+        return "; ".join(f"{p.field}: {p.message}" for p in exc.problems), None

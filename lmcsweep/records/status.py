@@ -77,8 +77,9 @@ def sweep_status(tracker: Tracker, store_root: str | Path, name: str | None = No
     """One row per sweep: jobs, done, running, failed, interrupted, pending (None when its recorded
     config cannot be read), trial runs by status, the sweep run's status (INTERRUPTED: RUNNING, but
     no runner holds the sweep), whether a runner is alive."""
+    rows, active = _snapshot(tracker, Store(store_root), name)
     rows_by_sweep: dict[str, list[dict[str, Any]]] = {}
-    for row in tracker.run_rows(name):
+    for row in rows:
         rows_by_sweep.setdefault(row["sweep"], []).append(row)
     finished_anywhere = set(tracker.done_jobs()) if rows_by_sweep else set()
     out = []
@@ -94,7 +95,7 @@ def sweep_status(tracker: Tracker, store_root: str | Path, name: str | None = No
             elif run["kind"] != "sweep" and run["job"] and latest.get(run["job"]) != FINISHED:
                 latest[run["job"]] = run["status"]
         hashes = now.jobs if now is not None else set(latest)
-        alive = Store(store_root).runner_alive(sweep_name)
+        alive = sweep_name in active
         sweep_state = sweep_run["status"] if sweep_run else "?"
         if sweep_state == RUNNING and not alive:  # its runner was killed: `lmcsweep run` resumes it
             sweep_state = "INTERRUPTED"
@@ -114,6 +115,21 @@ def sweep_status(tracker: Tracker, store_root: str | Path, name: str | None = No
             row["pending"] = None
         out.append(row)
     return out
+
+
+def _snapshot(tracker: Tracker, store: Store, name: str | None,
+              tries: int = 5) -> tuple[list[dict[str, Any]], set[str]]:
+    """The runs and the sweeps a runner holds, as one snapshot: the locks are read before and after
+    the runs, and the runs again until both agree (a sweep that finished, or started, while its runs
+    were read would otherwise show RUNNING with no runner: INTERRUPTED)."""
+    before = store.active_runners()
+    for _ in range(tries):
+        rows = tracker.run_rows(name)
+        after = store.active_runners()
+        if after == before:
+            break
+        before = after
+    return rows, after
 
 
 def plan_lines(sweep: SweepConfig, tracker: Tracker) -> list[str]:
