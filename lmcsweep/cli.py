@@ -378,15 +378,18 @@ def status(ctx: click.Context, name: str | None, queue_uri: str | None) -> None:
     tracker, store = _backends(ctx)
     rows = sweep_status(tracker, store.root, name)
     if not rows:
-        click.echo(f"no sweep {name!r} in the store" if name else "no sweeps in the store")
+        where = f"store {store.root}" + (f" (tracking {tracker.uri})" if ctx.obj["tracking_uri"] else "")
+        click.echo(f"no sweep {name!r} in {where}" if name else f"no sweeps in {where}")
         sys.exit(2 if name else 0)
-    click.echo(f"{'sweep':<24}{'jobs':>7}{'done':>7}{'running':>9}{'failed':>8}{'pending':>9}  status")
-    for r in rows:
+    click.echo(f"store {store.root}")
+    click.echo(f"{'sweep':<24}{'jobs':>7}{'done':>7}{'running':>9}{'interrupted':>13}{'failed':>8}{'pending':>9}  status")
+    for r in rows:  # done + running + interrupted + failed + pending = jobs
         pending = "?" if r["pending"] is None else r["pending"]
-        note = r["status"] + (f", {r['interrupted']} interrupted" if r["interrupted"] else "")
+        note = r["status"]
         if r["trials"]:
             note += ", trials " + " ".join(f"{k.lower()} {v}" for k, v in r["trials"].items() if v)
-        click.echo(f"{r['sweep']:<24}{r['jobs']:>7}{r['done']:>7}{r['running']:>9}{r['failed']:>8}{pending:>9}  {note}")
+        click.echo(f"{r['sweep']:<24}{r['jobs']:>7}{r['done']:>7}{r['running']:>9}{r['interrupted']:>13}"
+                   f"{r['failed']:>8}{pending:>9}  {note}")
     _print_workers(ctx, queue_uri)
 
 

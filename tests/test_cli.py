@@ -188,7 +188,7 @@ def test_missing_data_set_and_busy_sweep_are_clear_errors(cli, write_sweep, stor
     result = CliRunner().invoke(main, ["--store", str(store), "run", "--no-progress", str(path)])
     assert result.exit_code == 2 and "data set 'mnist' not found" in result.output, result.output
     assert "Traceback" not in result.output
-    assert cli("status").output.strip() == "no sweeps in the store"
+    assert cli("status").output.strip() == f"no sweeps in store {store.resolve()}"
 
     small = write_sweep(filename="small.yaml")
     lock = store / "locks" / "small.lock"
