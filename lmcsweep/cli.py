@@ -148,6 +148,9 @@ def _run(sweeps, tracker, store, progress: bool, retry_failed: bool) -> bool:
             click.echo(f"{sweep.name}: {len(outcome.computed)} jobs run, {len(outcome.reused)} reused from the "
                        f"store, {len(outcome.skipped)} already done, {len(outcome.failed)} failed, "
                        f"{len(outcome.blocked)} blocked ({outcome.seconds:.0f}s)")
+        if outcome.backfilled:
+            click.echo(f"  {outcome.backfilled} interpolation runs of an earlier revision given the path metrics "
+                       "(loss barrier, disagreement, ...) from their stored checkpoints")
         for job, error in outcome.failed.items():
             click.echo(f"  FAILED {job}: {error}", err=True)
         if outcome.failed:
@@ -242,6 +245,41 @@ def _stored(ctx: click.Context, sweep_name: str | None):
                    else f"nothing has run in the store ({ctx.obj['store']})", err=True)
         sys.exit(2)
     return tracker, store
+
+
+@main.command()
+@click.argument("name")
+@click.option("--replicate", type=int, default=0, show_default=True, help="the replicate (initialisation)")
+@click.option("--rewind", required=True, help="the rewind point k: 20it, 2ep, or iterations")
+@click.option("--level", type=int, required=True, help="the IMP level (0: the dense network)")
+@click.option("--control", type=click.Choice(["none", "random_prune", "random_reinit"]), default="none",
+              show_default=True, help="a control's subnetwork instead of IMP's")
+@click.option("--trial", type=int, default=None, help="a trial of a search")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="the ticket file to write")
+@click.pass_context
+def export(ctx: click.Context, name: str, replicate: int, rewind: str, level: int, control: str,
+           trial: int | None, out: str) -> None:
+    """Write an IMP subnetwork (mask, weights at k, model, level, density, k, job hash, seeds) as one
+    file; lmcsweep.export.load_ticket(FILE) loads it as a torch module."""
+    from .data import DataError
+    from .store import atomic_save
+    from .sweep import JobError, export_ticket
+
+    tracker, store = _stored(ctx, name)
+    try:
+        ticket = export_ticket(tracker, store, name, replicate, rewind, level,
+                               None if control == "none" else control, trial)
+    except (JobError, DataError, FileNotFoundError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    try:
+        atomic_save(ticket, Path(out))
+    except OSError as exc:
+        click.echo(f"error: cannot write {out}: {exc.strerror or exc}", err=True)
+        sys.exit(2)
+    click.echo(f"{out}: level {ticket['level']}, density {ticket['density']:.4f}, rewind {ticket['rewind']}, "
+               f"{ticket['model']['name']} ({'control ' + ticket['control'] if ticket['control'] else 'IMP'}); "
+               "load: lmcsweep.export.load_ticket(path)")
 
 
 SUPERSEDED_HELP = ("also the records of jobs a sweep no longer has (left by runs of an earlier version of its "

@@ -44,6 +44,7 @@ class Outcome:
     blocked: list[str] = field(default_factory=list)        # not run: a parent failed
     sweep_run: str | None = None
     seconds: float = 0.0
+    backfilled: int = 0    # interpolation runs of earlier revisions given the path metrics (`run.paths`)
 
 
 class Runner:
