@@ -101,10 +101,7 @@ def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, plan_only: bo
         _plan_only(ctx, _load(files))
         return
     if dry_run:
-        tracker, _ = _backends(ctx)
-        for sweep in _load(files):
-            _print_plan(sweep, tracker)
-        return
+        return ctx.invoke(plan, files=files)
     sweeps = _load(files)
     code, tracker = 0, None
     try:  # Ctrl-C from the first moment on (torch's import included) ends with how to resume
@@ -142,15 +139,7 @@ def _run(sweeps, tracker, store, progress: bool, retry_failed: bool) -> bool:
     failed = False
     for sweep in sweeps:
         outcome = run_sweep(sweep, tracker, store, progress=progress, retry_failed=retry_failed)
-        if not outcome.computed and not outcome.reused and not outcome.failed and not outcome.blocked:
-            click.echo(f"{sweep.name}: nothing to do ({len(outcome.skipped)} jobs already done)")
-        else:
-            click.echo(f"{sweep.name}: {len(outcome.computed)} jobs run, {len(outcome.reused)} reused from the "
-                       f"store, {len(outcome.skipped)} already done, {len(outcome.failed)} failed, "
-                       f"{len(outcome.blocked)} blocked ({outcome.seconds:.0f}s)")
-        if outcome.backfilled:
-            click.echo(f"  {outcome.backfilled} interpolation runs of an earlier revision given the path metrics "
-                       "(loss barrier, disagreement, ...) from their stored checkpoints")
+        click.echo(outcome.summary(sweep.name))
         for job, error in outcome.failed.items():
             click.echo(f"  FAILED {job}: {error}", err=True)
         if outcome.failed:
@@ -252,34 +241,21 @@ def _stored(ctx: click.Context, sweep_name: str | None):
 @click.option("--replicate", type=int, default=0, show_default=True, help="the replicate (initialisation)")
 @click.option("--rewind", required=True, help="the rewind point k: 20it, 2ep, or iterations")
 @click.option("--level", type=int, required=True, help="the IMP level (0: the dense network)")
-@click.option("--control", type=click.Choice(["none", "random_prune", "random_reinit"]), default="none",
-              show_default=True, help="a control's subnetwork instead of IMP's")
+@click.option("--control", type=click.Choice(["none", "random_prune", "random_reinit"]), default="none")
 @click.option("--trial", type=int, default=None, help="a trial of a search")
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="the ticket file to write")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="the ticket file to write")
 @click.pass_context
-def export(ctx: click.Context, name: str, replicate: int, rewind: str, level: int, control: str,
-           trial: int | None, out: str) -> None:
+def export(ctx: click.Context, name: str, out: str, control: str, **where) -> None:
     """Write an IMP subnetwork (mask, weights at k, model, level, density, k, job hash, seeds) as one
     file; lmcsweep.export.load_ticket(FILE) loads it as a torch module."""
-    from .data import DataError
-    from .store import atomic_save
-    from .sweep import JobError, export_ticket
+    from .sweep import JobError, write_ticket
 
     tracker, store = _stored(ctx, name)
     try:
-        ticket = export_ticket(tracker, store, name, replicate, rewind, level,
-                               None if control == "none" else control, trial)
-    except (JobError, DataError, FileNotFoundError) as exc:
+        click.echo(write_ticket(tracker, store, name, Path(out), None if control == "none" else control, **where))
+    except JobError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    try:
-        atomic_save(ticket, Path(out))
-    except OSError as exc:
-        click.echo(f"error: cannot write {out}: {exc.strerror or exc}", err=True)
-        sys.exit(2)
-    click.echo(f"{out}: level {ticket['level']}, density {ticket['density']:.4f}, rewind {ticket['rewind']}, "
-               f"{ticket['model']['name']} ({'control ' + ticket['control'] if ticket['control'] else 'IMP'}); "
-               "load: lmcsweep.export.load_ticket(path)")
 
 
 SUPERSEDED_HELP = ("also the records of jobs a sweep no longer has (left by runs of an earlier version of its "
@@ -311,20 +287,14 @@ def query(ctx: click.Context, sweep_name: str | None, kind: str, fmt: str, super
 @click.pass_context
 def status(ctx: click.Context, name: str | None) -> None:
     """Each sweep in the store (or sweep NAME) with its jobs done / running / failed / pending."""
-    from .records.status import sweep_status
+    from .records.status import status_lines, sweep_status
 
     tracker, store = _backends(ctx)
     rows = sweep_status(tracker, store.root, name)
     if not rows:
         click.echo(f"no sweep {name!r} in the store" if name else "no sweeps in the store")
         sys.exit(2 if name else 0)
-    click.echo(f"{'sweep':<24}{'jobs':>7}{'done':>7}{'running':>9}{'failed':>8}{'pending':>9}  status")
-    for r in rows:
-        pending = "?" if r["pending"] is None else r["pending"]
-        note = r["status"] + (f", {r['interrupted']} interrupted" if r["interrupted"] else "")
-        if r["trials"]:
-            note += ", trials " + " ".join(f"{k.lower()} {v}" for k, v in r["trials"].items() if v)
-        click.echo(f"{r['sweep']:<24}{r['jobs']:>7}{r['done']:>7}{r['running']:>9}{r['failed']:>8}{pending:>9}  {note}")
+    click.echo("\n".join(status_lines(rows)))
 
 
 @main.command()

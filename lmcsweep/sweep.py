@@ -5,6 +5,7 @@ without running (`plan_sweep`), and one job of a planned sweep run on its own (`
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -161,6 +162,25 @@ def tree_root(tracker: Tracker, plan: Plan, experiment_id: str) -> str | None:
     return None
 
 
+def write_ticket(tracker: Tracker, store: Store, name: str, out: Path, control: str | None = None, *,
+                 replicate: int, rewind: str, level: int, trial: int | None = None) -> str:
+    """`export_ticket` written to `out` (atomically); what was written, in a line. JobError for
+    anything that stops it (no such level, a missing data set or file, an unwritable `out`)."""
+    from .data import DataError
+    from .store import atomic_save
+
+    try:
+        ticket = export_ticket(tracker, store, name, replicate, rewind, level, control, trial)
+        atomic_save(ticket, out)
+    except (DataError, FileNotFoundError) as exc:
+        raise JobError(str(exc)) from None
+    except OSError as exc:
+        raise JobError(f"cannot write {out}: {exc.strerror or exc}") from None
+    kind = f"control {ticket['control']}" if ticket["control"] else "IMP"
+    return (f"{out}: {ticket['model']['name']} {kind}, level {ticket['level']}, density {ticket['density']:.4f}, "
+            f"rewind {ticket['rewind']}; load: lmcsweep.export.load_ticket(path)")
+
+
 def export_ticket(tracker: Tracker, store: Store, name: str, replicate: int, rewind: str, level: int,
                   control: str | None = None, trial: int | None = None) -> dict:
     """The ticket (`export.make_ticket`) of IMP level `level` at rewind point `rewind` (a duration:
@@ -174,9 +194,11 @@ def export_ticket(tracker: Tracker, store: Store, name: str, replicate: int, rew
         raise JobError(f"{where} is not planned in store {store.root} (run it with `lmcsweep run FILE` first)")
     plan = plan_from_dict(store.load_plan(name, trial))
     try:
-        k = plan.hyper.iterations_of(parse_step(rewind))
+        k = plan.hyper.iterations_of(parse_step(int(rewind) if rewind.isdigit() else rewind))
     except ValueError as exc:
         raise JobError(f"--rewind: {exc}") from None
+    if not any(j.kind == "prune" for j in plan.jobs):
+        raise JobError(f"sweep {name!r} has no IMP levels (no imp section): no subnetwork to export")
     levels = [j for j in plan.jobs if j.kind == "prune" and j.tags.get("replicate") == replicate]
     found = [j for j in levels if j.tags.get("rewind") == k and j.tags.get("level") == level]
     if not found:

@@ -152,7 +152,7 @@ def test_ticket_export_and_load(swept):
     logged = export.read_ticket(client.download_artifacts(run.info.run_id, "ticket/ticket.pt"))
     assert all(torch.equal(logged["state_dict"][n], t) for n, t in ticket["state_dict"].items())
     # a control's ticket: fresh weights under IMP's mask
-    result = _cli(store, "export", "paths", "--rewind", "20it", "--level", "1", "--control", "random_reinit",
+    result = _cli(store, "export", "paths", "--rewind", "20", "--level", "1", "--control", "random_reinit",
                   "--out", out)
     assert result.exit_code == 0, result.output
     reinit = export.read_ticket(out)
