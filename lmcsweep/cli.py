@@ -117,10 +117,7 @@ def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, plan_only: bo
         _queued(ctx, _load(files), workers, queue_uri, slurm, gpus.split(",") if gpus else None)
         return
     if dry_run:
-        tracker, _ = _backends(ctx)
-        for sweep in _load(files):
-            _print_plan(sweep, tracker)
-        return
+        return ctx.invoke(plan, files=files)
     sweeps = _load(files)
     code, tracker = 0, None
     try:  # Ctrl-C from the first moment on (torch's import included) ends with how to resume
@@ -158,12 +155,7 @@ def _run(sweeps, tracker, store, progress: bool, retry_failed: bool) -> bool:
     failed = False
     for sweep in sweeps:
         outcome = run_sweep(sweep, tracker, store, progress=progress, retry_failed=retry_failed)
-        if not outcome.computed and not outcome.reused and not outcome.failed and not outcome.blocked:
-            click.echo(f"{sweep.name}: nothing to do ({len(outcome.skipped)} jobs already done)")
-        else:
-            click.echo(f"{sweep.name}: {len(outcome.computed)} jobs run, {len(outcome.reused)} reused from the "
-                       f"store, {len(outcome.skipped)} already done, {len(outcome.failed)} failed, "
-                       f"{len(outcome.blocked)} blocked ({outcome.seconds:.0f}s)")
+        click.echo(outcome.summary(sweep.name))
         for job, error in outcome.failed.items():
             click.echo(f"  FAILED {job}: {error}", err=True)
         if outcome.failed:
@@ -341,6 +333,28 @@ def _stored(ctx: click.Context, sweep_name: str | None):
     return tracker, store
 
 
+@main.command()
+@click.argument("name")
+@click.option("--replicate", type=int, default=0, show_default=True, help="the replicate (initialisation)")
+@click.option("--rewind", required=True, help="the rewind point k: 20it, 2ep, or iterations")
+@click.option("--level", type=int, required=True, help="the IMP level (0: the dense network)")
+@click.option("--control", type=click.Choice(["none", "random_prune", "random_reinit"]), default="none")
+@click.option("--trial", type=int, default=None, help="a trial of a search")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="the ticket file to write")
+@click.pass_context
+def export(ctx: click.Context, name: str, out: str, control: str, **where) -> None:
+    """Write an IMP subnetwork (mask, weights at k, model, level, density, k, job hash, seeds) as one
+    file; lmcsweep.export.load_ticket(FILE) loads it as a torch module."""
+    from .sweep import JobError, write_ticket
+
+    tracker, store = _stored(ctx, name)
+    try:
+        click.echo(write_ticket(tracker, store, name, Path(out), None if control == "none" else control, **where))
+    except JobError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
 SUPERSEDED_HELP = ("also the records of jobs a sweep no longer has (left by runs of an earlier version of its "
                    "file), marked superseded")
 
@@ -373,7 +387,7 @@ def query(ctx: click.Context, sweep_name: str | None, kind: str, fmt: str, super
 def status(ctx: click.Context, name: str | None, queue_uri: str | None) -> None:
     """Each sweep in the store (or sweep NAME) with its jobs done / running / failed / pending, and
     the job queue's workers: what each is running, its last heartbeat."""
-    from .records.status import sweep_status
+    from .records.status import status_lines, sweep_status
 
     tracker, store = _backends(ctx)
     rows = sweep_status(tracker, store.root, name)
@@ -382,14 +396,7 @@ def status(ctx: click.Context, name: str | None, queue_uri: str | None) -> None:
         click.echo(f"no sweep {name!r} in {where}" if name else f"no sweeps in {where}")
         sys.exit(2 if name else 0)
     click.echo(f"store {store.root}")
-    click.echo(f"{'sweep':<24}{'jobs':>7}{'done':>7}{'running':>9}{'interrupted':>13}{'failed':>8}{'pending':>9}  status")
-    for r in rows:  # done + running + interrupted + failed + pending = jobs
-        pending = "?" if r["pending"] is None else r["pending"]
-        note = r["status"]
-        if r["trials"]:
-            note += ", trials " + " ".join(f"{k.lower()} {v}" for k, v in r["trials"].items() if v)
-        click.echo(f"{r['sweep']:<24}{r['jobs']:>7}{r['done']:>7}{r['running']:>9}{r['interrupted']:>13}"
-                   f"{r['failed']:>8}{pending:>9}  {note}")
+    click.echo("\n".join(status_lines(rows)))
     _print_workers(ctx, queue_uri)
 
 

@@ -8,6 +8,7 @@ alpha (`bn="reset"`). No file I/O, no tracking.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -96,6 +97,60 @@ def barrier(curve: list[float]) -> dict[str, float | bool]:
     }
 
 
+def linear_barrier(points: list[float], curve: list[float]) -> float:
+    """The barrier against the straight line between the end values: max over alpha of
+    value(alpha) - (alpha * value(1) + (1 - alpha) * value(0)); 0 at the ends, so never negative."""
+    return max(v - (a * curve[-1] + (1.0 - a) * curve[0]) for a, v in zip(points, curve))
+
+
+def path_barriers(points: list[float], error: list[float], loss: list[float]) -> dict[str, float]:
+    """What the loss curve adds to `barrier`: the loss barrier (max loss - mean of the end losses),
+    its ends and top, and the barriers against the straight line for error and loss."""
+    ends = (loss[0] + loss[-1]) / 2
+    return {"loss_barrier": max(loss) - ends, "loss_endpoints": ends, "loss_max": max(loss),
+            "error_barrier_linear": linear_barrier(points, error), "loss_barrier_linear": linear_barrier(points, loss)}
+
+
+@torch.no_grad()
+def endpoint_stats(model: torch.nn.Module, state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor],
+                   batches: Batches) -> dict[str, float]:
+    """The two end networks as trained (own BatchNorm statistics) on one split: each one's error and
+    mean loss, and their disagreement (fraction of examples whose predicted classes differ)."""
+    preds, out = [], {}
+    for end, state in (("a", state_a), ("b", state_b)):
+        model.load_state_dict(state)
+        model.eval()
+        wrong, loss, n, pred = 0, 0.0, 0, []
+        for x, y in batches():
+            logits = model(x).float()
+            pred.append(logits.argmax(1).cpu())
+            wrong += int((pred[-1] != y.cpu()).sum())
+            loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum").double())
+            n += len(y)
+        preds.append(torch.cat(pred))
+        out[f"error_{end}"], out[f"loss_{end}"] = wrong / max(1, n), loss / max(1, n)
+    out["disagreement"] = float((preds[0] != preds[1]).double().mean()) if len(preds[0]) else 0.0
+    return out
+
+
+def weight_distance(model: torch.nn.Module, state_a: dict[str, torch.Tensor],
+                    state_b: dict[str, torch.Tensor]) -> dict[str, float]:
+    """L2 distance and cosine similarity of the two networks' parameters (BatchNorm running
+    statistics left out), all layers as one vector."""
+    names = [n for n, _ in model.named_parameters()]
+    a = torch.cat([state_a[n].detach().double().flatten().cpu() for n in names])
+    b = torch.cat([state_b[n].detach().double().flatten().cpu() for n in names])
+    norm = float(a.norm() * b.norm())
+    return {"l2_distance": float((a - b).norm()), "cosine_similarity": float(a @ b) / norm if norm > 0 else 0.0}
+
+
+def degenerate(ends: dict[str, float], classes: int) -> bool:
+    """Whether an end network is at or near chance: error above 1 - 1.5 / classes, or a non-finite
+    loss (`endpoint_stats` of a split)."""
+    limit = 1.0 - 1.5 / classes
+    return any(ends[f"error_{e}"] > limit or not math.isfinite(ends[f"loss_{e}"]) for e in ("a", "b"))
+
+
 def stacked_states(state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor],
                    points: list[float]) -> dict[str, torch.Tensor]:
     """`interpolate_state` at every alpha of `points`, stacked on a leading axis (same arithmetic)."""
@@ -109,8 +164,15 @@ def chunk_size(model: torch.nn.Module, budget_bytes: float = 512e6) -> int:
     return max(1, int(budget_bytes // max(1, size)))
 
 
+def error_curves(model: torch.nn.Module, state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor],
+                 points: list[float], eval_batches: dict[str, Batches], **options) -> dict[str, list[float]]:
+    """The error of `path_curves` on every split."""
+    return {split: c["error"] for split, c in path_curves(model, state_a, state_b, points, eval_batches,
+                                                          **options).items()}
+
+
 @torch.no_grad()
-def error_curves(
+def path_curves(
     model: torch.nn.Module,
     state_a: dict[str, torch.Tensor],
     state_b: dict[str, torch.Tensor],
@@ -120,8 +182,8 @@ def error_curves(
     bn_batches: Batches | None = None,
     endpoint_trick: bool = True,
     max_stack: int | None = None,
-) -> dict[str, list[float]]:
-    """`error_curve` on every split of `eval_batches` at once: the networks of many alphas stacked in
+) -> dict[str, dict[str, list[float]]]:
+    """Error and mean loss ({split: {"error": [...], "loss": [...]}}) along the path, `error_curve` on every split of `eval_batches` at once: the networks of many alphas stacked in
     one module (`models.stacked`), each batch read once for all of them.
 
     With `endpoint_trick` the first layer (when it is a Linear/Conv2d applied to the input) computes
@@ -138,7 +200,7 @@ def error_curves(
     example = next(iter(next(iter(eval_batches.values()))()))[0][:1]
     first = first_layer(model, example) if endpoint_trick else None
     per = max_stack or chunk_size(model)
-    curves: dict[str, list[float]] = {split: [] for split in eval_batches}
+    curves: dict[str, dict[str, list[float]]] = {split: {"error": [], "loss": []} for split in eval_batches}
     for lo in range(0, len(points), per):
         chunk = points[lo:lo + per]
         net = stack([model] * len(chunk))
@@ -156,7 +218,9 @@ def error_curves(
         if bn == "reset" and has_batchnorm(model):
             _reset_stacked_batchnorm(net, bn_batches(), shared)
         for split, batches in eval_batches.items():
-            curves[split] += [m["error"] for m in evaluate_group(net, batches(), shared=shared)]
+            for m in evaluate_group(net, batches(), shared=shared):
+                curves[split]["error"].append(m["error"])
+                curves[split]["loss"].append(m["loss"])
     return curves
 
 

@@ -6,6 +6,7 @@ Layout under the store root (default ``mlruns/``, beside the MLflow database)::
     checkpoints/<job hash>/resume.pt            the latest resume point of an unfinished job
     locks/<sweep>.lock                          held by the one runner of a sweep (`sweep_lock`)
     checkpoints/<job hash>/mask.pt              the masks of an IMP level (a prune job)
+    checkpoints/<job hash>/ticket.pt            its ticket: mask, weights at k, model (`export`)
     plans/<sweep>/plan.json                     the job specs of a sweep run (`lmcsweep job run`)
     plans/<sweep>/trial-<n>/plan.json           those of trial n of its search
 
@@ -153,6 +154,12 @@ class Store:
         import torch
 
         return torch.load(self.job_dir(job) / "mask.pt", map_location="cpu", weights_only=False)
+
+    def save_ticket(self, job: str, ticket: dict[str, Any]) -> Path:
+        """An IMP level's ticket (`export.make_ticket`), beside its mask."""
+        path = self.job_dir(job) / "ticket.pt"
+        atomic_save(ticket, path)
+        return path
 
     def plan_path(self, sweep: str, trial: int | None = None) -> Path:
         folder = self.root / "plans" / sweep

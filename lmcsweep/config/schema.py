@@ -136,7 +136,8 @@ class RangeSpec(Strict):
 
 
 class ObjectiveConfig(Strict):
-    metric: Literal["instability", "accuracy", "error", "earliest_stable"] = "instability"
+    metric: Literal["instability", "accuracy", "error", "earliest_stable", "loss_barrier", "error_barrier_linear",
+                    "loss_barrier_linear", "disagreement", "l2_distance", "cosine_similarity"] = "instability"
     split: Split = "test"
     rewind: StepField | None = None
     level: StrictInt | None = Field(None, ge=0, le=100)

@@ -95,7 +95,7 @@ def add_imp(plan: Plan, train: Job, replicate: int) -> list[Job]:
                 previous=previous.hash if previous else None, style=style,
                 fraction=imp.fraction if style == "iterative" else None,
                 target_density=target_density(plan) if style == "one_shot" else None,
-                exempt=exempt, source_end=source.spec.end if source else None,
+                exempt=exempt, source_end=source.spec.end if source else None, parent_seeds=dict(train.spec.seeds),
             )
             parents = [source.hash, previous.hash] if source and previous else [train.hash]
             job = plan.add(Job(

@@ -122,6 +122,7 @@ class PruneSpec(JobSpec):
     target_density: float | None
     exempt: list[str]
     source_end: int | None = None    # not hashed
+    parent_seeds: dict[str, int] = field(default_factory=dict)  # not hashed: the dense network's (its ticket)
 
     def identity(self) -> dict[str, Any]:
         return {"train": self.train, "rewind": self.rewind, "level": self.level, "source": self.source,

@@ -46,16 +46,20 @@ def objective_value(tracker: Any, plan: Plan) -> float:
     ids = {r.info.run_id for r in runs if tag(r, "kind") == "interpolate"}
     records = [r for r in instability_records(tracker, sweep.name, plan.trial)
                if r["run_id"] in ids and r["split"] == objective.split and r["level"] == objective.level
-               and r["control"] == control]
+               and r["control"] == control and r["trained"] is not False]  # collapsed pairs skipped
+    field = "instability" if objective.metric == "earliest_stable" else objective.metric
     by_rewind: dict[int, list[float]] = {}
     for r in records:
-        by_rewind.setdefault(r["rewind"], []).append(r["instability"])
+        if r[field] is None:
+            raise LookupError(f"objective {objective.metric}: interpolation run {r['run_id']} has no {field} "
+                              "(run the sweep again: it computes the path metrics from the stored checkpoints)")
+        by_rewind.setdefault(r["rewind"], []).append(r[field])
     if objective.metric == "earliest_stable":
         return earliest_stable(by_rewind)
     k = (plan.hyper.iterations_of(objective.rewind) if objective.rewind is not None
          else min(plan.hyper.iterations_of(s) for s in sweep.instability.rewind) if sweep.instability else 0)
     if k not in by_rewind:
-        raise LookupError(f"objective instability: no {objective.split} records at rewind {k}"
+        raise LookupError(f"objective {objective.metric}: no {objective.split} records of trained pairs at rewind {k}"
                           + (f", level {objective.level}" if objective.level is not None else ""))
     return sum(by_rewind[k]) / len(by_rewind[k])
 

@@ -14,7 +14,12 @@ from ..tracking import FINISHED, TAG, Tracker, tag
 from .matching import add_matching
 
 INSTABILITY_FIELDS = ["sweep", "run_id", "trial", "preset", "dataset", "replicate", "level", "density", "rewind",
-                      "control", "split", "instability", "error_endpoints", "error_max", "stable"]
+                      "control", "split", "instability", "error_endpoints", "error_max", "stable"] + [
+                      "trained", "loss_barrier", "error_barrier_linear", "loss_barrier_linear", "disagreement",
+                      "l2_distance", "cosine_similarity"]
+# the path metrics (`run.paths`): None on a run finished before them that no sweep run has backfilled
+PATH_FIELDS = ["loss_barrier", "error_barrier_linear", "loss_barrier_linear", "disagreement"]
+PAIR_FIELDS = ["l2_distance", "cosine_similarity"]
 
 
 def _int(value: Any) -> int | None:
@@ -71,6 +76,8 @@ def instability_records(tracker: Tracker, sweep: str | None = None, trial: int |
                 "rewind": _int(tag(run, "rewind")), "control": tag(run, "control"), "split": split,
                 "instability": m[f"instability_{split}"], "error_endpoints": m[f"error_endpoints_{split}"],
                 "error_max": m[f"error_max_{split}"], "stable": bool(m[f"stable_{split}"]),
+                "trained": None if "trained" not in m else bool(m["trained"]),
+                **{f: m.get(f"{f}_{split}") for f in PATH_FIELDS}, **{f: m.get(f) for f in PAIR_FIELDS},
                 "pair": tag(run, "pair"), **_hp(run), **({"superseded": gone} if superseded else {}),
             })
     records.sort(key=lambda r: (r["sweep"] or "", r["trial"] or -1, r["replicate"] or 0, r["level"] or -1,
@@ -98,6 +105,8 @@ def imp_records(tracker: Tracker, sweep: str | None = None, jobs: dict[str, Any]
         if tag(run, "level") is None or (_superseded(run, jobs) and not superseded):
             continue
         by_split = pairs.setdefault(_imp_key(run), {})
+        if run.data.metrics.get("trained") == 0.0:  # a collapsed pair: no instability to average
+            continue
         for split in ("test", "train"):
             if f"instability_{split}" in run.data.metrics:
                 by_split.setdefault(split, []).append(run.data.metrics[f"instability_{split}"])

@@ -34,6 +34,8 @@ def _save(plt, fig, ax, xlabel: str, ylabel: str, path: Path) -> None:
 def instability_figure(records: list[dict[str, Any]], path: Path) -> bool:
     groups: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
+        if r.get("trained") is False:  # a collapsed pair (an end at chance): no instability to show
+            continue
         key = (r["split"], r.get("level"), r.get("control"), r.get("trial"))
         groups[key][r["rewind"]].append(100 * r["instability"])
     if not groups:

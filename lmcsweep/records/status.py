@@ -149,3 +149,18 @@ def plan_lines(sweep: SweepConfig, tracker: Tracker) -> list[str]:
         out.append(f"  of the jobs left, {s['twins_remaining']} (IMP level 0) are the dense ones: reused, not run again")
     out.append(f"  training iterations left: {s['iterations_remaining']}")
     return out
+
+
+def status_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """`lmcsweep status`'s table of `sweep_status` rows: done + running + interrupted + failed +
+    pending = jobs."""
+    lines = [f"{'sweep':<24}{'jobs':>7}{'done':>7}{'running':>9}{'interrupted':>13}{'failed':>8}{'pending':>9}  status"]
+    for r in rows:
+        pending = "?" if r["pending"] is None else r["pending"]
+        note = r["status"]
+        if r["trials"]:
+            note += ", trials " + " ".join(f"{k.lower()} {v}" for k, v in r["trials"].items() if v)
+        lines.append(f"{r['sweep']:<24}{r['jobs']:>7}{r['done']:>7}{r['running']:>9}{r['interrupted']:>13}"
+                     f"{r['failed']:>8}{pending:>9}  {note}")
+    return lines
+

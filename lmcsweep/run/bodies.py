@@ -17,9 +17,10 @@ import torch
 
 from .. import interpolate as interp
 from .. import plots, prune
-from ..plan.specs import BranchSpec, InterpolateSpec, Job, PruneSpec, TrainSpec
+from ..plan.specs import BranchSpec, Job, PruneSpec, TrainSpec
 from ..train import evaluate, make_optimizer, train
 from .context import Context
+from . import paths, tickets
 from .together import kernel_threads
 from .training import (clone, ensure_checkpoint, loop, mark_trained, masked_optimizer_state, pauses, resume,
                        train_state)
@@ -141,33 +142,17 @@ def run_prune(ctx: Context, job: Job, run_id: str) -> None:
     path = ctx.store.save_masks(job.hash, masks)
     ctx.tracker.log_artifact(run_id, path, "mask")
     density = prune.density(masks)
+    if spec.parent_seeds or ctx.store.has_checkpoint(spec.train, spec.rewind):  # the level's ticket (`export`)
+        ticket = tickets.ticket(ctx, job.hash, spec)
+        ctx.tracker.log_artifact(run_id, ctx.store.save_ticket(job.hash, ticket), "ticket")
     ctx.tracker.log_metrics(run_id, [("density", density, 0)] +
                             [(f"density.{n}", d, 0) for n, d in prune.layer_densities(masks).items()])
 
 
 def run_interpolate(ctx: Context, job: Job, run_id: str) -> None:
-    """Error along the straight path between two branches, on each split; the barrier height."""
-    spec: InterpolateSpec = job.spec
-    (a, b), (end_a, end_b) = spec.pair, spec.ends
-    state_a = ctx.store.load_checkpoint(a, end_a, ctx.device)["model"]
-    state_b = ctx.store.load_checkpoint(b, end_b, ctx.device)["model"]
-    model = ctx.model(0)
-    points = interp.alphas(spec.alphas)
-    seeds = spec.parent_seeds
-    bn_loader = ctx.loader("train", seeds["data_order"], seeds["augmentation"])
-    bn_batches = lambda: bn_loader.train_batches(0, spec.bn_batches)  # noqa: E731
-    result: dict[str, Any] = {"alphas": points, "bn": spec.bn}
-    metrics: list[tuple[str, float, int]] = []
-    splits = {split: ctx.eval_batches(split, spec.train_examples if split == "train" else None)
-              for split in spec.splits}
-    curves = interp.error_curves(model, state_a, state_b, points, splits, bn=spec.bn, bn_batches=bn_batches)
-    for split in spec.splits:
-        curve = curves[split]
-        stats = interp.barrier(curve)
-        result[split] = {"error": curve, **stats}
-        metrics += [(f"error_{split}", e, i) for i, e in enumerate(curve)]
-        metrics += [(f"{key}_{split}", float(stats[key]), 0)
-                    for key in ("instability", "error_endpoints", "error_max", "stable")]
+    """Error and loss along the straight path between two branches, on each split; the barriers,
+    the endpoints' disagreement and distance (`paths.measure`)."""
+    result, metrics = paths.measure(ctx, job.spec)
     ctx.writer.submit(ctx.tracker.log_metrics, run_id, metrics)
     ctx.writer.submit(ctx.tracker.log_dict, run_id, result, "curve.json")
     # drawn by whoever logs it (the tracking process in `lmcsweep run`), off the training path

@@ -101,11 +101,16 @@ class Context:
     progress: Callable[[int], None] = lambda n: None
     writer: Writer = field(default_factory=Writer)   # checkpoints and metrics, off the training path
 
-    def model(self, init_seed: int) -> torch.nn.Module:
-        h = self.hyper
+    def model_definition(self) -> dict[str, Any]:
+        """What builds the sweep's network: model name, options, input shape (C, H, W), classes."""
         options = {k: (int(v) if isinstance(v, float) and v.is_integer() and k in ("width", "depth") else v)
-                   for k, v in h.model_options.items()}
-        model = build_model(h.model, self.data.num_classes, self.data.shape, init_seed, **options)
+                   for k, v in self.hyper.model_options.items()}
+        return {"name": self.hyper.model, "options": options, "input_shape": list(self.data.shape),
+                "classes": self.data.num_classes}
+
+    def model(self, init_seed: int) -> torch.nn.Module:
+        d = self.model_definition()
+        model = build_model(d["name"], d["classes"], tuple(d["input_shape"]), init_seed, **d["options"])
         model = model.to(self.device)
         if self.channels_last():
             model = model.to(memory_format=torch.channels_last)

@@ -44,6 +44,19 @@ class Outcome:
     blocked: list[str] = field(default_factory=list)        # not run: a parent failed
     sweep_run: str | None = None
     seconds: float = 0.0
+    backfilled: int = 0    # interpolation runs of earlier revisions given the path metrics (`run.paths`)
+
+    def summary(self, name: str) -> str:
+        """What a run of sweep `name` did, for `lmcsweep run`."""
+        if not self.computed and not self.reused and not self.failed and not self.blocked:
+            line = f"{name}: nothing to do ({len(self.skipped)} jobs already done)"
+        else:
+            line = (f"{name}: {len(self.computed)} jobs run, {len(self.reused)} reused from the store, "
+                    f"{len(self.skipped)} already done, {len(self.failed)} failed, {len(self.blocked)} blocked "
+                    f"({self.seconds:.0f}s)")
+        if self.backfilled:
+            line += f"\n  {self.backfilled} interpolation runs given the path metrics from their checkpoints"
+        return line
 
 
 class Runner:
