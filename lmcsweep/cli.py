@@ -350,15 +350,23 @@ def report(ctx: click.Context, sweep_name: str, out: str, superseded: bool) -> N
 @main.command()
 @click.option("--port", default=5000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--sweep", "sweep_name", default=None, help="print only this sweep's address")
 @click.pass_context
-def ui(ctx: click.Context, port: int, host: str) -> None:
-    """Open the MLflow UI on this project's store."""
+def ui(ctx: click.Context, port: int, host: str, sweep_name: str | None) -> None:
+    """Serve the MLflow UI on this project's store (one worker) and, once it answers, print the
+    address of each sweep's runs table; Ctrl-C stops it."""
+    from .tracking.ui import ready_text, serve
+
     tracker, _ = _backends(ctx)
-    tracker.all_experiment_ids()  # creates the database schema if it is new
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracker.uri,
-           "--default-artifact-root", tracker.artifact_root, "--host", host, "--port", str(port)]
-    click.echo(f"MLflow UI on http://{host}:{port}  (store {tracker.uri})")
-    os.execv(sys.executable, cmd)
+    sweeps = {n: e for n, e in tracker.sweep_experiments().items() if sweep_name in (None, n)}
+    if sweep_name is not None and not sweeps:
+        click.echo(f"no sweep {sweep_name!r} in store {tracker.uri}", err=True)
+        sys.exit(2)
+    code = serve(tracker.uri, tracker.artifact_root, host, port,
+                 lambda base: click.echo(ready_text(base, tracker.uri, sweeps)))
+    if code == 1:
+        click.echo(f"the MLflow UI did not start on port {port} (in use? try --port)", err=True)
+    sys.exit(code)
 
 
 def entry() -> None:

@@ -1,5 +1,6 @@
 """A whole sweep run: its lock, its MLflow sweep run, its plan (or its Optuna trials) through the
-`Runner`, then IMP matching logged once every replicate is there; a sweep planned into the store
+`Runner`, then IMP matching and the summary metrics (`records.summary`) logged once every
+replicate is there; a sweep planned into the store
 without running (`plan_sweep`), and one job of a planned sweep run on its own (`run_job`)."""
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from .plan.build import build_plan
 from .plan.graph import Plan, plan_from_dict, same_study, summary
 from .plan.specs import Job
 from .records.query import log_matching
-from .records.status import plan_hashes
+from .records.status import current_jobs, plan_hashes
+from .records.summary import log_summaries
 from .run.scheduler import Outcome, Runner
 from .store import Store
 from .tracking import FAILED, FINISHED, Tracker, tag
@@ -58,6 +60,9 @@ def run_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, progress: bool
                 bar.close()
         if sweep.imp is not None and (outcome.computed or outcome.reused):
             log_matching(tracker, sweep.name, plan_hashes(sweep, store.root))
+        if sweep.instability is not None and (outcome.computed or outcome.reused):
+            current = current_jobs(tracker, store.root, sweep.name).get(sweep.name)
+            log_summaries(tracker, sweep.name, current, outcome.sweep_run)
         _tracking_failures(tracker, runner, outcome)
         tracker.finish(outcome.sweep_run, FAILED if outcome.failed else FINISHED)
     outcome.seconds = time.time() - started

@@ -166,8 +166,11 @@ def run_interpolate(ctx: Context, job: Job, run_id: str) -> None:
         stats = interp.barrier(curve)
         result[split] = {"error": curve, **stats}
         metrics += [(f"error_{split}", e, i) for i, e in enumerate(curve)]
+        # the same curve against alpha: MLflow's steps are integers, so step = round(1000 * alpha)
+        metrics += [(f"error_{split}_vs_alpha", e, round(1000 * a)) for a, e in zip(points, curve)]
         metrics += [(f"{key}_{split}", float(stats[key]), 0)
                     for key in ("instability", "error_endpoints", "error_max", "stable")]
+    metrics += [("alpha", a, i) for i, a in enumerate(points)]  # alpha of step i: an x axis for error_<split>
     ctx.writer.submit(ctx.tracker.log_metrics, run_id, metrics)
     ctx.writer.submit(ctx.tracker.log_dict, run_id, result, "curve.json")
     # drawn by whoever logs it (the tracking process in `lmcsweep run`), off the training path
