@@ -63,9 +63,14 @@ def main(ctx: click.Context, store: str, tracking_uri: str | None) -> None:
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 def validate(files: tuple[str, ...]) -> None:
-    """Check sweep FILES; every problem is printed as FILE:LINE: field: message (exit 2)."""
-    for path, sweep in zip(files, _load(files)):
-        click.echo(f"{path}: ok ({sweep.name}, preset {sweep.preset})")
+    """Check sweep FILES and that their data sets are here: FILE:LINE: field: message (exit 2)."""
+    from .sweep import data_problem
+
+    checked = [(path, sweep, data_problem(path, sweep)) for path, sweep in zip(files, _load(files))]
+    for path, sweep, problem in checked:
+        click.echo(problem or f"{path}: ok ({sweep.name}, preset {sweep.preset})", err=bool(problem))
+    if any(problem for *_, problem in checked):
+        sys.exit(2)
 
 
 def _print_plan(sweep, tracker) -> None:
@@ -353,8 +358,7 @@ def report(ctx: click.Context, sweep_name: str, out: str, superseded: bool) -> N
 @click.option("--sweep", "sweep_name", default=None, help="print only this sweep's address")
 @click.pass_context
 def ui(ctx: click.Context, port: int, host: str, sweep_name: str | None) -> None:
-    """Serve the MLflow UI on this project's store (one worker) and, once it answers, print the
-    address of each sweep's runs table; Ctrl-C stops it."""
+    """Serve the MLflow UI on the store; once it answers, print each sweep's runs-table address."""
     from .tracking.ui import ready_text, serve
 
     tracker, _ = _backends(ctx)
@@ -362,11 +366,8 @@ def ui(ctx: click.Context, port: int, host: str, sweep_name: str | None) -> None
     if sweep_name is not None and not sweeps:
         click.echo(f"no sweep {sweep_name!r} in store {tracker.uri}", err=True)
         sys.exit(2)
-    code = serve(tracker.uri, tracker.artifact_root, host, port,
-                 lambda base: click.echo(ready_text(base, tracker.uri, sweeps)))
-    if code == 1:
-        click.echo(f"the MLflow UI did not start on port {port} (in use? try --port)", err=True)
-    sys.exit(code)
+    sys.exit(serve(tracker.uri, tracker.artifact_root, host, port,
+                   lambda base: click.echo(ready_text(base, tracker.uri, sweeps))))
 
 
 def entry() -> None:

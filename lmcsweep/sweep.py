@@ -10,6 +10,8 @@ import time
 from tqdm.auto import tqdm
 
 from .config import SweepConfig, dataset_of
+from .config.yamlfile import read_yaml
+from .data import missing_dataset
 from .plan.build import build_plan
 from .plan.graph import Plan, plan_from_dict, same_study, summary
 from .plan.specs import Job
@@ -82,6 +84,17 @@ def plan_sweep(sweep: SweepConfig, tracker: Tracker, store: Store) -> str:
         store.save_plan(sweep.name, None, build_plan(sweep).to_dict())
         tracker.finish(run_id, "SCHEDULED")
     return run_id
+
+
+def data_problem(path: str, sweep: SweepConfig) -> str | None:
+    """`FILE:LINE: field: message` when the sweep's data set is not on this machine (None when it
+    is, will be downloaded or generated): at the line of data.dataset, or of the preset that picks it."""
+    d = sweep.data
+    why = missing_dataset(dataset_of(sweep), d.root, d.download)
+    if why is None:
+        return None
+    field = ("data", "dataset") if d.dataset else ("preset",)
+    return f"{path}:{read_yaml(path)[1].line(field)}: {'.'.join(field)}: {why}"
 
 
 class JobError(ValueError):

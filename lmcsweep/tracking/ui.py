@@ -84,6 +84,7 @@ def serve(uri: str, artifact_root: str, host: str, port: int, ready: Callable[[s
     try:
         base = base_url(host, port)
         if not wait_until_answers(base, server):
+            print(f"the MLflow UI did not start on port {port} (in use? try --port)", file=sys.stderr)
             return 1
         ready(base)
         server.wait()
