@@ -16,7 +16,7 @@ from .plan.build import build_plan
 from .plan.graph import Plan, plan_from_dict, same_study, summary
 from .plan.specs import Job
 from .records.query import log_matching
-from .records.status import current_jobs, plan_hashes
+from .records.status import current_of, plan_hashes
 from .records.summary import log_summaries
 from .run.scheduler import Outcome, Runner
 from .store import Store
@@ -63,8 +63,7 @@ def run_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, progress: bool
         if sweep.imp is not None and (outcome.computed or outcome.reused):
             log_matching(tracker, sweep.name, plan_hashes(sweep, store.root))
         if sweep.instability is not None and (outcome.computed or outcome.reused):
-            current = current_jobs(tracker, store.root, sweep.name).get(sweep.name)
-            log_summaries(tracker, sweep.name, current, outcome.sweep_run)
+            log_summaries(tracker, sweep.name, current_of(sweep, store.root), outcome.sweep_run)
         _tracking_failures(tracker, runner, outcome)
         tracker.finish(outcome.sweep_run, FAILED if outcome.failed else FINISHED)
     outcome.seconds = time.time() - started
