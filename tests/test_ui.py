@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from lmcsweep.tracking import Tracker
 from lmcsweep.tracking.ui import runs_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,9 +31,28 @@ def _render(url: str, tmp: Path) -> str:
     return out.stdout
 
 
+def _check_what_the_ui_shows(store: Path) -> None:
+    """The experiment's kind, the runs' place as params, the summaries and the curve against alpha."""
+    client = Tracker(root=store).client
+    exp = client.get_experiment_by_name("tests")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    inter = runs["interpolate rep 0 k=20 copies 0-1"]
+    assert {"replicate": "0", "rewind": "20", "pair": "0-1"}.items() <= inter.data.params.items()
+    curve = client.get_metric_history(inter.info.run_id, "error_test_vs_alpha")
+    assert [m.step for m in curve] == [0, 250, 500, 750, 1000]  # alpha 0, 0.25, ... 1, times 1000
+    assert [m.value for m in curve] == [m.value for m in client.get_metric_history(inter.info.run_id, "error_test")]
+    pairs = {k: runs[f"interpolate rep 0 k={k} copies 0-1"].data.metrics["instability_test"] for k in (0, 20)}
+    for name in ("train rep 0", "small"):  # one replicate: its mean is the sweep's
+        history = client.get_metric_history(runs[name].info.run_id, "mean_instability_test")
+        assert {m.step: m.value for m in history} == pairs, name
+    assert {m.step for m in client.get_metric_history(runs["small"].info.run_id, "stable_fraction_train")} == {0, 20}
+
+
 def test_ui_lists_the_sweeps_runs_by_name(cli, write_sweep, store, tmp_path):
     assert shutil.which("chromium"), "Debian's chromium is missing: scripts/install.sh installs it"
     assert cli("run", "--no-progress", write_sweep()).exit_code == 0
+    _check_what_the_ui_shows(store)
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     started = time.monotonic()

@@ -1,11 +1,13 @@
 """Summary metrics where a researcher looks first in the MLflow UI, logged at the end of a sweep run
 from the stored records (`query.instability_records`):
 
-- each replicate's ``train`` run: ``instability_<split>``, the mean over its pairs of copies, with
-  step = the rewind point k, so MLflow's chart view draws instability against k, one line per
-  replicate;
+- each replicate's ``train`` run: ``mean_instability_<split>``, the mean over its pairs of copies,
+  with step = the rewind point k;
 - the sweep run (or each trial's run): ``mean_instability_<split>``, the mean of those over
   replicates, with step = k, and ``stable_fraction_<split>`` (the share of pairs below 2%).
+
+One key for both, so MLflow's chart view draws instability against k in one chart: a line per
+replicate and the sweep's mean.
 
 Only the dense instability analysis is summarised (IMP levels carry matching: `query.log_matching`).
 Values are rounded to 12 decimals (float noise of the means, nothing measured); a value already
@@ -34,7 +36,7 @@ def summary_metrics(records: list[dict[str, Any]]) -> tuple[dict[tuple, list], d
     stable: dict[tuple, list[bool]] = {}
     for (trial, replicate, k, split), rs in sorted(pairs.items(), key=lambda kv: str(kv[0])):
         mean = statistics.fmean(r["instability"] for r in rs)
-        per_replicate.setdefault((trial, replicate), []).append((f"instability_{split}", round(mean, 12), k))
+        per_replicate.setdefault((trial, replicate), []).append((f"mean_instability_{split}", round(mean, 12), k))
         across.setdefault((trial, k, split), []).append(mean)
         stable.setdefault((trial, k, split), []).extend(r["stable"] for r in rs)
     per_sweep: dict[Any, list] = {}

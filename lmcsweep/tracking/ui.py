@@ -45,9 +45,11 @@ def runs_url(base: str, experiment_id: str, sweep: str | None = None) -> str:
     query = {"workflowType": "machine_learning"}
     if sweep is not None:
         # sorted by anything but the start time, a filtered table lists every run flat (not folded
-        # under its parent): by name, the runs of a kind come together, each replicate in order
+        # under its parent). By name, descending, the runs of a kind come together: train (the
+        # replicates, with instability vs k), trial, level, interpolate, branch; the chart view
+        # shows the first 10 rows, so the summaries are on it
         query.update({"searchFilter": f"tags.`{TAG}sweep` = '{sweep}'", "orderByKey": "tags.`mlflow.runName`",
-                      "orderByAsc": "true"})
+                      "orderByAsc": "false"})
     return f"{base}/#/experiments/{experiment_id}/runs?{urllib.parse.urlencode(query, quote_via=urllib.parse.quote)}"
 
 
