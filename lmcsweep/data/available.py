@@ -32,6 +32,8 @@ def missing_dataset(name: str, root: str | None = None, download: bool = False) 
         ways.append("data.download: true with data.root (needs internet)")
     if name == EMBEDDED:
         ways.append("apt-get install dataset-fashion-mnist")
-    else:
+    elif name == "mnist":  # the same shape: any MNIST network runs on it
         ways.append(f"or use the embedded data set: data.dataset: {EMBEDDED}")
+    elif name == "cifar10":  # colour images: try the sweep offline on generated ones
+        ways.append("or, to try the sweep offline, data.dataset: synthetic (generated, CIFAR-10's shape)")
     return f"data set {name!r} is not on this machine ({where}); {'; '.join(ways)}"
