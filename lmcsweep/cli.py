@@ -64,9 +64,14 @@ def main(ctx: click.Context, store: str, tracking_uri: str | None) -> None:
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 def validate(files: tuple[str, ...]) -> None:
-    """Check sweep FILES; every problem is printed as FILE:LINE: field: message (exit 2)."""
-    for path, sweep in zip(files, _load(files)):
-        click.echo(f"{path}: ok ({sweep.name}, preset {sweep.preset})")
+    """Check sweep FILES and that their data sets are here: FILE:LINE: field: message (exit 2)."""
+    from .sweep import data_problem
+
+    checked = [(path, sweep, data_problem(path, sweep)) for path, sweep in zip(files, _load(files))]
+    for path, sweep, problem in checked:
+        click.echo(problem or f"{path}: ok ({sweep.name}, preset {sweep.preset})", err=bool(problem))
+    if any(problem for *_, problem in checked):
+        sys.exit(2)
 
 
 def _print_plan(sweep, tracker) -> None:
@@ -473,15 +478,19 @@ def report(ctx: click.Context, sweep_name: str, out: str, superseded: bool) -> N
 @main.command()
 @click.option("--port", default=5000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--sweep", "sweep_name", default=None, help="print only this sweep's address")
 @click.pass_context
-def ui(ctx: click.Context, port: int, host: str) -> None:
-    """Open the MLflow UI on this project's store."""
+def ui(ctx: click.Context, port: int, host: str, sweep_name: str | None) -> None:
+    """Serve the MLflow UI on the store; once it answers, print each sweep's runs-table address."""
+    from .tracking.ui import ready_text, serve
+
     tracker, _ = _backends(ctx)
-    tracker.all_experiment_ids()  # creates the database schema if it is new
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracker.uri,
-           "--default-artifact-root", tracker.artifact_root, "--host", host, "--port", str(port)]
-    click.echo(f"MLflow UI on http://{host}:{port}  (store {tracker.uri})")
-    os.execv(sys.executable, cmd)
+    sweeps = {n: e for n, e in tracker.sweep_experiments().items() if sweep_name in (None, n)}
+    if sweep_name is not None and not sweeps:
+        click.echo(f"no sweep {sweep_name!r} in store {tracker.uri}", err=True)
+        sys.exit(2)
+    sys.exit(serve(tracker.uri, tracker.artifact_root, host, port,
+                   lambda base: click.echo(ready_text(base, tracker.uri, sweeps))))
 
 
 def entry() -> None:

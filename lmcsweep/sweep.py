@@ -1,5 +1,6 @@
 """A whole sweep run: its lock, its MLflow sweep run, its plan (or its Optuna trials) through the
-`Runner`, then IMP matching logged once every replicate is there; a sweep planned into the store
+`Runner`, then IMP matching and the summary metrics (`records.summary`) logged once every
+replicate is there; a sweep planned into the store
 without running (`plan_sweep`), and one job of a planned sweep run on its own (`run_job`)."""
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .config import SweepConfig, dataset_of
+from .config.yamlfile import read_yaml
+from .data import missing_dataset
 from .plan.build import build_plan
 from .plan.graph import Plan, plan_from_dict, same_study, summary
 from .plan.specs import Job
 from .records.query import log_matching
-from .records.status import plan_hashes
+from .records.status import current_of, plan_hashes
+from .records.summary import log_summaries
 from .run import paths
 from .run.scheduler import Outcome, Runner
 from .store import Store
@@ -63,6 +67,8 @@ def run_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, progress: bool
         outcome.backfilled = backfill_sweep(runner, store, sweep.name)
         if sweep.imp is not None and (outcome.computed or outcome.reused):
             log_matching(tracker, sweep.name, plan_hashes(sweep, store.root))
+        if sweep.instability is not None and (outcome.computed or outcome.reused):
+            log_summaries(tracker, sweep.name, current_of(sweep, store.root), outcome.sweep_run)
         _tracking_failures(tracker, runner, outcome)
         tracker.finish(outcome.sweep_run, FAILED if outcome.failed else FINISHED)
     outcome.seconds = time.time() - started
@@ -103,6 +109,17 @@ def plan_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, queue: Queue 
         enqueue(sweep, runner, queue or Queue(default_uri(store.root)), plan)
         tracker.finish(run_id, "SCHEDULED")
     return run_id
+
+
+def data_problem(path: str, sweep: SweepConfig) -> str | None:
+    """`FILE:LINE: field: message` when the sweep's data set is not on this machine (None when it
+    is, will be downloaded or generated): at the line of data.dataset, or of the preset that picks it."""
+    d = sweep.data
+    why = missing_dataset(dataset_of(sweep), d.root, d.download)
+    if why is None:
+        return None
+    field = ("data", "dataset") if d.dataset else ("preset",)
+    return f"{path}:{read_yaml(path)[1].line(field)}: {'.'.join(field)}: {why}"
 
 
 class JobError(ValueError):
@@ -199,6 +216,8 @@ def run_with_workers(sweep: SweepConfig, tracker: Tracker, store: Store, queue: 
             run_batch([(build_plan(sweep), run_id)], outcome)
         if sweep.imp is not None and result.get("done"):
             log_matching(tracker, sweep.name, plan_hashes(sweep, store.root))
+        if sweep.instability is not None and result.get("done"):
+            log_summaries(tracker, sweep.name, current_of(sweep, store.root), run_id)
         counts = queue.counts(sweep.name)
         result.update(counts=counts, failures=queue.failures(sweep.name), done=counts.get("done", 0),
                       failed=counts.get("failed", 0), open=counts.get("waiting", 0) + counts.get("claimed", 0),

@@ -48,7 +48,8 @@ def _parent_job(run, by_id) -> str:
     return parent.data.tags["lmcsweep.job"] if parent.data.tags["lmcsweep.kind"] != "sweep" else "sweep"
 
 
-SWEEP_LEVEL = {"accuracy_mean", "matching_std", "matching_02"}  # IMP matching: logged by `lmcsweep run`
+# IMP matching and the instability summaries: logged by `lmcsweep run` at the end of a sweep
+SWEEP_LEVEL = {"accuracy_mean", "matching_std", "matching_02", "mean_instability_test", "mean_instability_train"}
 
 
 def _metrics(store: Path, run) -> list[tuple]:

@@ -76,7 +76,7 @@ def test_path_metrics_logged_and_queried(swept):
         curve = json.loads(Path(client.download_artifacts(r["run_id"], "curve.json")).read_text())["test"]
         error, loss, alphas = curve["error"], curve["loss"], [i / 3 for i in range(4)]
         assert len(loss) == 4 and all(math.isfinite(v) for v in loss)
-        assert r["instability"] == max(error) - (error[0] + error[-1]) / 2
+        assert r["instability"] == pytest.approx(max(error) - (error[0] + error[-1]) / 2, abs=1e-12)  # (rounded at 12 digits)
         assert r["loss_barrier"] == pytest.approx(max(loss) - (loss[0] + loss[-1]) / 2)
         line = max(v - (a * loss[-1] + (1 - a) * loss[0]) for a, v in zip(alphas, loss))
         assert r["loss_barrier_linear"] == pytest.approx(line)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StrictInt, model_validator
 
 from ..steps import Step, parse_step
 
@@ -161,7 +161,8 @@ class SearchConfig(Strict):
 
 class SweepConfig(Strict):
     name: str = Field(max_length=MAX_NAME, pattern=NAME_PATTERN)
-    experiment: str = Field(min_length=1, max_length=MAX_NAME, pattern=PRINTABLE)
+    experiment: str = Field(min_length=1, max_length=MAX_NAME, pattern=PRINTABLE,
+                            description="MLflow experiment (default: the sweep's name)")
     preset: str
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
@@ -170,3 +171,12 @@ class SweepConfig(Strict):
     instability: InstabilityConfig | None = None
     imp: ImpConfig | None = None
     search: SearchConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _experiment_defaults_to_name(cls, raw: Any) -> Any:
+        """No `experiment`: the sweep's name (filled in, so a sweep that names its experiment the
+        same way is the same sweep, hashes and all)."""
+        if isinstance(raw, dict) and raw.get("experiment") is None and isinstance(raw.get("name"), str):
+            return {**raw, "experiment": raw["name"]}
+        return raw

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+from lmcsweep.data.available import missing_dataset
 from lmcsweep.data.datasets import DATASETS, DataError, DataSet, load_dataset
 from lmcsweep.data.tensor import TensorLoader
 
 LOADERS = ("tensor", "ffcv")
 
-__all__ = ["DATASETS", "DataError", "DataSet", "LOADERS", "load_dataset", "make_loader"]
+__all__ = ["DATASETS", "DataError", "DataSet", "LOADERS", "load_dataset", "make_loader", "missing_dataset"]
 
 
 def make_loader(data: DataSet, split: str, batch_size: int, order_seed: int, aug_seed: int,

@@ -110,7 +110,7 @@ def load_dataset(name: str, root: str | None = None, download: bool = False,
 
 # ----------------------------------------------------------------------------- where to look
 
-def _candidates(name: str, root: str | None, extra: list[str]) -> list[Path]:
+def candidates(name: str, root: str | None, extra: list[str]) -> list[Path]:
     """Folders to look in, in order: root (and root/<name>), $LMCSWEEP_DATA/<name>, `extra`."""
     places: list[Path] = []
     if root:
@@ -132,7 +132,8 @@ def _not_found(name: str, tried: list[Path], what: str, root: str | None, downlo
     lines = [f"data set {name!r} not found: looked for {what} in"]
     lines += [f"  - {p}" for p in tried] or ["  (nowhere: no root given and $LMCSWEEP_DATA unset)"]
     lines.append("Provide it in one of these ways:")
-    lines.append(f"  - set data.root (--root) to the folder holding {what}")
+    lines.append(f"  - set data.root in the sweep file (or `lmcsweep data prepare --root`) to the folder"
+                 f" holding {what}")
     lines.append(f"  - or set ${ENV_VAR} to a folder with a '{name}' subfolder"
                  f"{' (now ' + os.environ[ENV_VAR] + ')' if os.environ.get(ENV_VAR) else ''}")
     if apt:
@@ -173,7 +174,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, count=count, offset=offset).reshape(dims).copy()
 
 
-def _find_idx(folder: Path) -> dict[str, Path] | None:
+def find_idx(folder: Path) -> dict[str, Path] | None:
     found = {}
     for key, stem in _IDX_FILES.items():
         for candidate in (folder / stem, folder / (stem + ".gz")):
@@ -185,17 +186,21 @@ def _find_idx(folder: Path) -> dict[str, Path] | None:
     return found
 
 
-def _load_idx_dataset(name: str, root: str | None, download: bool) -> DataSet:
-    extra = [DEBIAN_FASHION_MNIST] if name == "fashion_mnist" else []
-    places = _candidates(name, root, extra)
+def idx_places(name: str, root: str | None) -> list[Path]:
+    places = candidates(name, root, [DEBIAN_FASHION_MNIST] if name == "fashion_mnist" else [])
     if root:  # torchvision's own layout (root/MNIST/raw), e.g. after data.download
         places.insert(2, Path(root) / _TORCHVISION_FOLDER[name] / "raw")
+    return places
+
+
+def _load_idx_dataset(name: str, root: str | None, download: bool) -> DataSet:
+    places = idx_places(name, root)
     if download and root:
         _torchvision_download(name, root)
     tried = []
     for folder in places:
         tried.append(folder)
-        files = _find_idx(folder)
+        files = find_idx(folder)
         if files:
             arrays = {k: read_idx(p) for k, p in files.items()}
             return _from_arrays(name, arrays, str(folder))
@@ -239,22 +244,22 @@ def _from_arrays(name: str, arrays: dict[str, np.ndarray], root: str) -> DataSet
 
 # ----------------------------------------------------------------------------- CIFAR-10
 
-_CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_FOLDER = "cifar-10-batches-py"
 
 
 def _load_cifar10(root: str | None, download: bool) -> DataSet:
     if download and root:
         _torchvision_download("cifar10", root)
-    places = _candidates("cifar10", root, [])
+    places = candidates("cifar10", root, [])
     tried = []
     for base in places:
-        for folder in (base / _CIFAR_FOLDER, base):
+        for folder in (base / CIFAR_FOLDER, base):
             if folder in tried:
                 continue
             tried.append(folder)
             if (folder / "data_batch_1").is_file() and (folder / "test_batch").is_file():
                 return _read_cifar_folder(folder)
-    raise _not_found("cifar10", tried, f"the python batches ({_CIFAR_FOLDER}/data_batch_1..5,"
+    raise _not_found("cifar10", tried, f"the python batches ({CIFAR_FOLDER}/data_batch_1..5,"
                      " test_batch)", root, downloadable=True)
 
 
@@ -284,7 +289,7 @@ _IMAGE_EXTS = {".jpeg", ".jpg", ".png"}
 
 def _load_imagenet(root: str | None) -> DataSet:
     tried = []
-    for folder in _candidates("imagenet", root, []):
+    for folder in candidates("imagenet", root, []):
         tried.append(folder)
         if (folder / "train").is_dir() and (folder / "val").is_dir():
             classes = sorted(d.name for d in (folder / "train").iterdir() if d.is_dir())

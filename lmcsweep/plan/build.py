@@ -7,7 +7,7 @@ from typing import Any
 
 from ..config import SweepConfig, resolve
 from ..identity import job_hash
-from .graph import Plan, add_instability, data_identity, replicate_seed, rewind_iterations
+from .graph import Plan, add_instability, data_identity, replicate_seed, rewind_iterations, run_name
 from .imp import add_imp
 from .specs import Job, TrainSpec
 
@@ -26,7 +26,7 @@ def build_plan(sweep: SweepConfig, trial: int | None = None, overrides: dict[str
                          seeds={"init": seed, "data_order": seed, "augmentation": seed}, save_at=points)
         train = plan.add(Job(
             kind="train", hash=job_hash("train", spec.identity()), spec=spec, parents=[],
-            tree_parent=None, tags={"replicate": r, "density": 1.0}, name=f"replicate {r}",
+            tree_parent=None, tags={"replicate": r, "density": 1.0}, name=run_name("train", {"replicate": r}),
             iterations=hyper.iterations, trial=trial,
         ))
         if inst:

@@ -126,12 +126,11 @@ def add_instability(plan: Plan, train: Job, replicate: int, k: int, level: int |
                           seeds=copy_seeds(sweep, replicate, lvl, c, noise), optimizer=optimizer_mode,
                           schedule=schedule, control_seed=control_seed, parent_seeds=train.spec.seeds)
         spec.end = hyper.iterations + spec.lr_offset  # T, or k + T with the schedule restarted at k
-        label = f"{control or 'imp' if level is not None else 'dense'} k={k} copy {c}"
         dense = BranchSpec(**{**spec.__dict__, "mask": None, "control": None}) if full_mask else None
         branches.append(plan.add(Job(
             kind="branch", hash=_branch_hash(spec), spec=spec, parents=[train.hash] + ([mask] if mask else []),
             tree_parent=tree_parent, tags={**base_tags, "copy": c},
-            name=label if level is None else f"level {level} {label}", iterations=spec.end - k,
+            name=run_name("branch", {**base_tags, "copy": c}), iterations=spec.end - k,
             trial=plan.trial, same_as=_branch_hash(dense) if dense else None,
         )))
     if inst and (level is None or (sweep.imp and sweep.imp.instability)):
@@ -148,9 +147,32 @@ def add_instability(plan: Plan, train: Job, replicate: int, k: int, level: int |
             plan.add(Job(
                 kind="interpolate", hash=_interpolate_hash(spec), spec=spec,
                 parents=[a.hash, b.hash], tree_parent=a.hash, tags={**base_tags, "pair": f"{ca}-{cb}"},
-                name=f"interpolate {ca}-{cb}", trial=plan.trial, same_as=twin,
+                name=run_name("interpolate", {**base_tags, "pair": f"{ca}-{cb}"}), trial=plan.trial, same_as=twin,
             ))
     return branches
+
+
+def run_name(kind: str, tags: dict[str, Any]) -> str:
+    """What a job's MLflow run is called, so that a row of the runs table says what it is: the kind,
+    replicate, rewind point, IMP level and density, control, copy or pair. E.g. ``train rep 0``,
+    ``branch rep 0 k=300 copy 1``, ``interpolate rep 1 k=0 level 3 (51.2%) random_prune copies 0-1``.
+    Names are labels only: they never enter a job's hash."""
+    level = None
+    if tags.get("level") is not None:
+        level = f"level {tags['level']}" + (f" ({100 * tags['density']:.3g}%)" if tags.get("density") else "")
+    parts = [level] if kind == "prune" else [kind]  # a prune job's run is its level's
+    parts.append(f"rep {tags['replicate']}")
+    if tags.get("rewind") is not None:
+        parts.append(f"k={tags['rewind']}")
+    if level and kind != "prune":
+        parts.append(level)
+    if tags.get("control"):
+        parts.append(tags["control"])
+    if tags.get("copy") is not None:
+        parts.append(f"copy {tags['copy']}")
+    if tags.get("pair"):
+        parts.append(f"copies {tags['pair']}")
+    return " ".join(parts)
 
 
 def _branch_hash(spec: BranchSpec) -> str:

@@ -34,7 +34,7 @@ from typing import Any
 from ..config import PRESETS
 from ..identity import job_hash
 from ..seeds import derive_seed
-from .graph import Plan, add_instability, exempt_layers, replicate_seed
+from .graph import Plan, add_instability, exempt_layers, replicate_seed, run_name
 from .specs import Job, PruneSpec
 
 CONTROLS = ("random_prune", "random_reinit")
@@ -102,8 +102,9 @@ def add_imp(plan: Plan, train: Job, replicate: int) -> list[Job]:
                 kind="prune", hash=job_hash("prune", spec.identity(), parents), spec=spec, parents=parents,
                 tree_parent=train.hash, tags={"replicate": replicate, "rewind": k, "level": level,
                                               "density": round(density, 6), "control": None},
-                name=f"level {level} k={k}", iterations=0, trial=plan.trial,
+                name="", iterations=0, trial=plan.trial,
             ))
+            job.name = run_name("prune", job.tags)
             prunes.append(job)
             first = len(plan.jobs)
             branches = add_instability(plan, train, replicate, k, level=level, mask=job.hash, control=None,
@@ -114,5 +115,6 @@ def add_imp(plan: Plan, train: Job, replicate: int) -> list[Job]:
                                 control_seed=control_seed(plan, control, replicate, level, k))
             for added in plan.jobs[first:]:   # branches and interpolations carry the level's density
                 added.tags["density"] = round(density, 6)
+                added.name = run_name(added.kind, added.tags)
             previous, source = job, branches[0]
     return prunes

@@ -49,14 +49,17 @@ def _recorded_config(tracker: Tracker, run: dict[str, Any]) -> SweepConfig | Non
 def _current_of(tracker: Tracker, store_root: str | Path, sweep_run: dict[str, Any] | None) -> Current | None:
     """The definition its sweep run recorded last (None when it cannot be read)."""
     config = _recorded_config(tracker, sweep_run) if sweep_run is not None else None
-    if config is None:
-        return None
+    return None if config is None else current_of(config, store_root)
+
+
+def current_of(sweep: SweepConfig, store_root: str | Path) -> Current:
+    """The jobs (and Optuna study) of this definition of a sweep."""
     study = None
-    if config.search is not None:
+    if sweep.search is not None:
         from ..search.study import study_name  # optuna: loaded only for a sweep with a search
 
-        study = study_name(config)
-    return Current(plan_hashes(config, store_root), study)
+        study = study_name(sweep)
+    return Current(plan_hashes(sweep, store_root), study)
 
 
 def current_jobs(tracker: Tracker, store_root: str | Path, name: str | None = None) -> dict[str, Current]:

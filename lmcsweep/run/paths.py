@@ -48,8 +48,11 @@ def measure(ctx: Context, spec: InterpolateSpec) -> tuple[dict[str, Any], list[t
         result[split] = {"error": error, "loss": loss, **stats,
                          "ends": {k: v for k, v in ends[split].items() if k != "disagreement"}}
         metrics += [(f"error_{split}", e, i) for i, e in enumerate(error)]
+        # the same curve against alpha: MLflow's steps are integers, so step = round(1000 * alpha)
+        metrics += [(f"error_{split}_vs_alpha", e, round(1000 * a)) for a, e in zip(points, error)]
         metrics += [(f"loss_{split}", v, i) for i, v in enumerate(loss)]
         metrics += [(f"{key}_{split}", float(value), 0) for key, value in stats.items()]
+    metrics += [("alpha", a, i) for i, a in enumerate(points)]  # alpha of step i: an x axis for error_<split>
     return result, metrics
 
 

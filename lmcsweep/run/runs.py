@@ -20,6 +20,9 @@ from .bodies import KINDS
 from .context import pick_device
 
 
+AXES = ("replicate", "rewind", "level", "density", "control", "copy", "pair")
+
+
 def sweep_tags(sweep: SweepConfig, extra: dict[str, Any]) -> dict[str, Any]:
     return {"sweep": sweep.name, "preset": sweep.preset, "dataset": dataset_of(sweep), **extra}
 
@@ -47,6 +50,9 @@ def job_params(plan: Plan, job: Job, provenance: dict[str, str], group: int = 1)
     params["device"] = str(device)
     params["torch_threads"] = torch.get_num_threads()  # evaluation's; training's is train.cpu_threads
     params.update({f"hp.{k}": v for k, v in plan.overrides.items()})
+    # where the job sits in the sweep, also as params: MLflow's chart and compare views take params
+    # (not tags) as axes
+    params.update({k: v for k, v in job.tags.items() if k in AXES and v is not None})
     for key, value in job.spec.recorded().items():
         if key == "seeds":
             params.update({f"seed.{k}": v for k, v in value.items()})

@@ -31,6 +31,12 @@ def trials_at_once(sweep: SweepConfig) -> int:
     return at_once(pick_device(sweep.train.device), sweep.train.cpu_threads, concurrent=not sweep.train.compile)
 
 
+def trial_name(number: int, point: dict[str, Any]) -> str:
+    """A trial run's name: its number and hyperparameters (``trial 2: lr=0.01 warmup=300it``)."""
+    values = " ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in point.items())
+    return f"trial {number}: {values}" if values else f"trial {number}"
+
+
 def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any,
                objective: Callable[[Any, Plan], float], at_once: int | None = None,
                run_batch: Callable[[list[tuple[Plan, str]], Any], None] | None = None) -> None:
@@ -89,7 +95,7 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
             except ValueError as exc:  # e.g. a range both log and stepped
                 point, problem = {}, f"invalid search space: {exc}"
             params = hp_params(point)
-            trial_run = tracker.start(experiment_id, f"trial {n}", "trial",
+            trial_run = tracker.start(experiment_id, trial_name(n, point), "trial",
                                       sweep_tags(sweep, {"trial": n, "study": study.study_name}),
                                       parent=outcome.sweep_run, params={f"hp.{k}": v for k, v in params.items()})
             trial.set_user_attr(RUN_ID, trial_run)
@@ -132,6 +138,6 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
                 continue
             if math.isfinite(value):
                 tracker.log_metrics(trial_run, [("objective", value, 0)])
-            tracker.set_tags(trial_run, {"objective": value})
+            tracker.set_tags(trial_run, {"objective": round(value, 12) if math.isfinite(value) else value})
             study.tell(trial, value)
             tracker.finish(trial_run, FINISHED)

@@ -20,7 +20,7 @@ from typing import Any
 from ..store import sqlite_path
 from . import database
 from .database import default_uri
-from .names import FINISHED, KILLED, KINDS, RUNNING, TAG
+from .names import EXPERIMENT_KIND, FINISHED, KILLED, KINDS, RUNNING, TAG, tag
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 logging.getLogger("mlflow").setLevel(logging.ERROR)
@@ -63,14 +63,19 @@ class Tracker:
 
     # -- experiments ---------------------------------------------------------------------
     def experiment(self, name: str) -> str:
-        """The id of experiment `name`, created (with artifacts under the store) if missing."""
+        """The id of experiment `name`, created (with artifacts under the store) if missing, as a
+        model-training experiment (`EXPERIMENT_KIND`: the MLflow UI opens it on its runs table,
+        not on the GenAI overview); one made before without the tag gets it."""
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
+            if exp.tags.get(EXPERIMENT_KIND[0]) is None:
+                self.client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
             return exp.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=f"{self.artifact_root}/{name}")
+            return self.client.create_experiment(name, artifact_location=f"{self.artifact_root}/{name}",
+                                                 tags=dict([EXPERIMENT_KIND]))
         except Exception:  # created meanwhile by another process
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
@@ -222,6 +227,13 @@ class Tracker:
         out = [{"run_id": r.info.run_id, "status": r.info.status, "start_time": r.info.start_time,
                 **{k: r.data.tags.get(TAG + k) for k in keys}} for r in runs]
         return sorted(out, key=lambda r: r["start_time"] or 0)
+
+    def sweep_experiments(self) -> dict[str, str]:
+        """sweep name -> the id of its experiment (where its sweep run is)."""
+        rows = database.sweep_rows(self.uri)
+        if rows is None:
+            rows = [(tag(r, "sweep"), r.info.experiment_id) for r in self.search(f"tags.`{TAG}kind` = 'sweep'")]
+        return {sweep: experiment for sweep, experiment in rows}
 
     def runs_of_sweep(self, sweep: str, kind: str | None = None, status: str | None = None) -> list[Any]:
         flt = f"tags.`{TAG}sweep` = '{sweep}'"

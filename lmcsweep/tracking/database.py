@@ -36,6 +36,12 @@ RUN_ROWS = (f"SELECT r.run_uuid, r.status, r.start_time, {_cols} FROM runs r "
             f"AND t.key IN ({', '.join(repr(TAG + k) for k in ROW_TAGS)}) GROUP BY r.run_uuid ORDER BY r.start_time")
 del _cols
 
+SWEEP_RUNS = (f"SELECT s.value, r.experiment_id FROM runs r "
+              f"JOIN tags k ON k.run_uuid = r.run_uuid AND k.key = '{TAG}kind' AND k.value = 'sweep' "
+              f"JOIN tags s ON s.run_uuid = r.run_uuid AND s.key = '{TAG}sweep' "
+              f"JOIN experiments e ON e.experiment_id = r.experiment_id "
+              f"WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active' ORDER BY r.start_time")
+
 
 def default_uri(root: str | Path) -> str:
     return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
@@ -85,6 +91,11 @@ def done_job_rows(uri: str) -> list[tuple[str, str]] | None:
     None when the store is not a database we can read (search it instead)."""
     rows = sqlite_rows(uri, DONE_JOBS)
     return rows if rows is not None else database_rows(uri, DONE_JOBS)
+
+
+def sweep_rows(uri: str) -> list[tuple] | None:
+    """(sweep name, experiment id) of every sweep run, oldest first; None for other stores."""
+    return sqlite_rows(uri, SWEEP_RUNS)
 
 
 def run_rows(uri: str) -> list[tuple] | None:

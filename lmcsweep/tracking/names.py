@@ -6,6 +6,8 @@ from typing import Any
 
 TAG = "lmcsweep."
 KINDS = ("sweep", "trial", "train", "branch", "interpolate", "level")
+# MLflow 3's experiment type (the UI's side bar and landing tab follow it): model training
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 
 
