@@ -147,7 +147,8 @@ def _run(sweeps, tracker, store, progress: bool, retry_failed: bool) -> bool:
         else:
             click.echo(f"{sweep.name}: {len(outcome.computed)} jobs run, {len(outcome.reused)} reused from the "
                        f"store, {len(outcome.skipped)} already done, {len(outcome.failed)} failed, "
-                       f"{len(outcome.blocked)} blocked ({outcome.seconds:.0f}s)")
+                       f"{len(outcome.blocked)} blocked ({outcome.seconds:.0f}s)"
+                       + (f", {len(outcome.repaired)} of them repaired (outputs damaged or missing)" * bool(outcome.repaired)))
         for job, error in outcome.failed.items():
             click.echo(f"  FAILED {job}: {error}", err=True)
         if outcome.failed:
@@ -157,6 +158,20 @@ def _run(sweeps, tracker, store, progress: bool, retry_failed: bool) -> bool:
         if not outcome.failed:
             click.echo(f"  see: lmcsweep query --sweep {sweep.name}    or    lmcsweep ui")
     return failed
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--repair", "fix", is_flag=True, help="compute again what is damaged or missing (the normal runner)")
+@click.pass_context
+def verify(ctx: click.Context, name: str | None, fix: bool) -> None:
+    """Check the outputs (checkpoints, masks) of the done jobs of every sweep in the store (or NAME)
+    against their checksums: ok / damaged / missing per job; exit 1 if any is left so, 2 unknown NAME."""
+    from .sweep import verify_report
+
+    lines, code = verify_report(*_backends(ctx), name, fix)
+    click.echo("\n".join(lines))
+    sys.exit(code)
 
 
 def _plan_only(ctx: click.Context, sweeps) -> None:
