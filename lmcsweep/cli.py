@@ -1,7 +1,8 @@
 """The `lmcsweep` command line (click). Thin: each command parses, calls one function, prints.
 
 Exit codes: 0 success; 1 some jobs failed (or the tracking process died); 2 bad input (sweep file
-errors, unknown names, a missing data set, the sweep already running); 130 interrupted (Ctrl-C).
+errors, unknown names, a missing data set, the sweep already running); 3 the store cannot be used
+(`failures`: one line, the traceback in <store>/lmcsweep-errors.log); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import click
 
 from .config import ConfigError, load_sweep
 
+STATE: dict = {"store": "mlruns"}  # the command's store, for `entry`'s report of a store failure
 STORE_HELP = "folder of the embedded store: mlflow.db, artifacts/, checkpoints/ (env LMCSWEEP_STORE)"
 
 
@@ -57,7 +59,7 @@ def main(ctx: click.Context, store: str, tracking_uri: str | None) -> None:
     lmcsweep query --sweep quickstart          instability records
     lmcsweep ui                                the MLflow UI on the store
     """
-    ctx.obj = {"store": str(Path(store).resolve()), "tracking_uri": tracking_uri}
+    ctx.obj = STATE.update(store=str(Path(store).resolve()), tracking_uri=tracking_uri) or STATE
 
 
 @main.command()
@@ -377,11 +379,9 @@ def ui(ctx: click.Context, port: int, host: str) -> None:
 
 
 def entry() -> None:
-    """The console script (and ``python -m lmcsweep.cli``): `main`, then a quick exit. When a
-    command returns, everything is written and closed (the stores commit as they go, the tracking
-    process has stopped, progress bars are closed); what is left is the interpreter's teardown,
-    ~0.4 s once torch is imported, which does nothing for us and is skipped. An exception that
-    escapes a command still ends the usual way, with its traceback."""
+    """The console script (and ``python -m lmcsweep.cli``): `main`, then a quick exit, skipping the
+    interpreter's teardown (~0.4 s once torch is imported: everything is written and closed by
+    then). A store failure ends in one line (`failures`); anything else with its traceback."""
     try:
         main()
         code = 0
@@ -391,6 +391,15 @@ def entry() -> None:
         else:
             print(exc.code, file=sys.stderr)
             code = 1
+    except Exception as exc:
+        from .failures import EXIT_STORE, explain, log
+
+        line = explain(exc, STATE["store"])
+        if line is None:
+            raise
+        where = log(exc, STATE["store"], sys.argv)
+        print(f"error: {line}" + (f" (details: {where})" if where else ""), file=sys.stderr)
+        code = EXIT_STORE
     import logging
 
     logging.shutdown()

@@ -29,6 +29,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from .failures import transient
+
 if TYPE_CHECKING:
     import torch
 
@@ -64,9 +66,24 @@ def atomic_write(data: bytes, path: Path) -> str:
     digest = checksum(data)
     with contextlib.suppress(FileNotFoundError):  # never an old checksum beside new bytes
         sidecar(path).unlink()
-    _write(data, path)
-    _write(f"{digest}  {path.name}\n".encode(), sidecar(path))
+    _retried(_write, data, path)
+    _retried(_write, f"{digest}  {path.name}\n".encode(), sidecar(path))
     return digest
+
+
+RETRIES = 3  # tries of a write that fails with a transient I/O error (`failures.transient`) before it fails
+
+
+def _retried(fn, *args) -> None:
+    import time
+
+    for attempt in range(RETRIES):
+        try:
+            return fn(*args)
+        except OSError as exc:
+            if not transient(exc) or attempt == RETRIES - 1:
+                raise
+            time.sleep(0.2 * 2 ** attempt)
 
 
 def serialize(obj: Any) -> bytes:

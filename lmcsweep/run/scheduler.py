@@ -28,10 +28,11 @@ from typing import Any
 
 from ..config import SweepConfig
 from ..data import DataSet
+from ..failures import halts
 from ..plan.graph import Plan
 from ..plan.specs import Job
 from ..store import Store
-from ..tracking import FAILED, FINISHED, Tracker
+from ..tracking import FAILED, FINISHED, KILLED, Tracker
 from .bodies import KINDS
 from .context import Context, Datasets, pick_device, provenance
 from .executors import Task, choose
@@ -184,6 +185,7 @@ class Runner:
             errors = choose(tasks[0], KINDS[tasks[0].job.kind].trains).run(tasks)
         except Exception as exc:  # noqa: BLE001 -- any failure of a job is recorded, the sweep goes on
             errors = {task.job.hash: exc for task in tasks}
+        stop = None  # the store failed (`failures.halts`): these jobs resume next time, the sweep stops
         for task in tasks:
             member, run_id, t = task.job, task.run_id, trees[task.job.hash]
             exc = errors.get(member.hash)
@@ -199,9 +201,15 @@ class Runner:
             message = f"{type(exc).__name__}: {exc}"
             self.tracker.set_tags(run_id, {"error": message[:5000]})
             self.tracker.log_text(run_id, "".join(traceback.format_exception(exc)), "error.txt")
+            if halts(exc):
+                self.tracker.finish(run_id, KILLED)
+                stop = stop or exc
+                continue
             self.tracker.finish(run_id, FAILED)
             outcome.failed[member.hash] = message
             t.bad.add(member.hash)
+        if stop is not None:
+            raise stop
         if progress is not None:
             progress.update(0)
 
