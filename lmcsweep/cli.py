@@ -139,27 +139,9 @@ RESUME = ("run the same command again to resume (runs left RUNNING are marked KI
 
 
 def _run(sweeps, tracker, store, progress: bool, retry_failed: bool) -> bool:
-    from .sweep import run_sweep
+    from .sweep import run_sweeps
 
-    failed = False
-    for sweep in sweeps:
-        outcome = run_sweep(sweep, tracker, store, progress=progress, retry_failed=retry_failed)
-        if not outcome.computed and not outcome.reused and not outcome.failed and not outcome.blocked:
-            click.echo(f"{sweep.name}: nothing to do ({len(outcome.skipped)} jobs already done)")
-        else:
-            click.echo(f"{sweep.name}: {len(outcome.computed)} jobs run, {len(outcome.reused)} reused from the "
-                       f"store, {len(outcome.skipped)} already done, {len(outcome.failed)} failed, "
-                       f"{len(outcome.blocked)} blocked ({outcome.seconds:.0f}s)"
-                       + (f", {len(outcome.repaired)} of them repaired (outputs damaged or missing)" * bool(outcome.repaired)))
-        for job, error in outcome.failed.items():
-            click.echo(f"  FAILED {job}: {error}", err=True)
-        if outcome.failed:
-            click.echo("  (a failed job stays failed, whatever is edited: `lmcsweep run --retry-failed` runs it "
-                       "again)", err=True)
-        failed = failed or bool(outcome.failed)
-        if not outcome.failed:
-            click.echo(f"  see: lmcsweep query --sweep {sweep.name}    or    lmcsweep ui")
-    return failed
+    return run_sweeps(sweeps, tracker, store, progress, retry_failed, click.echo)
 
 
 @main.command()

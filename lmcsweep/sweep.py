@@ -14,6 +14,7 @@ from .plan.graph import Plan, plan_from_dict, same_study, summary
 from .plan.specs import Job
 from .records.query import log_matching
 from .records.status import plan_hashes
+from .run.integrity import describe, outputs, problems
 from .run.scheduler import Outcome, Runner
 from .store import Store
 from .tracking import FAILED, FINISHED, Tracker, tag
@@ -144,8 +145,6 @@ def tree_root(tracker: Tracker, plan: Plan, experiment_id: str) -> str | None:
 def verify_store(tracker: Tracker, store: Store, name: str | None = None) -> list[dict]:
     """The outputs of every done job of the plans in the store (of sweep `name`), checked against
     their checksums: one row per job and plan, state ok / damaged / missing (`integrity`)."""
-    from .run.integrity import describe, outputs, problems
-
     rows = []
     for sweep, trial in store.planned(name):
         plan = plan_from_dict(store.load_plan(sweep, trial))
@@ -208,3 +207,27 @@ def verify_report(tracker: Tracker, store: Store, name: str | None, fix: bool) -
                      + "".join(f"\n  FAILED {job}: {error}" for job, error in outcome.failed.items()))
     left = [r for r in verify_store(tracker, store, name) if r["state"] != "ok"]
     return lines + ["all outputs ok" if not left else f"{len(left)} jobs still damaged or missing"], int(bool(left))
+
+
+def run_sweeps(sweeps: list[SweepConfig], tracker: Tracker, store: Store, progress: bool, retry_failed: bool,
+               echo) -> bool:
+    """`lmcsweep run`: run each sweep and say how it went (`echo(text, err=)`); whether a job failed."""
+    failed = False
+    for sweep in sweeps:
+        outcome = run_sweep(sweep, tracker, store, progress=progress, retry_failed=retry_failed)
+        if not outcome.computed and not outcome.reused and not outcome.failed and not outcome.blocked:
+            echo(f"{sweep.name}: nothing to do ({len(outcome.skipped)} jobs already done)")
+        else:
+            repaired = f", {len(outcome.repaired)} of them repaired (outputs damaged or missing)"
+            echo(f"{sweep.name}: {len(outcome.computed)} jobs run, {len(outcome.reused)} reused from the "
+                 f"store, {len(outcome.skipped)} already done, {len(outcome.failed)} failed, "
+                 f"{len(outcome.blocked)} blocked ({outcome.seconds:.0f}s)" + (repaired if outcome.repaired else ""))
+        for job, error in outcome.failed.items():
+            echo(f"  FAILED {job}: {error}", err=True)
+        if outcome.failed:
+            echo("  (a failed job stays failed, whatever is edited: `lmcsweep run --retry-failed` runs it "
+                 "again)", err=True)
+        failed = failed or bool(outcome.failed)
+        if not outcome.failed:
+            echo(f"  see: lmcsweep query --sweep {sweep.name}    or    lmcsweep ui")
+    return failed
