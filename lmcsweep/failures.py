@@ -55,6 +55,9 @@ def explain(exc: BaseException, store: str | Path) -> str | None:
         if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM):
             return (f"permission denied on {e.filename or store}: give this user access to the store, or choose "
                     f"another one (--store)")
+        if isinstance(e, OSError) and e.errno in (errno.ENOTDIR, errno.EISDIR):
+            return (f"the store {store} cannot be used: a file is in the way of a folder ({e.filename}): choose "
+                    f"another store (--store)")
         if "unable to open database file" in text:
             return (f"cannot open the MLflow database in {store} (unreadable folder or file, or no such folder "
                     f"can be made): check the path and its permissions (--store)")

@@ -51,14 +51,22 @@ def tmpfs(tmp_path: Path):
         subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
-@pytest.mark.parametrize("damage,commands", [("truncated", [["query"], ["run", "--no-progress"]]),
-                                             ("garbled", [["status"]])])
-def test_damaged_database_is_one_line(tmp_path, sweep, damage, commands):
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory) -> Path:
+    """A store with a sweep planned in it (its MLflow database made), never changed."""
+    root = tmp_path_factory.mktemp("planned")
+    (root / "small.yaml").write_text(SMALL_SWEEP.format(name="small", replicates=1, copies=2))
+    assert lmc(root / "store", "run", "--plan-only", root / "small.yaml").returncode == 0
+    return root / "store"
+
+
+@pytest.mark.parametrize("damage,commands", [("truncated", [["query"]]),
+                                             ("garbled", [["status"], ["run", "--no-progress"]])])
+def test_damaged_database_is_one_line(tmp_path, sweep, planned, damage, commands):
     store = tmp_path / "store"
-    store.mkdir()
+    shutil.copytree(planned, store)
     db = store / "mlflow.db"
     if damage == "truncated":  # a real database cut short
-        assert lmc(store, "run", "--plan-only", sweep).returncode == 0
         db.write_bytes(db.read_bytes()[:20000])
     else:
         db.write_bytes(os.urandom(50000))
@@ -80,8 +88,14 @@ def test_full_disk_stops_the_sweep_then_the_same_command_finishes_it(tmp_path, s
     assert lmc(store, "verify").returncode == 0
 
 
-def test_read_only_store_is_one_line(tmp_path, sweep, tmpfs):
+def test_read_only_store_is_one_line(tmp_path, sweep, tmpfs, planned):
     store = tmpfs / "store"
-    assert lmc(store, "run", "--plan-only", sweep).returncode == 0  # its database made
+    shutil.copytree(planned, store)
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     one_line(lmc(store, "run", sweep, "--no-progress"), "read-only", str(store))
+
+
+def test_store_behind_a_file_is_one_line(tmp_path, sweep):
+    (tmp_path / "afile").write_text("")
+    store = tmp_path / "afile" / "store"
+    one_line(lmc(store, "run", sweep, "--no-progress"), "a file is in the way", str(store))
