@@ -20,6 +20,10 @@ DATABASE_DAMAGED = ("file is not a database", "database disk image is malformed"
                     "no such table", "file is encrypted or is not a database")
 
 
+class Damaged(OSError):
+    """A stored file whose bytes are not the ones written (its checksum differs, or it does not load)."""
+
+
 def _chain(exc: BaseException):
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -44,6 +48,9 @@ def explain(exc: BaseException, store: str | Path) -> str | None:
     not one."""
     for e in _chain(exc):
         text = str(e).lower()
+        if isinstance(e, Damaged):
+            return (f"{e}: run the sweep file again (`lmcsweep run FILE` records its plan again and computes "
+                    f"damaged outputs again)")
         if isinstance(e, OSError) and e.errno == errno.ENOSPC or "database or disk is full" in text:
             where = getattr(e, "filename", None) or store
             return (f"no space left on device (ENOSPC) writing {where}: free space on that disk or move the store "

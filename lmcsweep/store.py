@@ -29,16 +29,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .failures import transient
+from .failures import Damaged, transient
 
 if TYPE_CHECKING:
     import torch
 
 # torch is imported where it is used, so that `lmcsweep plan` and `status` start quickly
-
-
-class Damaged(OSError):
-    """A stored file whose bytes are not the ones written (its checksum differs, or it does not load)."""
 
 
 def _write(data: bytes, path: Path) -> None:

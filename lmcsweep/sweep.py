@@ -114,6 +114,10 @@ def run_job(tracker: Tracker, store: Store, job_hash: str, sweep: str | None = N
     missing = [p for p in job.parents if p not in done and twin.get(p) not in done]
     if missing:
         raise JobError(f"job {job.hash} ({job.name}) needs job(s) {', '.join(missing)} done first")
+    damaged = [p for p in plan.jobs if p.hash in job.parents and problems(store, plan, p)]
+    if damaged:
+        raise JobError(f"job {job.hash} ({job.name}) needs the outputs of job(s) {', '.join(p.hash for p in damaged)}, "
+                       f"damaged or missing: `lmcsweep verify --repair {plan.sweep.name}` computes them again")
     outcome = Outcome()
     with store.sweep_lock(plan.sweep.name):
         runner = Runner(tracker, store, progress=False, retry_failed=retry_failed)
