@@ -1,7 +1,8 @@
 """The `lmcsweep` command line (click). Thin: each command parses, calls one function, prints.
 
 Exit codes: 0 success; 1 some jobs failed (or the tracking process died); 2 bad input (sweep file
-errors, unknown names, a missing data set, the sweep already running); 130 interrupted (Ctrl-C).
+errors, unknown names, a missing data set, the sweep already running); 3 the store cannot be used
+(`failures`: one line, the traceback in <store>/lmcsweep-errors.log); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import click
 
 from .config import ConfigError, load_sweep
 
+STATE: dict = {"store": "mlruns"}  # the command's store, for `entry`'s report of a store failure
 STORE_HELP = "folder of the embedded store: mlflow.db, artifacts/, checkpoints/ (env LMCSWEEP_STORE)"
 
 
@@ -58,7 +60,7 @@ def main(ctx: click.Context, store: str, tracking_uri: str | None) -> None:
     lmcsweep query --sweep quickstart          instability records
     lmcsweep ui                                the MLflow UI on the store
     """
-    ctx.obj = {"store": str(Path(store).resolve()), "tracking_uri": tracking_uri}
+    ctx.obj = STATE.update(store=str(Path(store).resolve()), tracking_uri=tracking_uri) or STATE
 
 
 @main.command()
@@ -155,21 +157,23 @@ RESUME = ("run the same command again to resume (runs left RUNNING are marked KI
 
 
 def _run(sweeps, tracker, store, progress: bool, retry_failed: bool) -> bool:
-    from .sweep import run_sweep
+    from .sweep import run_sweeps
 
-    failed = False
-    for sweep in sweeps:
-        outcome = run_sweep(sweep, tracker, store, progress=progress, retry_failed=retry_failed)
-        click.echo(outcome.summary(sweep.name))
-        for job, error in outcome.failed.items():
-            click.echo(f"  FAILED {job}: {error}", err=True)
-        if outcome.failed:
-            click.echo("  (a failed job stays failed, whatever is edited: `lmcsweep run --retry-failed` runs it "
-                       "again)", err=True)
-        failed = failed or bool(outcome.failed)
-        if not outcome.failed:
-            click.echo(f"  see: lmcsweep query --sweep {sweep.name}    or    lmcsweep ui")
-    return failed
+    return run_sweeps(sweeps, tracker, store, progress, retry_failed, click.echo)
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--repair", "fix", is_flag=True, help="compute again what is damaged or missing (the normal runner)")
+@click.pass_context
+def verify(ctx: click.Context, name: str | None, fix: bool) -> None:
+    """Check the outputs (checkpoints, masks) of the done jobs of every sweep in the store (or NAME)
+    against their checksums: ok / damaged / missing per job; exit 1 if any is left so, 2 unknown NAME."""
+    from .verify import verify_report
+
+    lines, code = verify_report(*_backends(ctx), name, fix)
+    click.echo("\n".join(lines))
+    sys.exit(code)
 
 
 def _queue(ctx: click.Context, queue_uri: str | None, lease: float | None = None):
@@ -184,7 +188,8 @@ def _queued(ctx: click.Context, sweeps, workers: int | None, queue_uri: str | No
     from .data import DataError
     from .queue import QueueError
     from .store import SweepBusy
-    from .sweep import JobError, plan_sweep, run_with_workers
+    from .cluster import run_with_workers
+    from .sweep import JobError, plan_sweep
 
     tracker, store = _backends(ctx)
     failed = False
@@ -350,7 +355,8 @@ def _stored(ctx: click.Context, sweep_name: str | None):
 def export(ctx: click.Context, name: str, out: str, control: str, **where) -> None:
     """Write an IMP subnetwork (mask, weights at k, model, level, density, k, job hash, seeds) as one
     file; lmcsweep.export.load_ticket(FILE) loads it as a torch module."""
-    from .sweep import JobError, write_ticket
+    from .sweep import JobError
+    from .tickets import write_ticket
 
     tracker, store = _stored(ctx, name)
     try:
@@ -494,11 +500,9 @@ def ui(ctx: click.Context, port: int, host: str, sweep_name: str | None) -> None
 
 
 def entry() -> None:
-    """The console script (and ``python -m lmcsweep.cli``): `main`, then a quick exit. When a
-    command returns, everything is written and closed (the stores commit as they go, the tracking
-    process has stopped, progress bars are closed); what is left is the interpreter's teardown,
-    ~0.4 s once torch is imported, which does nothing for us and is skipped. An exception that
-    escapes a command still ends the usual way, with its traceback."""
+    """The console script (and ``python -m lmcsweep.cli``): `main`, then a quick exit, skipping the
+    interpreter's teardown (~0.4 s once torch is imported: everything is written and closed by
+    then). A store failure ends in one line (`failures`); anything else with its traceback."""
     try:
         main()
         code = 0
@@ -508,6 +512,15 @@ def entry() -> None:
         else:
             print(exc.code, file=sys.stderr)
             code = 1
+    except Exception as exc:
+        from .failures import EXIT_STORE, explain, log
+
+        line = explain(exc, STATE["store"])
+        if line is None:
+            raise
+        where = log(exc, STATE["store"], sys.argv)
+        print(f"error: {line}" + (f" (details: {where})" if where else ""), file=sys.stderr)
+        code = EXIT_STORE
     import logging
 
     logging.shutdown()

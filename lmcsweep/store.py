@@ -11,18 +11,26 @@ Layout under the store root (default ``mlruns/``, beside the MLflow database)::
     plans/<sweep>/trial-<n>/plan.json           those of trial n of its search
 
 A write goes to a temporary file in the same folder, is flushed to disk and then renamed over the
-target, so a process killed mid-write never leaves a partial file under the final name.
+target, so a process killed mid-write never leaves a partial file under the final name. Then the
+file's SHA-256 goes (atomically too) to ``<file>.sha256`` beside it, and every read checks it: a
+file whose bytes are not the ones written raises `Damaged` (a resume point is discarded instead).
+A file without its checksum (killed between the two writes, or written before checksums) is read
+if it loads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
+
+from .failures import Damaged, transient
 
 if TYPE_CHECKING:
     import torch
@@ -30,15 +38,12 @@ if TYPE_CHECKING:
 # torch is imported where it is used, so that `lmcsweep plan` and `status` start quickly
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save `obj` to `path` atomically."""
+def _write(data: bytes, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            import torch
-
-            torch.save(obj, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -46,6 +51,106 @@ def atomic_save(obj: Any, path: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def sidecar(path: Path) -> Path:
+    """Where the checksum of `path` is kept."""
+    return path.with_name(path.name + ".sha256")
+
+
+def atomic_write(data: bytes, path: Path) -> str:
+    """Write `data` to `path` atomically, then its checksum beside it; returns the checksum."""
+    digest = checksum(data)
+    with contextlib.suppress(FileNotFoundError):  # never an old checksum beside new bytes
+        sidecar(path).unlink()
+    _retried(_write, data, path)
+    _retried(_write, f"{digest}  {path.name}\n".encode(), sidecar(path))
+    return digest
+
+
+RETRIES = 3  # tries of a write that fails with a transient I/O error (`failures.transient`) before it fails
+
+
+def _retried(fn, *args) -> None:
+    import time
+
+    for attempt in range(RETRIES):
+        try:
+            return fn(*args)
+        except OSError as exc:
+            if not transient(exc) or attempt == RETRIES - 1:
+                raise
+            time.sleep(0.2 * 2 ** attempt)
+
+
+def serialize(obj: Any) -> bytes:
+    """The bytes torch.save writes for `obj`."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def checksum(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def atomic_save(obj: Any, path: Path) -> str:
+    """torch.save `obj` to `path` atomically, with its checksum; returns the checksum."""
+    return atomic_write(serialize(obj), path)
+
+
+def check_file(path: Path) -> str:
+    """'ok', 'damaged' (bytes differ from the recorded checksum), 'missing', or 'unchecked' (no
+    checksum recorded)."""
+    if not path.exists():
+        return "missing"
+    try:
+        expected = sidecar(path).read_text().split()[0]
+    except (FileNotFoundError, IndexError):
+        return "unchecked"
+    return "ok" if _digest(path) == expected else "damaged"
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_verified(path: Path, what: str) -> bytes:
+    """The bytes of `path`, checked against its checksum (FileNotFoundError, `Damaged`)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{what} is missing ({path})")
+    data = path.read_bytes()
+    try:
+        expected = sidecar(path).read_text().split()[0]
+    except (FileNotFoundError, IndexError):
+        return data
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise Damaged(f"{what} is damaged: its SHA-256 is not the one recorded in {sidecar(path).name} ({path})")
+    return data
+
+
+def load_verified(path: Path, what: str, device: Any = "cpu") -> Any:
+    """torch.load a checked file (`read_verified`); one that does not load is `Damaged` too."""
+    import torch
+
+    data = read_verified(path, what)
+    try:
+        return torch.load(io.BytesIO(data), map_location=device, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 -- whatever the bytes make torch raise
+        raise Damaged(f"{what} is damaged: it does not load ({type(exc).__name__}) ({path})") from None
+
+
+def remove(path: Path) -> None:
+    """Remove a stored file and its checksum."""
+    for p in (path, sidecar(path)):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -104,46 +209,48 @@ class Store:
     def checkpoint_path(self, job: str, iteration: int) -> Path:
         return self.job_dir(job) / f"it{iteration}.pt"
 
-    def save_checkpoint(self, job: str, iteration: int, state: dict[str, Any]) -> Path:
-        path = self.checkpoint_path(job, iteration)
-        atomic_save(state, path)
-        return path
+    def save_checkpoint(self, job: str, iteration: int, state: dict[str, Any]) -> str:
+        """Write a checkpoint; returns its checksum."""
+        return atomic_save(state, self.checkpoint_path(job, iteration))
+
+    def write_checkpoint(self, job: str, iteration: int, data: bytes) -> str:
+        """Write a checkpoint already serialized (`serialize`); returns its checksum."""
+        return atomic_write(data, self.checkpoint_path(job, iteration))
 
     def has_checkpoint(self, job: str, iteration: int) -> bool:
-        return self.checkpoint_path(job, iteration).exists()
+        """Whether `job` has a good checkpoint at `iteration` (one whose checksum matches)."""
+        return check_file(self.checkpoint_path(job, iteration)) in ("ok", "unchecked")
 
     def load_checkpoint(self, job: str, iteration: int, device: str | torch.device = "cpu") -> dict[str, Any]:
-        path = self.checkpoint_path(job, iteration)
-        if not path.exists():
-            raise FileNotFoundError(f"no checkpoint of job {job} at iteration {iteration} ({path})")
-        import torch
-
-        return torch.load(path, map_location=device, weights_only=False)
+        return load_verified(self.checkpoint_path(job, iteration), f"checkpoint of job {job} at iteration {iteration}",
+                             device)
 
     def share_checkpoint(self, source: str, job: str, iteration: int) -> bool:
         """Make `job`'s checkpoint at `iteration` the one of `source` (a job with the same result):
         a hard link (a copy where the file system has none). False if `source` has none."""
         src, dst = self.checkpoint_path(source, iteration), self.checkpoint_path(job, iteration)
-        if dst.exists():
+        if check_file(dst) in ("ok", "unchecked"):
             return True
-        if not src.exists():
+        if check_file(src) not in ("ok", "unchecked"):
             return False
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        try:
-            os.link(src, tmp)
-        except OSError:
-            import shutil
+        for a, b in ((src, dst), (sidecar(src), sidecar(dst))) if sidecar(src).exists() else ((src, dst),):
+            tmp = b.with_name(f".{b.name}.{os.getpid()}.tmp")
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            try:
+                os.link(a, tmp)
+            except OSError:
+                import shutil
 
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+                shutil.copyfile(a, tmp)
+            os.replace(tmp, b)
         return True
 
     def checkpoint_iterations(self, job: str) -> list[int]:
-        """The iterations `job` has checkpoints at, in order."""
-        return sorted(int(p.stem[2:]) for p in self.job_dir(job).glob("it*.pt"))
+        """The iterations `job` has good checkpoints at, in order."""
+        return sorted(int(p.stem[2:]) for p in self.job_dir(job).glob("it*.pt")
+                      if check_file(p) in ("ok", "unchecked"))
 
     def save_masks(self, job: str, masks: dict[str, Any]) -> Path:
         path = self.job_dir(job) / "mask.pt"
@@ -151,9 +258,7 @@ class Store:
         return path
 
     def load_masks(self, job: str) -> dict[str, Any]:
-        import torch
-
-        return torch.load(self.job_dir(job) / "mask.pt", map_location="cpu", weights_only=False)
+        return load_verified(self.job_dir(job) / "mask.pt", f"mask of job {job}")
 
     def save_ticket(self, job: str, ticket: dict[str, Any]) -> Path:
         """An IMP level's ticket (`export.make_ticket`), beside its mask."""
@@ -167,19 +272,7 @@ class Store:
 
     def save_plan(self, sweep: str, trial: int | None, data: dict[str, Any]) -> None:
         """Write a plan's specs (JSON) atomically."""
-        path = self.plan_path(sweep, trial)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".plan.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(json.dumps(data, sort_keys=True).encode(), self.plan_path(sweep, trial))
 
     def planned(self, sweep: str | None = None, trial: int | None = None) -> list[tuple[str, int | None]]:
         """(sweep, trial) of every plan recorded in the store (of `sweep`, `trial` when given)."""
@@ -193,23 +286,31 @@ class Store:
 
     def load_plan(self, sweep: str, trial: int | None = None) -> dict[str, Any] | None:
         path = self.plan_path(sweep, trial)
-        return json.loads(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        what = f"the plan of sweep {sweep}" + (f" trial {trial}" if trial is not None else "")
+        try:
+            return json.loads(read_verified(path, what))
+        except ValueError:
+            raise Damaged(f"{what} is damaged: not JSON ({path})") from None
 
     def save_resume(self, job: str, state: dict[str, Any]) -> None:
         atomic_save(state, self.job_dir(job) / "resume.pt")
 
     def load_resume(self, job: str, device: str | torch.device = "cpu") -> dict[str, Any] | None:
+        """The resume point of `job`; None if it has none, or a damaged one (then removed: the job
+        starts again from its last good state)."""
         path = self.job_dir(job) / "resume.pt"
         if not path.exists():
             return None
-        import torch
-
-        return torch.load(path, map_location=device, weights_only=False)
+        try:
+            return load_verified(path, f"resume point of job {job}", device)
+        except Damaged:
+            remove(path)
+            return None
 
     def clear_resume(self, job: str) -> None:
-        path = self.job_dir(job) / "resume.pt"
-        if path.exists():
-            path.unlink()
+        remove(self.job_dir(job) / "resume.pt")
 
 
 class Writer:

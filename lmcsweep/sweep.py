@@ -6,7 +6,6 @@ without running (`plan_sweep`), and one job of a planned sweep run on its own (`
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -14,20 +13,21 @@ from .config import SweepConfig, dataset_of
 from .config.yamlfile import read_yaml
 from .data import missing_dataset
 from .plan.build import build_plan
-from .plan.graph import Plan, plan_from_dict, same_study, summary
+from .plan.graph import Plan, plan_from_dict, summary
 from .plan.specs import Job
 from .records.query import log_matching
 from .records.status import current_of, plan_hashes
 from .records.summary import log_summaries
 from .run import paths
+from .run.integrity import problems
 from .run.scheduler import Outcome, Runner
 from .store import Store
 from .queue import Queue, default_uri
 from .tracking import FAILED, FINISHED, Tracker, tag
-from .workers import drive, enqueue
+from .workers import enqueue
 
 
-def _tracking_failures(tracker: Tracker, runner: Runner, outcome: Outcome) -> None:
+def tracking_failures(tracker: Tracker, runner: Runner, outcome: Outcome) -> None:
     """Writes the tracker did in the background and could not do (`TrackingProcess`; waits for all
     of them): their jobs count as failed (their runs were marked FAILED)."""
     for run_id, message in tracker.write_errors().items():
@@ -69,7 +69,7 @@ def run_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, progress: bool
             log_matching(tracker, sweep.name, plan_hashes(sweep, store.root))
         if sweep.instability is not None and (outcome.computed or outcome.reused):
             log_summaries(tracker, sweep.name, current_of(sweep, store.root), outcome.sweep_run)
-        _tracking_failures(tracker, runner, outcome)
+        tracking_failures(tracker, runner, outcome)
         tracker.finish(outcome.sweep_run, FAILED if outcome.failed else FINISHED)
     outcome.seconds = time.time() - started
     return outcome
@@ -156,6 +156,10 @@ def run_job(tracker: Tracker, store: Store, job_hash: str, sweep: str | None = N
     missing = [p for p in job.parents if p not in done and twin.get(p) not in done]
     if missing:
         raise JobError(f"job {job.hash} ({job.name}) needs job(s) {', '.join(missing)} done first")
+    damaged = [p for p in plan.jobs if p.hash in job.parents and problems(store, plan, p)]
+    if damaged:
+        raise JobError(f"job {job.hash} ({job.name}) needs the outputs of job(s) {', '.join(p.hash for p in damaged)}, "
+                       f"damaged or missing: `lmcsweep verify --repair {plan.sweep.name}` computes them again")
     outcome = Outcome()
     with store.sweep_lock(plan.sweep.name):
         runner = Runner(tracker, store, progress=False, retry_failed=retry_failed)
@@ -168,123 +172,24 @@ def run_job(tracker: Tracker, store: Store, job_hash: str, sweep: str | None = N
         single = Plan(sweep=plan.sweep, hyper=plan.hyper, jobs=[job], trial=plan.trial,
                       overrides=plan.overrides, study=plan.study)
         runner.run_plans([(single, parent)], experiment_id, outcome, record_plans=False)
-        _tracking_failures(tracker, runner, outcome)
+        tracking_failures(tracker, runner, outcome)
     outcome.seconds = time.time() - started
     return outcome
 
 
-def run_with_workers(sweep: SweepConfig, tracker: Tracker, store: Store, queue: Queue, workers: int,
-                     store_arg: str, tracking_uri: str | None, on_progress=None,
-                     slurm: dict[str, str] | None = None, gpus: list[str] | None = None) -> dict[str, object]:
-    """Run (or resume) a sweep on `workers` local worker processes sharing the job queue: the
-    experiment, the sweep run, the plan and the queue are made here first, then the workers start;
-    IMP matching is logged and the sweep run finished once they are done."""
-    started = time.time()
-    with store.sweep_lock(sweep.name):
-        runner = Runner(tracker, store, progress=False)
-        runner.dataset(sweep, dataset_of(sweep))  # a missing data set stops here, before any run
-        experiment_id = tracker.experiment(sweep.experiment)
-        tracker.mark_stale_running(sweep.name)
-        run_id = runner.sweep_run(sweep, experiment_id)
-        queue.create()
-        result: dict[str, object] = {}
-
-        def run_batch(items: list[tuple[Plan, str]], outcome: Outcome) -> None:
-            """Plans (a sweep's, or trials') into the store and the queue, then the workers."""
-            for plan, _ in items:
-                store.save_plan(sweep.name, plan.trial, plan.to_dict())
-                queue.enqueue(sweep.name, plan.trial, [j.to_dict() for j in plan.jobs],
-                              set(runner.finished_in_tree(plan)))
-            result.update(drive(sweep, store, queue, workers, store_arg, tracking_uri, on_progress,
-                                slurm=slurm, gpus=gpus))
-            failures = result["failures"]
-            for plan, _ in items:
-                for job in plan.jobs:
-                    if job.hash in failures:
-                        outcome.failed[job.hash] = " | ".join(failures[job.hash])
-
-        outcome = Outcome(sweep_run=run_id)
-        if sweep.search is not None:
-            from .records.objective import objective_value
-            from .search.driver import run_search  # optuna: loaded only for a sweep with a search
-
-            grid = sweep.search.sampler == "grid"  # a grid's points all at once; else a trial per worker
-            run_search(sweep, runner, experiment_id, outcome, objective_value,
-                       at_once=1_000_000 if grid else workers * max(1, len(gpus or [])),
-                       run_batch=run_batch)
-        else:
-            run_batch([(build_plan(sweep), run_id)], outcome)
-        if sweep.imp is not None and result.get("done"):
-            log_matching(tracker, sweep.name, plan_hashes(sweep, store.root))
-        if sweep.instability is not None and result.get("done"):
-            log_summaries(tracker, sweep.name, current_of(sweep, store.root), run_id)
-        counts = queue.counts(sweep.name)
-        result.update(counts=counts, failures=queue.failures(sweep.name), done=counts.get("done", 0),
-                      failed=counts.get("failed", 0), open=counts.get("waiting", 0) + counts.get("claimed", 0),
-                      trials_failed=[k for k in outcome.failed if k.startswith("trial ")])
-        bad = result["failed"] or result["trials_failed"]
-        tracker.finish(run_id, FAILED if bad else FINISHED if not result["open"] else "KILLED")
-    result["seconds"] = time.time() - started
-    return result
-
-
-def write_ticket(tracker: Tracker, store: Store, name: str, out: Path, control: str | None = None, *,
-                 replicate: int, rewind: str, level: int, trial: int | None = None) -> str:
-    """`export_ticket` written to `out` (atomically); what was written, in a line. JobError for
-    anything that stops it (no such level, a missing data set or file, an unwritable `out`)."""
-    from .data import DataError
-    from .store import atomic_save
-
-    try:
-        ticket = export_ticket(tracker, store, name, replicate, rewind, level, control, trial)
-        atomic_save(ticket, out)
-    except (DataError, FileNotFoundError) as exc:
-        raise JobError(str(exc)) from None
-    except OSError as exc:
-        raise JobError(f"cannot write {out}: {exc.strerror or exc}") from None
-    kind = f"control {ticket['control']}" if ticket["control"] else "IMP"
-    return (f"{out}: {ticket['model']['name']} {kind}, level {ticket['level']}, density {ticket['density']:.4f}, "
-            f"rewind {ticket['rewind']}; load: lmcsweep.export.load_ticket(path)")
-
-
-def export_ticket(tracker: Tracker, store: Store, name: str, replicate: int, rewind: str, level: int,
-                  control: str | None = None, trial: int | None = None) -> dict:
-    """The ticket (`export.make_ticket`) of IMP level `level` at rewind point `rewind` (a duration:
-    "20it", "2ep", or iterations) of `replicate` in the recorded plan of sweep `name` (its `trial`),
-    or of one of its controls, made from the store. JobError when there is no such level or it is not done."""
-    from .run.tickets import ticket
-    from .steps import parse_step
-
-    if store.load_plan(name, trial) is None:
-        where = f"sweep {name!r}" + (f" trial {trial}" if trial is not None else "")
-        raise JobError(f"{where} is not planned in store {store.root} (run it with `lmcsweep run FILE` first)")
-    plan = plan_from_dict(store.load_plan(name, trial))
-    try:
-        k = plan.hyper.iterations_of(parse_step(int(rewind) if rewind.isdigit() else rewind))
-    except ValueError as exc:
-        raise JobError(f"--rewind: {exc}") from None
-    if not any(j.kind == "prune" for j in plan.jobs):
-        raise JobError(f"sweep {name!r} has no IMP levels (no imp section): no subnetwork to export")
-    levels = [j for j in plan.jobs if j.kind == "prune" and j.tags.get("replicate") == replicate]
-    found = [j for j in levels if j.tags.get("rewind") == k and j.tags.get("level") == level]
-    if not found:
-        have = sorted({(j.tags.get("rewind"), j.tags.get("level")) for j in levels})
-        raise JobError(f"sweep {name!r} has no IMP level {level} at rewind {k} for replicate {replicate} "
-                       f"(it has rewind/level: {', '.join(f'{r}/{lv}' for r, lv in have) or 'none'})")
-    level_job = found[0]
-    done = tracker.done_jobs([level_job.hash])
-    if level_job.hash not in done and not store.job_dir(level_job.hash).joinpath("mask.pt").exists():
-        raise JobError(f"IMP level {level} at rewind {k} of replicate {replicate} is not done yet "
-                       f"(`lmcsweep run` the sweep first)")
-    branch = None
-    if control is not None:
-        copies = [j for j in plan.jobs if j.kind == "branch" and j.spec.mask == level_job.hash
-                  and j.spec.control == control]
-        if not copies:
-            raise JobError(f"sweep {name!r} has no {control} control at level {level}, rewind {k}")
-        branch = min(copies, key=lambda j: j.tags.get("copy", 0))
-    runner = Runner(tracker, store, progress=False)
-    ctx = runner.context(plan)
-    return ticket(ctx, level_job.hash, level_job.spec, branch.spec if branch else None,
-                  branch.hash if branch else None)
-
+def run_sweeps(sweeps: list[SweepConfig], tracker: Tracker, store: Store, progress: bool, retry_failed: bool,
+               echo) -> bool:
+    """`lmcsweep run`: run each sweep and say how it went (`echo(text, err=)`); whether a job failed."""
+    failed = False
+    for sweep in sweeps:
+        outcome = run_sweep(sweep, tracker, store, progress=progress, retry_failed=retry_failed)
+        echo(outcome.summary(sweep.name))
+        for job, error in outcome.failed.items():
+            echo(f"  FAILED {job}: {error}", err=True)
+        if outcome.failed:
+            echo("  (a failed job stays failed, whatever is edited: `lmcsweep run --retry-failed` runs it "
+                 "again)", err=True)
+        failed = failed or bool(outcome.failed)
+        if not outcome.failed:
+            echo(f"  see: lmcsweep query --sweep {sweep.name}    or    lmcsweep ui")
+    return failed

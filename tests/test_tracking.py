@@ -128,7 +128,7 @@ def test_a_job_whose_tracking_failed_counts_as_failed(tmp_path, cache):
     `computed` for `failed` (and `lmcsweep run` lists it and exits 1)."""
     from lmcsweep.store import Store
     from lmcsweep.run.scheduler import Outcome, Runner
-    from lmcsweep.sweep import _tracking_failures
+    from lmcsweep.sweep import tracking_failures
 
     tracker = TrackingProcess(root=tmp_path / "store")
     try:
@@ -141,7 +141,7 @@ def test_a_job_whose_tracking_failed_counts_as_failed(tmp_path, cache):
         tracker.log_params(bad, {"lr": 2})
         for run in (good, bad):
             tracker.finish(run, FINISHED)
-        _tracking_failures(tracker, runner, outcome)
+        tracking_failures(tracker, runner, outcome)
         assert outcome.computed == ["job-good"]
         assert list(outcome.failed) == ["job-bad"] and outcome.failed["job-bad"].startswith("log_params:")
         assert tracker.run(good).info.status == FINISHED and tracker.run(bad).info.status == FAILED

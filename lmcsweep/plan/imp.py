@@ -29,7 +29,6 @@ Matching is read back from the runs: `records.matching`.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from ..config import PRESETS
 from ..identity import job_hash

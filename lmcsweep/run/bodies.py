@@ -15,15 +15,15 @@ from typing import Any, Callable
 
 import torch
 
-from .. import interpolate as interp
 from .. import plots, prune
 from ..plan.specs import BranchSpec, Job, PruneSpec, TrainSpec
+from ..store import sidecar
 from ..train import evaluate, make_optimizer, train
 from .context import Context
 from . import paths, tickets
 from .together import kernel_threads
 from .training import (clone, ensure_checkpoint, loop, mark_trained, masked_optimizer_state, pauses, resume,
-                       train_state)
+                       save_final, train_state)
 
 
 def run_train(ctx: Context, job: Job, run_id: str) -> None:
@@ -50,7 +50,7 @@ def run_train(ctx: Context, job: Job, run_id: str) -> None:
                       lambda it: ctx.writer.submit(ctx.store.save_checkpoint, job.hash, it,
                                                    train_state(model, optimizer, it)),
                       tuple(save), history)
-        ctx.writer.submit(ctx.store.save_checkpoint, job.hash, T, train_state(model, optimizer, T))
+        save_final(ctx, job, run_id, T, train_state(model, optimizer, T))
         m = ctx.test_metrics(fast)
     ctx.writer.submit(ctx.tracker.log_metrics, run_id,
                       [("final_test_accuracy", m["accuracy"], T), ("final_test_error", m["error"], T)])
@@ -119,7 +119,7 @@ def run_branch(ctx: Context, job: Job, run_id: str) -> None:
         logged = loop(ctx, job.hash, run_id, steps, start, end, lambda: evaluate(fast, test()),
                       lambda it: train_state(model, copy.optimizer, it), history=copy.history)
         final = evaluate(fast, test())
-    ctx.writer.submit(ctx.store.save_checkpoint, job.hash, end, {"model": clone(model.state_dict()), "iteration": end})
+    save_final(ctx, job, run_id, end, {"model": clone(model.state_dict()), "iteration": end})
     ctx.writer.submit(ctx.tracker.log_metrics, run_id, [("final_test_accuracy", final["accuracy"], end),
                                                         ("final_test_error", final["error"], end)])
     mark_trained(ctx, job, run_id, end, logged)
@@ -141,6 +141,7 @@ def run_prune(ctx: Context, job: Job, run_id: str) -> None:
     masks = {n: m.cpu() for n, m in masks.items()}
     path = ctx.store.save_masks(job.hash, masks)
     ctx.tracker.log_artifact(run_id, path, "mask")
+    ctx.tracker.set_tags(run_id, {"mask_sha256": sidecar(path).read_text().split()[0]})
     density = prune.density(masks)
     if spec.parent_seeds or ctx.store.has_checkpoint(spec.train, spec.rewind):  # the level's ticket (`export`)
         ticket = tickets.ticket(ctx, job.hash, spec)

@@ -12,6 +12,9 @@ For each job of a plan, wave by wave (`_waves`: parents first; the networks of a
    parent job's run, on the executor `executors.choose` picks for its group; a job killed earlier
    resumes from its resume checkpoint.
 
+A job counts as done only while its outputs in the store are as written (`integrity`): one whose
+files are damaged or missing runs again, its run tagged ``lmcsweep.repaired`` with what was wrong.
+
 A failing job is marked FAILED (error as tag and artifact); jobs that depend on it are skipped, the
 others go on, and the run ends with the failures listed.
 """
@@ -25,13 +28,15 @@ from typing import Any
 
 from ..config import SweepConfig
 from ..data import DataSet
+from ..failures import halts
 from ..plan.graph import Plan, same_study
 from ..plan.specs import Job
 from ..store import Store
-from ..tracking import FAILED, FINISHED, Tracker, tag
+from ..tracking import FAILED, FINISHED, KILLED, Tracker, tag
 from .bodies import KINDS
 from .context import Context, Datasets, pick_device, provenance
 from .executors import Task, choose
+from .integrity import describe, discard, problems
 from .runs import job_params, job_tags, open_sweep_run, record_reuse, tree_runs
 
 
@@ -42,6 +47,7 @@ class Outcome:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)   # job hash -> error
     blocked: list[str] = field(default_factory=list)        # not run: a parent failed
+    repaired: list[str] = field(default_factory=list)       # done before, outputs damaged: run again
     sweep_run: str | None = None
     seconds: float = 0.0
     backfilled: int = 0    # interpolation runs of earlier revisions given the path metrics (`run.paths`)
@@ -54,6 +60,8 @@ class Outcome:
             line = (f"{name}: {len(self.computed)} jobs run, {len(self.reused)} reused from the store, "
                     f"{len(self.skipped)} already done, {len(self.failed)} failed, {len(self.blocked)} blocked "
                     f"({self.seconds:.0f}s)")
+            if self.repaired:
+                line += f", {len(self.repaired)} of them repaired (outputs damaged or missing)"
         if self.backfilled:
             line += f"\n  {self.backfilled} interpolation runs given the path metrics from their checkpoints"
         return line
@@ -67,6 +75,7 @@ class Runner:
         self.show_progress, self.retry_failed = progress, retry_failed
         self.provenance = provenance()
         self.computed_runs: dict[str, str] = {}  # run id -> job hash, of the jobs this runner computed
+        self.repairs: dict[str, str] = {}  # job hash -> what was wrong with its outputs
         self.datasets = Datasets()
 
     def dataset(self, sweep: SweepConfig, name: str, background: bool = False) -> DataSet | None:
@@ -121,6 +130,7 @@ class Runner:
         done_elsewhere = self.tracker.finished_jobs(wanted + [j.same_as for t in trees for j in t.plan.jobs if j.same_as])
         for t in trees:
             t.done.update({h: run.info.run_id for h, run in done_elsewhere.items() if h not in t.done})
+        self._check_outputs(trees, done_elsewhere)
         computed: dict[str, str] = {}  # job hash -> its run, for jobs computed by this call
         order = _waves(trees)
         by_wave: dict[int, list[tuple[_Tree, Job]]] = {}
@@ -182,7 +192,8 @@ class Runner:
             if t.context is None:
                 t.context = self.context(t.plan, progress)
             run_id = self.tracker.start(experiment_id, member.name, KINDS[member.kind].run_kind,
-                                        {**job_tags(t.plan, member), "origin": "computed"},
+                                        {**job_tags(t.plan, member), "origin": "computed",
+                                         "repaired": self.repairs.get(member.hash)},
                                         parent=t.parent_of(member))
             # params go through the background writer, off the training path (flushed before FINISHED)
             t.context.writer.submit(self.tracker.log_params, run_id,
@@ -199,6 +210,7 @@ class Runner:
             errors = choose(tasks[0], KINDS[tasks[0].job.kind].trains).run(tasks)
         except Exception as exc:  # noqa: BLE001 -- any failure of a job is recorded, the sweep goes on
             errors = {task.job.hash: exc for task in tasks}
+        stop = None  # the store failed (`failures.halts`): these jobs resume next time, the sweep stops
         for task in tasks:
             member, run_id, t = task.job, task.run_id, trees[task.job.hash]
             exc = errors.get(member.hash)
@@ -207,16 +219,39 @@ class Runner:
                 self.store.clear_resume(member.hash)  # a network's "trained to the end" record
                 t.done[member.hash] = computed[member.hash] = run_id
                 outcome.computed.append(member.hash)
+                if member.hash in self.repairs:
+                    outcome.repaired.append(member.hash)
                 self.computed_runs[run_id] = member.hash
                 continue
             message = f"{type(exc).__name__}: {exc}"
             self.tracker.set_tags(run_id, {"error": message[:5000]})
             self.tracker.log_text(run_id, "".join(traceback.format_exception(exc)), "error.txt")
+            if halts(exc):
+                self.tracker.finish(run_id, KILLED)
+                stop = stop or exc
+                continue
             self.tracker.finish(run_id, FAILED)
             outcome.failed[member.hash] = message
             t.bad.add(member.hash)
+        if stop is not None:
+            raise stop
         if progress is not None:
             progress.update(0)
+
+    def _check_outputs(self, trees: list["_Tree"], done_elsewhere: dict[str, Any]) -> None:
+        """Verify the outputs of every job done (here or elsewhere): one whose files are damaged or
+        missing is not done, and runs again (its damaged files removed first)."""
+        for t in trees:
+            for job in t.plan.jobs:
+                if job.hash not in t.finished and job.hash not in done_elsewhere:
+                    continue
+                found = problems(self.store, t.plan, job)
+                if not found:
+                    continue
+                self.repairs[job.hash] = describe(found)
+                discard(self.store, t.plan, job, found)
+                for known in (t.finished, t.done, done_elsewhere):
+                    known.pop(job.hash, None)
 
     def _tree(self, plan: Plan, parent_run: str) -> "_Tree":
         runs = tree_runs(self.tracker, plan.sweep.name, plan.trial, plan.study)

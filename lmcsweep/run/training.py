@@ -17,6 +17,7 @@ from .. import prune
 from ..config import Hyper
 from ..optim import Fused
 from ..plan.specs import Job
+from ..store import Damaged, checksum, serialize
 from ..train import make_optimizer, train
 from .context import Context
 from .together import kernel_threads
@@ -67,6 +68,14 @@ def loop(ctx: Context, name: str, run_id: str, steps, start: int, end: int,
     return logged
 
 
+def save_final(ctx: Context, job: Job, run_id: str, it: int, state: dict[str, Any]) -> None:
+    """Write a job's final checkpoint (in the background) and tag its run with the checksum
+    (``checkpoint_sha256``), the one `lmcsweep verify` and every read compare the file with."""
+    data = serialize(state)
+    ctx.writer.submit(ctx.store.write_checkpoint, job.hash, it, data)
+    ctx.writer.submit(ctx.tracker.set_tags, run_id, {"checkpoint_sha256": checksum(data)})
+
+
 def train_state(model, optimizer, it: int) -> dict[str, Any]:
     """Weights, optimizer state and iteration, cloned (for a background write)."""
     return {"model": clone(model.state_dict()), "optimizer": clone(optimizer.state_dict()), "iteration": it}
@@ -94,7 +103,11 @@ def resume(ctx: Context, job: Job, run_id: str, model: torch.nn.Module, optimize
     if resume is None:
         return None
     if resume.get("final"):  # trained to the end by a run killed before it was marked FINISHED
-        resume = {**ctx.store.load_checkpoint(job.hash, resume["iteration"], ctx.device), **resume}
+        try:
+            resume = {**ctx.store.load_checkpoint(job.hash, resume["iteration"], ctx.device), **resume}
+        except (Damaged, FileNotFoundError):  # its final checkpoint is not good: train again
+            ctx.store.clear_resume(job.hash)
+            return None
     model.load_state_dict(resume["model"])
     if "optimizer" in resume:  # a copy's final checkpoint holds its weights only (no step is left)
         optimizer.load_state_dict(resume["optimizer"])
