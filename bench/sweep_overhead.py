@@ -106,14 +106,15 @@ def child(sweep: str, store: str, started: float, by_call: bool) -> None:
                         charge(time.perf_counter() - t)
         return wrapper
 
-    import lmcsweep.cli as cli
+    import lmcsweep.cli.main as cli
+    from lmcsweep.cli.sweeps import run_all
     from lmcsweep.store import Store
     from lmcsweep.tracking import TrackingProcess
 
     t = time.perf_counter()  # what `lmcsweep run` does: the tracking process starts first
     tracker = TrackingProcess(None, store)
     started_tracking = time.perf_counter() - t
-    sweeps = cli._load((sweep,))
+    sweeps = cli.load_sweeps((sweep,))
     t = time.perf_counter()
     import torch  # noqa: F401  -- the heavy imports, timed on their own
     import lmcsweep.run.scheduler  # noqa: F401
@@ -136,7 +137,7 @@ def child(sweep: str, store: str, started: float, by_call: bool) -> None:
     t = time.perf_counter()
     try:
         try:
-            cli._run(sweeps, tracker, Store(store), progress=False, retry_failed=False)
+            run_all(sweeps, tracker, Store(store), progress=False, retry_failed=False)
         finally:
             tracker.close()
     finally:

@@ -1,0 +1,5 @@
+"""`python -m lmcsweep.cli`."""
+
+from . import entry
+
+entry()

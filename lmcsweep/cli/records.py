@@ -1,0 +1,181 @@
+"""Commands on what the store holds: query, status, report, export, presets, data prepare, ui."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .main import backends, job_queue, main
+
+
+def _stored(ctx: click.Context, sweep_name: str | None):
+    """The tracker and store, after checking that the store holds runs (of sweep `sweep_name`):
+    else a message and exit 2 (and no store is created)."""
+    tracker, store = backends(ctx)
+    if not tracker.exists() or (sweep_name is not None and not tracker.run_rows(sweep_name)):
+        click.echo(f"no sweep {sweep_name!r} in the store ({ctx.obj['store']})" if sweep_name
+                   else f"nothing has run in the store ({ctx.obj['store']})", err=True)
+        sys.exit(2)
+    return tracker, store
+
+
+@main.command()
+@click.argument("name")
+@click.option("--replicate", type=int, default=0, show_default=True, help="the replicate (initialisation)")
+@click.option("--rewind", required=True, help="the rewind point k: 20it, 2ep, or iterations")
+@click.option("--level", type=int, required=True, help="the IMP level (0: the dense network)")
+@click.option("--control", type=click.Choice(["none", "random_prune", "random_reinit"]), default="none")
+@click.option("--trial", type=int, default=None, help="a trial of a search")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="the ticket file to write")
+@click.pass_context
+def export(ctx: click.Context, name: str, out: str, control: str, **where) -> None:
+    """Write an IMP subnetwork (mask, weights at k, model, level, density, k, job hash, seeds) as one
+    file; lmcsweep.export.load_ticket(FILE) loads it as a torch module."""
+    from ..sweep import JobError
+    from ..tickets import write_ticket
+
+    tracker, store = _stored(ctx, name)
+    try:
+        click.echo(write_ticket(tracker, store, name, Path(out), None if control == "none" else control, **where))
+    except JobError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+SUPERSEDED_HELP = ("also the records of jobs a sweep no longer has (left by runs of an earlier version of its "
+                   "file), marked superseded")
+
+
+@main.command()
+@click.option("--sweep", "sweep_name", default=None, help="only this sweep")
+@click.option("--kind", type=click.Choice(["instability", "imp"]), default="instability", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--superseded", is_flag=True, help=SUPERSEDED_HELP)
+@click.pass_context
+def query(ctx: click.Context, sweep_name: str | None, kind: str, fmt: str, superseded: bool) -> None:
+    """Print stored records read back from MLflow: one per interpolation and split (instability)
+    or one per trained subnetwork (imp), of each sweep's current definition (the sweep file it was
+    last run with)."""
+    from ..records import query as q
+    from ..records.status import current_jobs
+
+    tracker, store = _stored(ctx, sweep_name)
+    jobs = current_jobs(tracker, store.root, sweep_name)
+    records = (q.instability_records(tracker, sweep_name, jobs=jobs, superseded=superseded) if kind == "instability"
+               else q.imp_records(tracker, sweep_name, jobs=jobs, superseded=superseded))
+    click.echo(q.render(records, fmt, q.INSTABILITY_FIELDS if kind == "instability" else q.IMP_FIELDS))
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--queue-uri", default=None, envvar="LMCSWEEP_QUEUE",
+              help="the job queue's database (env LMCSWEEP_QUEUE; default sqlite:///<store>/queue.db)")
+@click.pass_context
+def status(ctx: click.Context, name: str | None, queue_uri: str | None) -> None:
+    """Each sweep in the store (or sweep NAME) with its jobs done / running / failed / pending, and
+    the job queue's workers: what each is running, its last heartbeat."""
+    from ..records.status import status_lines, sweep_status
+
+    tracker, store = backends(ctx)
+    rows = sweep_status(tracker, store.root, name)
+    if not rows:
+        where = f"store {store.root}" + (f" (tracking {tracker.uri})" if ctx.obj["tracking_uri"] else "")
+        click.echo(f"no sweep {name!r} in {where}" if name else f"no sweeps in {where}")
+        sys.exit(2 if name else 0)
+    click.echo(f"store {store.root}")
+    click.echo("\n".join(status_lines(rows)))
+    _print_workers(ctx, queue_uri)
+
+
+def _print_workers(ctx: click.Context, queue_uri: str | None) -> None:
+    import time
+
+    queue = job_queue(ctx, queue_uri)
+    if not queue.exists() or not queue.workers():
+        return
+    click.echo(f"\n{'worker':<28}{'heartbeat':>10}{'done':>6}  running")
+    for w in queue.workers():
+        age = time.time() - w["heartbeat"]
+        click.echo(f"{w['name']:<28}{age:>9.0f}s{w['done']:>6}  {', '.join(json.loads(w['running'])) or '-'}")
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def presets(fmt: str) -> None:
+    """The Table-1 presets: network, data set, parameter count (of the built model), optimizer,
+    schedule, length, batch size, and the paper's reported accuracy."""
+    from ..records.presets import preset_rows, render_rows
+
+    click.echo(render_rows(preset_rows(), fmt))
+
+
+@main.group()
+def data() -> None:
+    """Data sets: FFCV files."""
+
+
+@data.command("prepare")
+@click.argument("dataset", type=click.Choice(["mnist", "fashion_mnist", "cifar10", "imagenet", "synthetic"]))
+@click.option("--root", default=None, help="folder holding the data set (else $LMCSWEEP_DATA, then defaults)")
+@click.option("--out", default=None, help="where the .beton files go (default: <store>/ffcv)")
+@click.option("--download", is_flag=True, help="let torchvision download the data set into --root")
+@click.pass_context
+def data_prepare(ctx: click.Context, dataset: str, root: str | None, out: str | None, download: bool) -> None:
+    """Write FFCV .beton files (train and test) of DATASET once; existing complete files are kept."""
+    from ..data import DataError
+    from ..data.ffcv import prepare
+
+    try:
+        paths = prepare(dataset, root, out or str(Path(ctx.obj["store"]) / "ffcv"), download=download)
+    except DataError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    for split, path in paths.items():
+        click.echo(f"{split}: {path}")
+
+
+@main.command()
+@click.argument("sweep_name")
+@click.option("--out", default="reports", show_default=True, type=click.Path(file_okay=False))
+@click.option("--superseded", is_flag=True, help=SUPERSEDED_HELP)
+@click.pass_context
+def report(ctx: click.Context, sweep_name: str, out: str, superseded: bool) -> None:
+    """Figures (instability vs rewind point, accuracy vs density) and an HTML page of SWEEP_NAME
+    (its current definition's records, as `query`)."""
+    from ..records import query as q
+    from ..records.report import write_report
+    from ..records.status import current_jobs
+
+    tracker, store = _stored(ctx, sweep_name)
+    jobs = current_jobs(tracker, store.root, sweep_name)
+    instability = q.instability_records(tracker, sweep_name, jobs=jobs, superseded=superseded)
+    imp = q.imp_records(tracker, sweep_name, jobs=jobs, superseded=superseded)
+    if not instability and not imp:
+        click.echo(f"no records of sweep {sweep_name!r} in the store"
+                   + ("" if superseded else " (of its current definition; --superseded: of every version)"), err=True)
+        sys.exit(2)
+    click.echo(str(write_report(sweep_name, instability, imp, Path(out))))
+
+
+@main.command()
+@click.option("--port", default=5000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--sweep", "sweep_name", default=None, help="print only this sweep's address")
+@click.pass_context
+def ui(ctx: click.Context, port: int, host: str, sweep_name: str | None) -> None:
+    """Serve the MLflow UI on the store; once it answers, print each sweep's runs-table address."""
+    from ..tracking.ui import ready_text, serve
+
+    tracker, _ = backends(ctx)
+    sweeps = {n: e for n, e in tracker.sweep_experiments().items() if sweep_name in (None, n)}
+    if sweep_name is not None and not sweeps:
+        click.echo(f"no sweep {sweep_name!r} in store {tracker.uri}", err=True)
+        sys.exit(2)
+    sys.exit(serve(tracker.uri, tracker.artifact_root, host, port,
+                   lambda base: click.echo(ready_text(base, tracker.uri, sweeps))))
+
+
+
