@@ -36,7 +36,8 @@ CATEGORIES = {  # category: (module, qualified names)
     # copies train in worker processes (their loops, evaluations and own checkpoint writes, and the
     # fork, ~60 ms a group): the call that waits for them
     "training+evaluation (copies together)": ("lmcsweep.run.together", ["together"]),
-    "interpolation (evaluation)": ("lmcsweep.interpolate", ["error_curves", "error_curve"]),
+    "interpolation (evaluation)": ("lmcsweep.interpolate", ["path_curves", "error_curves", "error_curve",
+                                                             "endpoint_stats"]),
     "planning + config": ("lmcsweep.plan.build", ["build_plan"]),
     "config": ("lmcsweep.config", ["load_sweep"]),
     "data loading (waiting for it)": ("lmcsweep.run.context", ["Datasets.get"]),
@@ -106,7 +107,7 @@ def child(sweep: str, store: str, started: float, by_call: bool) -> None:
                         charge(time.perf_counter() - t)
         return wrapper
 
-    import lmcsweep.cli.main as cli
+    import lmcsweep.cli.common as cli
     from lmcsweep.cli.sweeps import run_all
     from lmcsweep.store import Store
     from lmcsweep.tracking import TrackingProcess

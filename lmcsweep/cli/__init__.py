@@ -6,6 +6,6 @@ errors, unknown names, a missing data set, the sweep already running); 3 the sto
 """
 
 from . import jobs, records, sweeps  # noqa: F401 -- each registers its commands on `main`
-from .main import entry, main
+from .common import entry, main
 
 __all__ = ["entry", "main"]

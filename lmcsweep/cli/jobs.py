@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .main import backends, job_queue, main
+from .common import backends, job_queue, main
 
 
 @main.command()

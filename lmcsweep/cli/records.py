@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .main import backends, job_queue, main
+from .common import backends, job_queue, main
 
 
 def _stored(ctx: click.Context, sweep_name: str | None):

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .main import backends, job_queue, load_sweeps, main
+from .common import backends, job_queue, load_sweeps, main
 
 
 @main.command()
