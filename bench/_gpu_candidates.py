@@ -12,6 +12,7 @@ copy takes the same batches at the same steps whatever the way and whatever its 
 - threads: one Python thread and one CUDA stream per copy;
 - graphs: each copy's whole step (forward, backward, optimizer) captured once as a CUDA graph and
   replayed, copies one after another on one stream; graphs+streams: each on its own stream;
+  graphs+threads: each replayed from its own Python thread on its own stream;
 - vmap: `torch.func.stack_module_state` + `vmap(functional_call)`, one step for all copies (convolutions
   become grouped convolutions), one fused SGD over the stacked parameters; vmap+graphs: that step
   captured as one CUDA graph.
@@ -213,6 +214,36 @@ class Graphs:
         return self.copies[0].state()
 
 
+class GraphThreads(Graphs):
+    """graphs+streams with one Python thread per copy, as an executor running each job's body on
+    its own thread would replay them."""
+
+    def __init__(self, copies: list[Copy], warm: int, total: int):
+        super().__init__(copies, warm, total, streams=True)
+
+    def _steps(self, n: int) -> None:
+        errors: list[BaseException] = []
+
+        def body(c: Copy, sx, sy, graph) -> None:
+            try:
+                with c.on_stream():
+                    for _ in range(n):
+                        x, y = next(c.batches)
+                        sx.copy_(x)
+                        sy.copy_(y)
+                        graph.replay()
+            except BaseException as exc:  # noqa: BLE001 -- reported by the caller
+                errors.append(exc)
+
+        threads = [threading.Thread(target=body, args=(c, *st)) for c, st in zip(self.copies, self.statics)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+
 class VMap:
     """All copies as one vmapped network over stacked parameters and buffers; one SGD for all."""
 
@@ -293,10 +324,11 @@ CANDIDATES = {
     "threads": Threads,
     "graphs": Graphs,
     "graphs+streams": lambda c, w, t: Graphs(c, w, t, streams=True),
+    "graphs+threads": GraphThreads,
     "vmap": VMap,
     "vmap+graphs": lambda c, w, t: VMap(c, w, t, graphs=True),
 }
-GPU_ONLY = ("graphs", "graphs+streams", "vmap+graphs")
+GPU_ONLY = ("graphs", "graphs+streams", "graphs+threads", "vmap+graphs")
 
 
 def timed(model: str, candidate: str, ids: list[int], data, h: Hyper, device: torch.device,

@@ -3,9 +3,9 @@ CIFAR-shaped) and LeNet (batch 60, MNIST-shaped) trained together by each candid
 side in one run, against one network with today's loop (`lmcsweep.train.train`), and a plain
 PyTorch DataLoader loop; then whether copy 0's final weights depend on what trained beside it.
 
-Candidates (bench/_gpu_candidates.py): loop, streams, threads, graphs, graphs+streams, vmap,
-vmap+graphs in this process, and processes / processes+graphs: one spawned worker process per copy
-(up to --procs), each running the loop (or a captured graph) over its copies. Every copy keeps its
+Candidates (bench/_gpu_candidates.py): loop, streams, threads, graphs, graphs+streams,
+graphs+threads, vmap, vmap+graphs in this process, and processes / processes+graphs: one spawned
+worker process per copy (up to --procs), each running the loop (or a captured graph) over its copies. Every copy keeps its
 own init seed, data order, augmentation draws and optimizer state; synthetic data lives on the
 device; SGD with momentum, constant lr, fp32 (TF32 convolutions: PyTorch's default). Each
 measurement: `--warm` steps per copy (graph capture included), then `--iterations` timed steps
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _gpu_candidates as cand  # noqa: E402
 
-IN_PROCESS = ["loop", "streams", "threads", "graphs", "graphs+streams", "vmap", "vmap+graphs"]
+IN_PROCESS = ["loop", "streams", "threads", "graphs", "graphs+streams", "graphs+threads", "vmap", "vmap+graphs"]
 IN_WORKERS = {"processes": "loop", "processes+graphs": "graphs"}
 DET_ALONE = "loop (deterministic)"
 
