@@ -5,19 +5,21 @@ PyTorch DataLoader loop; then whether copy 0's final weights depend on what trai
 
 Candidates (bench/_gpu_candidates.py): loop, streams, threads, graphs, graphs+streams,
 graphs+threads, vmap, vmap+graphs in this process, and processes / processes+graphs: one spawned
-worker process per copy (up to --procs), each running the loop (or a captured graph) over its copies. Every copy keeps its
-own init seed, data order, augmentation draws and optimizer state; synthetic data lives on the
-device; SGD with momentum, constant lr, fp32 (TF32 convolutions: PyTorch's default). Each
-measurement: `--warm` steps per copy (graph capture included), then `--iterations` timed steps
-(torch.cuda.synchronize around them); one measurement per cell, and the 1-copy loop is timed again
-at the end of each model to show the spread. A deterministic worker (use_deterministic_algorithms,
-CUBLAS_WORKSPACE_CONFIG) times the loop, streams and graphs+streams again to price determinism.
+worker process per copy (up to --procs), each running the loop (or a captured graph) over its
+copies. Every copy keeps its own init seed, data order, augmentation draws and optimizer state;
+synthetic data lives on the device; SGD with momentum, constant lr, fp32 (TF32 convolutions:
+PyTorch's default). Each cell: warm-up steps per copy (ResNet-20 10, LeNet 20; graph capture
+included), then timed steps (50, 200; torch.cuda.synchronize around them); one measurement per
+cell, and the 1-copy loop is timed again at the end of each model to show the spread. A
+deterministic worker (use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG) times the loop alone
+and the --deterministic ways in a group again, to price determinism.
 
 Reproducibility: copy 0 trains the same steps on the same batches in every cell, so its final
 weights in a group of n are compared with its weights trained alone (same way) and with today's loop
 alone: "bitwise" or the largest absolute difference.
 
-    python bench/gpu_copies.py [--out DIR]      # on a GPU (about 4 minutes on an H200)
+    python bench/gpu_copies.py --models resnet20 --out DIR   # on a GPU, ~3.5 min on an H200
+    python bench/gpu_copies.py --models lenet --out DIR      # ~2.5 min (both at once: --budget)
     python bench/gpu_copies.py --tiny           # CPU, shrunk networks, a few steps (a test runs it)
 """
 
