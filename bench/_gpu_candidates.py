@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy as copying
+import faulthandler
 import threading
 import time
 
@@ -380,7 +381,9 @@ def worker(rank: int, jobs, results, go, settings: dict) -> None:
                 results.put(("ready", rank))
                 go.wait()
 
+            faulthandler.dump_traceback_later(settings.get("wait", 120.0), exit=False)  # stacks of a hang
             start, end, state = timed(model, candidate, ids, data, h, device, warm, iters, ready)
+            faulthandler.cancel_dump_traceback_later()
             results.put(("done", rank, start, end, state))
         except BaseException as exc:  # noqa: BLE001 -- the parent reports it and goes on
             results.put(("error", rank, f"{type(exc).__name__}: {exc}"[:300]))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import faulthandler
 import json
 import os
 import queue
@@ -195,7 +196,7 @@ def main() -> None:
               (c not in cand.GPU_ONLY and IN_WORKERS.get(c) not in cand.GPU_ONLY)]
     steps = {"resnet20": (2 if tiny else 10, 3 if tiny else 50), "lenet": (2 if tiny else 20, 3 if tiny else 200)}
     examples = {"resnet20": 256 if tiny else 10240, "lenet": 240 if tiny else 6000}
-    settings = {"device": str(device), "tiny": tiny, "examples": examples}
+    settings = {"device": str(device), "tiny": tiny, "examples": examples, "wait": args.wait}
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (tiny mode)"
     header = (f"{datetime.date.today()} {name}; torch {torch.__version__}, cudnn "
               f"{torch.backends.cudnn.version()}; TF32 convolutions {torch.backends.cudnn.allow_tf32}, matmuls "
@@ -219,6 +220,8 @@ def main() -> None:
             if time.monotonic() > model_deadline:
                 print(f"  {model} {label} x{n}: skipped (budget)", flush=True)
                 return
+            # a cell that hangs (one did on the H200) leaves every thread's stack in the log
+            faulthandler.dump_traceback_later(args.wait, exit=False)
             try:
                 seconds, state = fn()
                 rates[label, n] = n * iters * h.batch_size / seconds
@@ -226,6 +229,7 @@ def main() -> None:
                 text = f"{rates[label, n]:.0f} images/s"
             except Exception as exc:  # noqa: BLE001 -- one candidate's failure is reported, not fatal
                 text = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+            faulthandler.cancel_dump_traceback_later()
             print(f"  {model} {label} x{n}: {text}", flush=True)
             rows.append({"model": model, "candidate": label, "copies": n, "result": text,
                          "images_per_s": rates.get((label, n))})
