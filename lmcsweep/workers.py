@@ -45,7 +45,7 @@ def work(tracker: Tracker, store: Store, queue: Queue, sweep: str | None = None,
     runner = Runner(tracker, store, progress=False)
     plans: dict[tuple[str, int], Plan] = {}
     while time_limit is None or time.time() - started < time_limit:
-        rows = queue.claim(owner, limit=_at_once(store, queue, sweep, plans), sweep=sweep)
+        rows = queue.claim(owner, limit=at_once(pick_device("auto")), sweep=sweep)  # what its cores train at once
         if not rows:
             if queue.open_work(sweep) == 0:
                 break
@@ -81,11 +81,6 @@ def _plan(store: Store, plans: dict, sweep: str, trial: int) -> Plan:
             raise QueueError(f"the queue holds jobs of sweep {sweep!r} but its plan is not in store {store.root}")
         plans[key] = plan_from_dict(data)
     return plans[key]
-
-
-def _at_once(store: Store, queue: Queue, sweep: str | None, plans: dict) -> int:
-    """How many networks to claim at once: what this machine trains side by side."""
-    return at_once(pick_device("auto"))
 
 
 def _heartbeat(queue: Queue, owner: str, rows: list[dict], stop: threading.Event) -> None:
