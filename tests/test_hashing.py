@@ -86,6 +86,10 @@ def test_hash_ignores_what_does_not_matter(tmp_path, variant):
     (("subset_train: 600", "subset_train: 500"), {"train", "branch", "interpolate"}),
     # kernel threads on CPU change how weight gradients are summed: part of the identity
     (("batch_size: 60}", "batch_size: 60, cpu_threads: 2}"), {"train", "branch", "interpolate"}),
+    # GPU kernels that may differ run to run: part of the identity when allowed
+    (("batch_size: 60}", "batch_size: 60, deterministic: false}"), {"train", "branch", "interpolate"}),
+    # the default written out changes nothing
+    (("batch_size: 60}", "batch_size: 60, deterministic: true}"), set()),
     # the interpolation's own settings change only the interpolations
     (("alphas: 5", "alphas: 6"), {"interpolate"}),
     # which noise is varied changes the branches (their seeds) and so what follows them

@@ -37,13 +37,17 @@ class Hyper:
     precision: str = "fp32"
     compile: bool = False
     cpu_threads: int = 1
+    deterministic: bool = True
 
     def identity(self) -> dict[str, Any]:
-        """The fields that determine a training result (cadences and compile excluded), with the
+        """The fields that determine a training result (cadences and compile excluded; `deterministic`
+        only when off, when GPU bits may differ run to run), with the
         revision of the random draws (`identity.DRAWS`) where training makes draws beyond the data order."""
         out = dict(self.__dict__)
         for key in ("eval_every", "checkpoint_every", "compile"):
             out.pop(key)
+        if self.deterministic:
+            out.pop("deterministic")  # the default, left out so earlier jobs keep their hashes
         if self.augmentation != "none" or self.model in job_identity.DROPOUT_MODELS:
             out["draws"] = job_identity.DRAWS  # read when called, so that raising it takes effect
         return out
@@ -94,6 +98,7 @@ def resolve(sweep: SweepConfig) -> Hyper:
         warmup=its(t.warmup, p.warmup), iterations_per_epoch=ipe,
         eval_every=its(t.eval_every, default_cadence), checkpoint_every=its(t.checkpoint_every, default_cadence),
         precision=t.precision, compile=t.compile, cpu_threads=t.cpu_threads,
+        deterministic=t.deterministic,
     )
 
 

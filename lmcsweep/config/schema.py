@@ -86,6 +86,9 @@ class TrainConfig(Strict):
     cpu_threads: StrictInt = Field(1, ge=1, le=1024, description="kernel threads per network trained on CPU; part "
                                    "of a job's identity (MKL and oneDNN sum weight gradients differently for other "
                                    "counts)")
+    deterministic: bool = Field(True, description="on a GPU: deterministic kernels only (no cuDNN autotuning), so "
+                                "a job's numbers repeat run to run whatever trains beside it; false is faster but "
+                                "its bits may differ run to run (then part of the job's identity). No effect on CPU")
 
 
 Noise = Literal["data_order", "augmentation"]

@@ -30,7 +30,7 @@ def run_train(ctx: Context, job: Job, run_id: str) -> None:
     """The dense network of a replicate: init -> T, checkpoints at every rewind point."""
     spec: TrainSpec = job.spec
     seeds = spec.seeds
-    with kernel_threads(ctx.hyper.cpu_threads, ctx.device):
+    with kernel_threads(ctx.hyper.cpu_threads, ctx.device, ctx.hyper.deterministic):
         model = ctx.model(seeds["init"])
         optimizer = make_optimizer(model, ctx.hyper)
         start, history = resume(ctx, job, run_id, model, optimizer, 0) or (0, [])
@@ -106,7 +106,7 @@ def run_branch(ctx: Context, job: Job, run_id: str) -> None:
     then its final checkpoint and metrics. Iterations are global throughout (data order,
     augmentation, cadences, checkpoint names); only the learning rate reads them shifted by k.
     A copy's result does not depend on what trains beside it (tests/test_batched.py)."""
-    with kernel_threads(ctx.hyper.cpu_threads, ctx.device):
+    with kernel_threads(ctx.hyper.cpu_threads, ctx.device, ctx.hyper.deterministic):
         copy = prepare_branch(ctx, job, run_id)
         spec: BranchSpec = job.spec
         h, start, model, end = ctx.hyper, copy.start, copy.model, spec.end

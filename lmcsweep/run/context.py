@@ -9,6 +9,7 @@ worker) gives that process its own writer and tracker (`executors.pool`).
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import subprocess
 import threading
 from dataclasses import dataclass, field
@@ -27,10 +28,15 @@ from ..train import evaluate
 
 
 def pick_device(name: str) -> torch.device:
+    """The device `train.device` names ("auto": a GPU where there is one). Before CUDA starts, the
+    cuBLAS workspace setting its deterministic kernels need (train.deterministic) is put in the
+    environment unless the user set one."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+    if name == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     return torch.device(name)
 
 

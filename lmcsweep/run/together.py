@@ -58,18 +58,30 @@ def at_once(device: torch.device, threads: int = 1, concurrent: bool = True) -> 
 
 
 @contextlib.contextmanager
-def kernel_threads(threads: int, device: torch.device = torch.device("cpu")) -> Iterator[None]:
-    """While inside, torch kernels on CPU run on `threads` intra-op threads (restored on exit);
-    nothing changes on a GPU."""
+def kernel_threads(threads: int, device: torch.device = torch.device("cpu"),
+                   deterministic: bool = True) -> Iterator[None]:
+    """While inside, torch kernels on CPU run on `threads` intra-op threads; on a GPU, with
+    `deterministic` (train.deterministic), only deterministic kernels run (no cuDNN autotuning,
+    `torch.use_deterministic_algorithms`), so a job's numbers repeat run to run and do not depend
+    on what trains beside it. Settings are restored on exit."""
     if device.type != "cpu":
-        yield
+        before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+                  torch.backends.cudnn.benchmark)
+        if deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(before[0])
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1], before[2]
         return
-    before = torch.get_num_threads()
+    before_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(before_threads)
 
 
 def together(tasks: Sequence[Callable[[], T]], device: torch.device = torch.device("cpu"),

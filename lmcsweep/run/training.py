@@ -144,7 +144,7 @@ def ensure_checkpoint(ctx: Context, train_job: str, seeds: dict[str, int], k: in
     optimizer = make_optimizer(model, ctx.hyper)
     optimizer.load_state_dict(state["optimizer"])
     loader = ctx.loader("train", seeds["data_order"], seeds["augmentation"])
-    with kernel_threads(ctx.hyper.cpu_threads, ctx.device):  # the same kernels as the run it replays
+    with kernel_threads(ctx.hyper.cpu_threads, ctx.device, ctx.hyper.deterministic):  # the same kernels as the run it replays
         for _ in train(model, optimizer, loader.train_batches(saved[-1], k), ctx.hyper, saved[-1], k, (), None,
                        ctx.device, seeds["augmentation"]):
             pass
