@@ -22,7 +22,7 @@ instability: {rewind: [0it, 20it], copies: 2, alphas: 5}
 """
 
 # The jobs of BASE, parents first. Changing any of these is a breaking change of every store:
-# do it only on purpose, with a note in the README (last: identity.NUMERICS 2, fused optimizers, and
+# do it only on purpose, with a note in docs/reproducibility.md (last: identity.NUMERICS 2, fused optimizers, and
 # train.cpu_threads in the identity).
 PINNED = [
     ("train", "train_fbcfb835bb45801a"),
