@@ -111,7 +111,8 @@ def cells_off(rows: list[dict[str, str]], tolerances: dict[str, float], records:
     for row in rows:
         record = got[tuple(row[k] for k in KEYS)]
         if str(record["trained"]) != row["trained"]:
-            off.append(f"trained at {dict((k, row[k]) for k in KEYS)}: README {row['trained']}, here {record['trained']}")
+            off.append(f"trained at {dict((k, row[k]) for k in KEYS)}: README {row['trained']}, "
+                       f"here {record['trained']}")
         for column in NUMERIC:
             diff = abs(float(record[column]) - float(row[column]))
             if diff > tolerances[column]:
