@@ -56,6 +56,14 @@ def test_sweep_file_reference_has_every_schema_key_and_no_other():
     assert not documented - keys, f"docs/sweep-file.md names keys the schema lacks: {sorted(documented - keys)}"
 
 
+def test_sweep_file_example_is_valid(cli, tmp_path):
+    example = re.search(r"```yaml\n(.*?)```", (ROOT / "docs" / "sweep-file.md").read_text(), flags=re.S)
+    path = tmp_path / "example.yaml"
+    path.write_text(example.group(1))
+    result = cli("validate", path)
+    assert result.exit_code == 0 and "ok (lenet-fashion" in result.output, result.output
+
+
 # --- the README's quickstart table -------------------------------------------------------------
 
 NUMERIC = ("instability", "error_endpoints", "error_max", "loss_barrier", "error_barrier_linear",
