@@ -43,7 +43,7 @@ train: {iterations: 40it, batch_size: 30, optimizer: sgd, lr: 0.05, momentum: 0.
         checkpoint_every: 20it, model: {hidden: [16]}}
 replicates: 2
 instability: {rewind: [0it, 20it], copies: 2, alphas: 5, splits: [test]}
-imp: {levels: 2, rewind: [0it, 20it], instability: true, controls: [random_prune, random_reinit]}
+imp: {levels: 1, rewind: [0it, 20it], instability: true, controls: [random_prune, random_reinit]}
 """
 
 
@@ -124,7 +124,7 @@ def test_pages_are_self_contained_with_the_expected_figures(reported):
     search, imp = pages["rep-search"][1], pages["rep-imp"][1]
     assert set(search.figures) == {"instability", "trial0-path", "trial1-path"}
     assert set(search.notes) == {"controls", "onset", "sparsity"}  # no IMP: notes, not empty plots
-    assert set(imp.figures) == {"instability", "path", "path-level0", "path-level1", "path-level2",
+    assert set(imp.figures) == {"instability", "path", "path-level0", "path-level1",
                                 "controls-test", "onset", "sparsity"}
     assert imp.notes == []
     # a search's trials are labelled by their hyperparameters
@@ -176,7 +176,7 @@ def test_figure_data_is_the_stores(reported):
         matching = {r["rewind"]: r["matching_std"] for r in imp if (r["control"], r["level"]) == key}
         assert row["earliest_matching"] == earliest_from(matching)
         assert row["stable_rewinds"] == row["matching_rewinds"] == [0, 20]
-    assert len(figures["onset"]["data"]) == 3 + 2 + 2  # IMP at levels 0-2, each control at levels 1-2
+    assert len(figures["onset"]["data"]) == 2 + 1 + 1  # IMP at levels 0 and 1, each control at level 1
 
 
 def test_earliest_from_needs_every_later_point():
