@@ -101,7 +101,7 @@ def reported(tmp_path_factory):
         out = CliRunner().invoke(main, ["--store", str(store), "report", name, "--out", str(folder / "reports")],
                                  catch_exceptions=False)
         assert out.exit_code == 0, out.output
-        index = Path(out.output.splitlines()[0])
+        index = Path(out.output.strip())
         pages[name] = (index, Page(index.read_text()))
     torch.set_num_threads(threads)
     return store, pages
@@ -139,6 +139,13 @@ def test_figure_data_is_the_stores(reported):
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     records = _query(store, "rep-imp", "instability")
     figures = pages["rep-imp"][1].figures
+
+    # instability vs k of the dense network: the query's records, each trial with its hyperparameters
+    search = _query(store, "rep-search", "instability")
+    drawn = pages["rep-search"][1].figures["instability"]["data"]
+    assert sorted((r["trial"], r["replicate"], r["rewind"], r["split"], r["instability"], r["hp"]) for r in drawn) \
+        == sorted((r["trial"], r["replicate"], r["rewind"], r["split"], r["instability"], f"lr={r['hp.train.lr']}")
+                  for r in search if r["trained"] is not False)
 
     # instability vs k at each density, IMP beside both controls: means over the query's pairs
     groups = {}

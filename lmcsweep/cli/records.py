@@ -161,10 +161,9 @@ def report(ctx: click.Context, sweep_name: str, out: str, superseded: bool) -> N
                    + ("" if superseded else " (of its current definition; --superseded: of every version)"), err=True)
         sys.exit(2)
     index = write_report(sweep_name, instability, imp, Path(out), read_curves(tracker, instability))
-    run_id = publish(tracker, sweep_name, index)
+    if publish(tracker, sweep_name, index) is None:
+        click.echo(f"sweep {sweep_name!r} has no sweep run in the store: the report is not logged to MLflow", err=True)
     click.echo(str(index))
-    click.echo(f"logged under report/ on the sweep's run {run_id}" if run_id
-               else "no sweep run in the store: the report is not logged to MLflow", err=True)
 
 
 @main.command()

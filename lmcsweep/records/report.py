@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import charts
-from .figures import control_rows, onset_rows, path_rows, trial_text
+from .figures import control_rows, hp_text, onset_rows, path_rows, trial_text
 
 # what the page is called in the report folder and under the sweep run's artifacts
 PAGE, DATA, ARTIFACT_DIR = "index.html", "figures.json", "report"
@@ -102,7 +102,7 @@ def write_report(sweep: str, instability: list[dict[str, Any]], imp: list[dict[s
     page.heading("Instability vs rewind point")
     drawn = charts.instability_chart(instability)
     if drawn:
-        rows = [{k: r.get(k) for k in used} for r in instability
+        rows = [{**{k: r.get(k) for k in used}, "hp": hp_text(r)} for r in instability
                 if r.get("trained") is not False and r.get("level") is None]
         page.figure("instability", "Instability vs rewind point k (dense network)", drawn, rows, table=False)
     else:
