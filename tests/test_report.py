@@ -198,7 +198,8 @@ def test_report_is_logged_on_the_sweep_run(reported):
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tests-report").experiment_id
     for name, (index, page) in pages.items():
-        (run,) = client.search_runs([experiment], f"tags.`lmcsweep.sweep` = '{name}' and tags.`lmcsweep.kind` = 'sweep'")
+        (run,) = client.search_runs([experiment], f"tags.`lmcsweep.sweep` = '{name}' "
+                                                  "and tags.`lmcsweep.kind` = 'sweep'")
         logged = {Path(f.path).name for f in client.list_artifacts(run.info.run_id, "report")}
         assert logged == {"index.html", "figures.json", *(f"{fig}.png" for fig in page.figures)}
         copy = Path(client.download_artifacts(run.info.run_id, "report/index.html"))

@@ -189,9 +189,10 @@ def control_chart(rows: list[dict[str, Any]]):
     fig.suptitle(label(f"{first['split']} instability of sparse subnetworks", trial_text(first)), fontsize=9)
     present = sorted({r["control"] for r in rows}, key=list(CONTROL_NAMES).index)
     missing = [CONTROL_NAMES[c] for c in CONTROL_NAMES if c not in present]
+    count = count_text([r["pairs"] for r in rows], [r["replicates"] for r in rows])
     caption = (f"Instability vs rewind point k of IMP subnetworks (blue) beside random pruning (red: a random mask "
                f"of the same density) and random reinitialisation (green: the IMP mask on fresh weights), one panel "
-               f"per density. Points: mean over {count_text([r['pairs'] for r in rows], [r['replicates'] for r in rows])}"
+               f"per density. Points: mean over {count}"
                f"; error bars: ±1 sample std over them. Dashed: the 2% stability threshold."
                + (f" Not in this sweep: {', '.join(missing)}." if missing else ""))
     return _finish(plt, fig, flat[:len(levels)], caption), caption

@@ -94,7 +94,8 @@ def earliest_from(by_k: dict[int, bool]) -> int | None:
     return min(holding) if holding else None
 
 
-def onset_rows(instability: list[dict[str, Any]], imp: list[dict[str, Any]], split: str = "test") -> list[dict[str, Any]]:
+def onset_rows(instability: list[dict[str, Any]], imp: list[dict[str, Any]],
+               split: str = "test") -> list[dict[str, Any]]:
     """One row per (trial, control, IMP level): its density, the rewind points measured, the earliest
     stable k (mean instability over the pairs of every replicate on `split` below 2% at k and every
     later k: `objective.earliest_stable`) and the earliest matching k (`matching_std`: the mean test
@@ -112,9 +113,11 @@ def onset_rows(instability: list[dict[str, Any]], imp: list[dict[str, Any]], spl
         density[key].append(r["density"])
         hp[key] = hp_text(r)
     matching: dict[tuple, dict[int, bool]] = defaultdict(dict)
+    replicates: dict[tuple, set] = defaultdict(set)
     for r in imp:
         key = (r["trial"], r.get("control") or "imp", r["level"])
         density[key].append(r["density"])
+        replicates[key].add(r["replicate"])
         hp[key] = hp_text(r)
         if r.get("matching_std") is not None:
             matching[key][r["rewind"]] = bool(r["matching_std"])
@@ -127,8 +130,7 @@ def onset_rows(instability: list[dict[str, Any]], imp: list[dict[str, Any]], spl
                      "stable_rewinds": sorted(by_k.get(key, {})), "matching_rewinds": sorted(matching.get(key, {})),
                      "earliest_stable": None if stable is None or math.isinf(stable) else int(stable),
                      "earliest_matching": earliest_from(matching[key]) if matching.get(key) else None,
-                     "replicates": len({r["replicate"] for r in imp if (r["trial"], r.get("control") or "imp",
-                                                                       r["level"]) == key})})
+                     "replicates": len(replicates[key])})
     return sorted(rows, key=lambda r: (_order(r["trial"]), _CONTROLS.index(r["control"]), r["level"]))
 
 
