@@ -143,10 +143,13 @@ def data_prepare(ctx: click.Context, dataset: str, root: str | None, out: str | 
 @click.option("--superseded", is_flag=True, help=SUPERSEDED_HELP)
 @click.pass_context
 def report(ctx: click.Context, sweep_name: str, out: str, superseded: bool) -> None:
-    """Figures (instability vs rewind point, accuracy vs density) and an HTML page of SWEEP_NAME
-    (its current definition's records, as `query`)."""
+    """One self-contained HTML page of SWEEP_NAME's figures (instability vs k; error along the path
+    for each k; instability vs k of IMP subnetworks beside their controls; earliest stable and
+    matching k vs density; accuracy vs density), from its current definition's records (as
+    `query`): written to OUT/SWEEP_NAME/index.html with the figures as PNG files, and logged under
+    report/ on the sweep's MLflow run."""
     from ..records import query as q
-    from ..records.report import write_report
+    from ..records.report import publish, read_curves, write_report
     from ..records.status import current_jobs
 
     tracker, store = _stored(ctx, sweep_name)
@@ -157,7 +160,10 @@ def report(ctx: click.Context, sweep_name: str, out: str, superseded: bool) -> N
         click.echo(f"no records of sweep {sweep_name!r} in the store"
                    + ("" if superseded else " (of its current definition; --superseded: of every version)"), err=True)
         sys.exit(2)
-    click.echo(str(write_report(sweep_name, instability, imp, Path(out))))
+    index = write_report(sweep_name, instability, imp, Path(out), read_curves(tracker, instability))
+    if publish(tracker, sweep_name, index) is None:
+        click.echo(f"sweep {sweep_name!r} has no sweep run in the store: the report is not logged to MLflow", err=True)
+    click.echo(str(index))
 
 
 @main.command()

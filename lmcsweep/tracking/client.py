@@ -127,6 +127,19 @@ class Tracker:
         return [(m.key, m.value, m.step) for key in self.client.get_run(run_id).data.metrics
                 for m in self.client.get_metric_history(run_id, key)]
 
+    def histories(self, run_ids: list[str], keys: list[str]) -> dict[str, dict[str, list[float]]]:
+        """run id -> metric key -> its values by step (the last value logged at a step), for the
+        metrics `keys` of the runs `run_ids`: one query on a database store, else a call per run
+        and key."""
+        rows = database.metric_rows(self.uri, list(run_ids), list(keys)) if run_ids else []
+        if rows is None:
+            rows = [(r, k, m.step, m.value) for r in run_ids for k in keys
+                    for m in sorted(self.client.get_metric_history(r, k), key=lambda m: m.timestamp)]
+        steps: dict[str, dict[str, dict[int, float]]] = {}
+        for run_id, key, step, value in rows:
+            steps.setdefault(run_id, {}).setdefault(key, {})[int(step)] = float(value)
+        return {r: {k: [v[s] for s in sorted(v)] for k, v in by_key.items()} for r, by_key in steps.items()}
+
     def log_dict(self, run_id: str, obj: Any, path: str) -> None:
         self.client.log_dict(run_id, obj, path)
 

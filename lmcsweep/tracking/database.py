@@ -98,6 +98,24 @@ def sweep_rows(uri: str) -> list[tuple] | None:
     return sqlite_rows(uri, SWEEP_RUNS)
 
 
+def metric_rows(uri: str, run_ids: list[str], keys: list[str]) -> list[tuple] | None:
+    """(run id, key, step, value) of every logged value of the metrics `keys` of the runs `run_ids`,
+    in the order they were logged (a value logged again at a step comes later); None for a store
+    that is not a database we can read (use `get_metric_history`)."""
+    names = ", ".join("'" + k.replace("'", "''") + "'" for k in keys)
+    rows: list[tuple] = []
+    for i in range(0, len(run_ids), 500):
+        ids = ", ".join("'" + r.replace("'", "''") + "'" for r in run_ids[i:i + 500])
+        query = (f"SELECT run_uuid, key, step, value FROM metrics WHERE key IN ({names}) AND run_uuid IN ({ids}) "
+                 f"ORDER BY timestamp")
+        part = sqlite_rows(uri, query)
+        part = part if part is not None else database_rows(uri, query)
+        if part is None:
+            return None
+        rows += part
+    return rows
+
+
 def run_rows(uri: str) -> list[tuple] | None:
     """(run id, status, start time, *ROW_TAGS) of every active run with an lmcsweep tag, oldest
     first, from the SQLite file; None for other stores."""
