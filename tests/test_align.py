@@ -1,5 +1,6 @@
 """Permutation alignment (`lmcsweep.align`): on LeNet, VGG-16 (BatchNorm) and ResNet-20 (residual
-streams, projection shortcuts) a permuted network computes what it did, weight and activation
+streams, projection shortcuts), briefly trained on the synthetic data set, a permuted network
+computes what it did, weight and activation
 matching undo a known permutation, and a wrong permutation spec is caught by the output check."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 
 from lmcsweep.align import AlignmentError, align, checked, permutation_spec, permute
 from lmcsweep.align.spec import check_spec
+from lmcsweep.data.datasets import make_synthetic
 from lmcsweep.models import build_model
 
 NETS = {"lenet": ((1, 28, 28), {"hidden": [40, 20]}), "vgg16": ((3, 16, 16), {"width": 0.125}),
@@ -18,13 +20,20 @@ NETS = {"lenet": ((1, 28, 28), {"hidden": [40, 20]}), "vgg16": ((3, 16, 16), {"w
 
 
 def _net(name: str, seed: int):
+    """`name` from init seed `seed`, trained 5 SGD steps on the synthetic data set (so its BatchNorm
+    running statistics are not the defaults and must move with their channels); its state, a batch."""
     shape, options = NETS[name]
+    data = make_synthetic(shape=shape, train=16, test=1)
+    x = (data.train_x.float() / 255 - 0.5) / 0.25
     model = build_model(name, 10, shape, seed, **options)
-    x = torch.randn(8, *shape, generator=torch.Generator().manual_seed(seed))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     model.train()
-    model(x)  # BatchNorm running statistics that are not the defaults, so they must move with their channels
+    for _ in range(5):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), data.train_y).backward()
+        opt.step()
     model.eval()
-    return model, {k: v.clone() for k, v in model.state_dict().items()}, x
+    return model, {k: v.detach().clone() for k, v in model.state_dict().items()}, x
 
 
 def _random_perms(sizes: dict[str, int]) -> dict[str, torch.Tensor]:
@@ -45,8 +54,12 @@ def test_permuted_network_computes_the_same(name):
     for method in ("weights", "activations"):
         aligned, info = align(model, state, permuted, method, [x], seed=0)
         assert info["check_difference"] <= info["check_tolerance"]
-        if method == "weights" or name != "vgg16":  # (a tiny VGG has dead units that correlate with nothing)
-            assert all(torch.equal(aligned[k], state[k]) for k in state), (name, method)
+        same = [torch.equal(aligned[k], state[k]) for k in state if state[k].is_floating_point()]
+        if method == "weights":
+            assert all(same), name
+        else:  # (a unit that is never active on the batch correlates with nothing: it may land elsewhere)
+            unit = [float((aligned[k] == state[k]).double().mean()) for k in state if state[k].is_floating_point()]
+            assert sum(unit) / len(unit) > 0.9, (name, sum(unit) / len(unit))
     # two networks from different seeds: units move and the function is kept
     other, state_b, _ = _net(name, 1)
     aligned, info = align(model, state, state_b, "weights", [x], seed=0)

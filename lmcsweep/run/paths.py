@@ -55,19 +55,20 @@ def measure(ctx: Context, spec: InterpolateSpec) -> tuple[dict[str, Any], list[t
         metrics += [(f"{key}_{split}", float(value), 0) for key, value in stats.items()]
     metrics += [("alpha", a, i) for i, a in enumerate(points)]  # alpha of step i: an x axis for error_<split>
     if spec.align != "none":
-        aligned, more = measure_aligned(ctx, spec, model, state_a, state_b, points, splits, bn_batches, trained)
+        aligned, more = measure_aligned(spec, model, state_a, state_b, points, splits, bn_loader, bn_batches,
+                                        trained)
         result["aligned"] = aligned
         metrics += more
     return result, metrics
 
 
-def measure_aligned(ctx: Context, spec: InterpolateSpec, model, state_a, state_b, points, splits, bn_batches,
+def measure_aligned(spec: InterpolateSpec, model, state_a, state_b, points, splits, loader, bn_batches,
                     trained: bool) -> tuple[dict[str, Any], list[tuple[str, float, int]]]:
     """The same path with copy B's hidden units permuted to match copy A (`align.align`, checked to
     compute what B did): its curves and barriers under `aligned_` names, and what the alignment did.
-    Its batches are the first `align_batches` of the replicate's training order (seed recorded)."""
+    Its batches are the first `align_batches` of the replicate's training order (`loader`: the dense
+    network's data-order and augmentation seeds, recorded)."""
     seeds = spec.parent_seeds
-    loader = ctx.loader("train", seeds["data_order"], seeds["augmentation"])
     batches = [x.clone() for x, _ in loader.train_batches(0, spec.align_batches)]
     label = f"(pair {spec.pair[0]} / {spec.pair[1]})"
     permuted, info = align.align(model, state_a, state_b, spec.align, batches, seed=seeds["data_order"], label=label)
