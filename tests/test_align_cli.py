@@ -111,13 +111,16 @@ def test_different_init_plans_own_jobs_and_resumes(swept):
 @pytest.mark.parametrize("edit, words", [
     ("instability: {rewind: [20it], copies: 2, init: different}", "bad.yaml:4: instability.rewind[0]: init: different trains"),
     ("instability: {rewind: [0it], align: sideways}", "instability.align"),
+    ("instability: {rewind: [0it], align: weights}\ndata: {dataset: synthetic}\npreset: resnet50",
+     "instability.align: alignment supports lenet, vgg16, resnet20, not resnet50"),
     ("instability: {rewind: [0it], init: different}\nimp: {levels: 1}", "instability.init: init: different is for dense"),
     ("instability: {rewind: [0it]}\nsearch: {space: {train.lr: [0.1]}, objective: {metric: aligned_instability}}",
      "aligned_instability needs instability.align"),
 ])
 def test_mistakes_are_one_line(tmp_path, edit, words):
     path = tmp_path / "bad.yaml"
-    path.write_text("name: bad\npreset: lenet\ntrain: {iterations: 40it}\n" + edit + "\n")
+    path.write_text("name: bad\ntrain: {iterations: 40it}\n" + ("" if "preset:" in edit else "preset: lenet\n")
+                    + edit + "\n")
     result = _cli(tmp_path / "store", "plan", path)
     assert result.exit_code == 2 and words in result.output, result.output
 
