@@ -71,6 +71,8 @@ def _objective_problems(sweep: SweepConfig, hyper: Hyper, add) -> None:
         return add(path + ("control",), f"no {control} runs: they exist at levels >= 1 with {control} in imp.controls")
     if objective.metric in ("accuracy", "error") and level is None:
         return None  # every replicate's training has a final accuracy
+    if objective.metric.startswith("aligned_") and (inst is None or inst.align == "none"):
+        return add(path + ("metric",), f"{objective.metric} needs instability.align: weights or activations")
     if objective.metric in ("instability", "earliest_stable"):
         if inst is None or (level is not None and not imp.instability):
             return add(path + ("metric",), f"{objective.metric} needs an `instability` section"

@@ -114,6 +114,14 @@ class InstabilityConfig(Strict):
                                   description="training batches used to re-estimate BatchNorm (bn: reset)")
     train_examples: StrictInt | None = Field(
         None, ge=1, le=10**8, description="evaluate the train split on its first N examples (default: all)")
+    align: Literal["none", "weights", "activations"] = Field(
+        "none", description="permute copy B's hidden units to match copy A before interpolating (weight "
+        "matching, or activation matching on training batches); both barriers are recorded")
+    align_batches: StrictInt = Field(4, ge=1, le=10000, description="training batches whose activations are "
+                                     "matched (align: activations) and on which the aligned network is checked")
+    init: Literal["shared", "different"] = Field(
+        "shared", description="copies share the network at k, or each starts from its own initialisation "
+        "(trained from scratch: rewind must be [0it]; pair it with align)")
 
 
 class ImpConfig(Strict):
@@ -140,7 +148,9 @@ class RangeSpec(Strict):
 
 class ObjectiveConfig(Strict):
     metric: Literal["instability", "accuracy", "error", "earliest_stable", "loss_barrier", "error_barrier_linear",
-                    "loss_barrier_linear", "disagreement", "l2_distance", "cosine_similarity"] = "instability"
+                    "loss_barrier_linear", "disagreement", "l2_distance", "cosine_similarity",
+                    "aligned_instability", "aligned_loss_barrier", "aligned_error_barrier_linear",
+                    "aligned_loss_barrier_linear", "aligned_l2_distance", "aligned_cosine_similarity"] = "instability"
     split: Split = "test"
     rewind: StepField | None = None
     level: StrictInt | None = Field(None, ge=0, le=100)

@@ -17,6 +17,7 @@ from .schema import RangeSpec, SweepConfig
 from .yamlfile import ConfigError, Lines, Problem, dotted, read_yaml
 
 
+ALIGNABLE = ("lenet", "vgg16", "resnet20")  # the networks `align.spec` has permutation specs for
 PATTERN_MESSAGES = {
     "name": "letters, digits, '_', '.' and '-' only, starting with a letter or digit (a file and run name)",
     "storage": "an Optuna storage URL: sqlite:///PATH, postgresql://... or mysql://...",
@@ -172,6 +173,19 @@ def semantic_problems(sweep: SweepConfig, lines: Lines, file: str, space: bool =
             problems.append(Problem(file, lines.line(("instability", "copies")), "instability.copies",
                                     f"pairs: disjoint compares copies (0,1), (2,3), ...: needs an even number "
                                     f"of copies, got {inst.copies}"))
+        if inst.align != "none" and hyper.model not in ALIGNABLE:
+            problems.append(Problem(file, lines.line(("instability", "align")), "instability.align",
+                                    f"alignment supports {', '.join(ALIGNABLE)}, not {hyper.model}"))
+        if inst.init == "different":
+            for i, step in enumerate(inst.rewind):
+                if hyper.iterations_of(step) != 0:
+                    path = ("instability", "rewind", i)
+                    problems.append(Problem(file, lines.line(path), dotted(path), "init: different trains every "
+                                            "copy from its own initialisation, so there is no rewind point: use [0it]"))
+            if sweep.imp is not None:
+                problems.append(Problem(file, lines.line(("instability", "init")), "instability.init",
+                                        "init: different is for dense networks trained from scratch; IMP's copies "
+                                        "share their ticket's initialisation (remove the imp section)"))
     imp = sweep.imp
     if imp is not None and (imp.style or PRESETS[sweep.preset].imp_style) == "one_shot" and imp.levels not in (None, 1):
         problems.append(Problem(file, lines.line(("imp", "levels")), "imp.levels",

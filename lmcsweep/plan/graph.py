@@ -92,6 +92,11 @@ def copy_seeds(sweep: SweepConfig, replicate: int, level: int, copy: int, noise:
     }
 
 
+def init_seed(sweep: SweepConfig, replicate: int, copy: int) -> int:
+    """The init seed of copy `copy` (> 0) of a replicate under `instability.init: different`."""
+    return derive_seed("init", "copy", replicate_seed(sweep, replicate), copy) % 2**31
+
+
 def rewind_iterations(sweep: SweepConfig, hyper: Hyper) -> list[int]:
     """Every rewind point of the sweep, in iterations (sorted, unique)."""
     steps = []
@@ -119,12 +124,17 @@ def add_instability(plan: Plan, train: Job, replicate: int, k: int, level: int |
     # At k = 0 a restarted schedule is the schedule itself: the same job, so the same hash.
     schedule = "restart" if inst and inst.schedule == "restart" and k > 0 else None
     lvl = level or 0
-    base_tags = {"replicate": replicate, "rewind": k, "level": level, "control": control}
+    # instability.init: different (dense copies only: validation refuses it with IMP): copy c > 0 starts
+    # from its own initialisation; copy 0 keeps the replicate's, so it is the shared-init copy 0 at k = 0
+    different = bool(inst and inst.init == "different" and level is None and control is None)
+    base_tags = {"replicate": replicate, "rewind": k, "level": level, "control": control,
+                 "init": "different" if different else None}
     branches = []
     for c in range(n):
         spec = BranchSpec(train=train.hash, rewind=k, mask=mask, control=control,
                           seeds=copy_seeds(sweep, replicate, lvl, c, noise), optimizer=optimizer_mode,
-                          schedule=schedule, control_seed=control_seed, parent_seeds=train.spec.seeds)
+                          schedule=schedule, control_seed=control_seed, parent_seeds=train.spec.seeds,
+                          init=init_seed(sweep, replicate, c) if different and c > 0 else None)
         spec.end = hyper.iterations + spec.lr_offset  # T, or k + T with the schedule restarted at k
         dense = BranchSpec(**{**spec.__dict__, "mask": None, "control": None}) if full_mask else None
         branches.append(plan.add(Job(
@@ -140,14 +150,15 @@ def add_instability(plan: Plan, train: Job, replicate: int, k: int, level: int |
             spec = InterpolateSpec(pair=[a.hash, b.hash], alphas=inst.alphas, splits=sorted(inst.splits),
                                    bn=inst.bn, bn_batches=inst.bn_batches, train_examples=inst.train_examples,
                                    subset_test=sweep.data.subset_test, ends=[a.spec.end, b.spec.end],
-                                   parent_seeds=train.spec.seeds)
+                                   parent_seeds=train.spec.seeds, align=inst.align, align_batches=inst.align_batches)
             ca, cb = a.tags["copy"], b.tags["copy"]
+            tags = {**base_tags, "pair": f"{ca}-{cb}", "align": None if inst.align == "none" else inst.align}
             twin = (_interpolate_hash(InterpolateSpec(**{**spec.__dict__, "pair": [a.same_as, b.same_as]}))
                     if a.same_as and b.same_as else None)
             plan.add(Job(
                 kind="interpolate", hash=_interpolate_hash(spec), spec=spec,
-                parents=[a.hash, b.hash], tree_parent=a.hash, tags={**base_tags, "pair": f"{ca}-{cb}"},
-                name=run_name("interpolate", {**base_tags, "pair": f"{ca}-{cb}"}), trial=plan.trial, same_as=twin,
+                parents=[a.hash, b.hash], tree_parent=a.hash, tags=tags,
+                name=run_name("interpolate", tags), trial=plan.trial, same_as=twin,
             ))
     return branches
 
@@ -172,6 +183,10 @@ def run_name(kind: str, tags: dict[str, Any]) -> str:
         parts.append(f"copy {tags['copy']}")
     if tags.get("pair"):
         parts.append(f"copies {tags['pair']}")
+    if tags.get("init"):
+        parts.append(f"init {tags['init']}")
+    if tags.get("align"):
+        parts.append(f"aligned by {tags['align']}")
     return " ".join(parts)
 
 

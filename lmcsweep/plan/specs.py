@@ -60,6 +60,7 @@ class BranchSpec(JobSpec):
     optimizer: str                   # continue | restart the optimizer state at k
     schedule: str | None = None      # "restart": the schedule starts again at k (hashed only then)
     control_seed: int | None = None  # a control's random mask or weights (hashed only for controls)
+    init: int | None = None          # its own init seed (`instability.init: different`; hashed only then)
     end: int = 0                     # not hashed: the iteration it trains to (T, or k + T)
     parent_seeds: dict[str, int] = field(default_factory=dict)  # not hashed: the dense network's
 
@@ -70,6 +71,8 @@ class BranchSpec(JobSpec):
             out["schedule"] = self.schedule
         if self.control_seed is not None:
             out["control_seed"] = self.control_seed
+        if self.init is not None:
+            out["init"] = self.init
         return out
 
     @property
@@ -81,7 +84,10 @@ class BranchSpec(JobSpec):
 
     @property
     def init_seed(self) -> int:
-        """The seed of its initial weights: fresh ones for random_reinit, else the dense network's."""
+        """The seed of its initial weights: its own (`init`), fresh ones for random_reinit, else the
+        dense network's."""
+        if self.init is not None:
+            return self.init
         return self.control_seed if self.control == "random_reinit" else self.parent_seeds["init"]
 
 
@@ -98,12 +104,19 @@ class InterpolateSpec(JobSpec):
     train_examples: int | None
     subset_test: int | None
     ends: list[int] = field(default_factory=list)      # not hashed: the pair's final iterations
-    parent_seeds: dict[str, int] = field(default_factory=dict)  # not hashed: BatchNorm data order
+    parent_seeds: dict[str, int] = field(default_factory=dict)  # not hashed: BatchNorm (and alignment) data order
+    align: str = "none"              # none | weights | activations (hashed only when not none)
+    align_batches: int = 4           # training batches of activation matching (hashed only then)
 
     def identity(self) -> dict[str, Any]:
-        return {"pair": self.pair, "alphas": self.alphas, "splits": self.splits, "bn": self.bn,
-                "bn_batches": self.bn_batches, "train_examples": self.train_examples,
-                "subset_test": self.subset_test}
+        out = {"pair": self.pair, "alphas": self.alphas, "splits": self.splits, "bn": self.bn,
+               "bn_batches": self.bn_batches, "train_examples": self.train_examples,
+               "subset_test": self.subset_test}
+        if self.align != "none":
+            out["align"] = self.align
+        if self.align == "activations":
+            out["align_batches"] = self.align_batches
+        return out
 
 
 @dataclass

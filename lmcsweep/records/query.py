@@ -16,10 +16,16 @@ from .matching import add_matching
 INSTABILITY_FIELDS = ["sweep", "run_id", "trial", "preset", "dataset", "replicate", "level", "density", "rewind",
                       "control", "split", "instability", "error_endpoints", "error_max", "stable"] + [
                       "trained", "loss_barrier", "error_barrier_linear", "loss_barrier_linear", "disagreement",
-                      "l2_distance", "cosine_similarity"]
+                      "l2_distance", "cosine_similarity", "init", "align"] + [
+                      "aligned_instability", "aligned_loss_barrier", "aligned_error_barrier_linear",
+                      "aligned_loss_barrier_linear", "aligned_l2_distance", "aligned_cosine_similarity"]
 # the path metrics (`run.paths`): None on a run finished before them that no sweep run has backfilled
 PATH_FIELDS = ["loss_barrier", "error_barrier_linear", "loss_barrier_linear", "disagreement"]
 PAIR_FIELDS = ["l2_distance", "cosine_similarity"]
+# the same path after permutation alignment (`instability.align`): None on unaligned runs
+ALIGNED_FIELDS = ["aligned_instability", "aligned_loss_barrier", "aligned_error_barrier_linear",
+                  "aligned_loss_barrier_linear"]
+ALIGNED_PAIR_FIELDS = ["aligned_l2_distance", "aligned_cosine_similarity"]
 
 
 def _int(value: Any) -> int | None:
@@ -78,6 +84,8 @@ def instability_records(tracker: Tracker, sweep: str | None = None, trial: int |
                 "error_max": m[f"error_max_{split}"], "stable": bool(m[f"stable_{split}"]),
                 "trained": None if "trained" not in m else bool(m["trained"]),
                 **{f: m.get(f"{f}_{split}") for f in PATH_FIELDS}, **{f: m.get(f) for f in PAIR_FIELDS},
+                "init": tag(run, "init") or "shared", "align": tag(run, "align") or "none",
+                **{f: m.get(f"{f}_{split}") for f in ALIGNED_FIELDS}, **{f: m.get(f) for f in ALIGNED_PAIR_FIELDS},
                 "pair": tag(run, "pair"), **_hp(run), **({"superseded": gone} if superseded else {}),
             })
     records.sort(key=lambda r: (r["sweep"] or "", r["trial"] or -1, r["replicate"] or 0, r["level"] or -1,

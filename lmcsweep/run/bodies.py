@@ -86,7 +86,7 @@ def prepare_branch(ctx: Context, job: Job, run_id: str) -> Copy:
     start, history = resumed or (k, [])
     if resumed is None:
         state = ensure_checkpoint(ctx, spec.train, spec.parent_seeds, k)
-        if spec.control != "random_reinit":
+        if spec.control != "random_reinit" and spec.init is None:  # (its own init: the weights it was built with)
             model.load_state_dict(state["model"])
             if spec.optimizer == "continue":  # its own tensors: load_state_dict keeps the ones it is given
                 optimizer.load_state_dict(clone(state["optimizer"]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import align
 from .. import interpolate as interp
 from ..plan.specs import InterpolateSpec, Job
 from ..tracking import FINISHED, tag
@@ -53,6 +54,38 @@ def measure(ctx: Context, spec: InterpolateSpec) -> tuple[dict[str, Any], list[t
         metrics += [(f"loss_{split}", v, i) for i, v in enumerate(loss)]
         metrics += [(f"{key}_{split}", float(value), 0) for key, value in stats.items()]
     metrics += [("alpha", a, i) for i, a in enumerate(points)]  # alpha of step i: an x axis for error_<split>
+    if spec.align != "none":
+        aligned, more = measure_aligned(spec, model, state_a, state_b, points, splits, bn_loader, bn_batches,
+                                        trained)
+        result["aligned"] = aligned
+        metrics += more
+    return result, metrics
+
+
+def measure_aligned(spec: InterpolateSpec, model, state_a, state_b, points, splits, loader, bn_batches,
+                    trained: bool) -> tuple[dict[str, Any], list[tuple[str, float, int]]]:
+    """The same path with copy B's hidden units permuted to match copy A (`align.align`, checked to
+    compute what B did): its curves and barriers under `aligned_` names, and what the alignment did.
+    Its batches are the first `align_batches` of the replicate's training order (`loader`: the dense
+    network's data-order and augmentation seeds, recorded)."""
+    seeds = spec.parent_seeds
+    batches = [x.clone() for x, _ in loader.train_batches(0, spec.align_batches)]
+    label = f"(pair {spec.pair[0]} / {spec.pair[1]})"
+    permuted, info = align.align(model, state_a, state_b, spec.align, batches, seed=seeds["data_order"], label=label)
+    curves = interp.path_curves(model, state_a, permuted, points, splits, bn=spec.bn, bn_batches=bn_batches)
+    distance = interp.weight_distance(model, state_a, permuted)
+    info.update(batches=len(batches), seed=seeds["data_order"], augmentation_seed=seeds["augmentation"])
+    result: dict[str, Any] = {**info, **distance}
+    metrics = [(f"aligned_{key}", value, 0) for key, value in distance.items()]
+    metrics += [(f"align_{key}", float(info[key]), 0) for key in ("moved", "check_difference", "rounds") if key in info]
+    for split in splits:
+        error, loss = curves[split]["error"], curves[split]["loss"]
+        stats = {**interp.barrier(error), **interp.path_barriers(points, error, loss)}
+        stats["stable"] = bool(stats["stable"]) and trained
+        result[split] = {"error": error, "loss": loss, **stats}
+        metrics += [(f"aligned_error_{split}", e, i) for i, e in enumerate(error)]
+        metrics += [(f"aligned_loss_{split}", v, i) for i, v in enumerate(loss)]
+        metrics += [(f"aligned_{key}_{split}", float(value), 0) for key, value in stats.items()]
     return result, metrics
 
 

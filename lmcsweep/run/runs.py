@@ -63,6 +63,10 @@ def job_params(plan: Plan, job: Job, provenance: dict[str, str], group: int = 1)
         params.update({"instability.optimizer": inst.optimizer, "instability.schedule": inst.schedule,
                        "instability.pairs": inst.pairs, "instability.bn": inst.bn,
                        "instability.noise": ",".join(inst.noise)})
+        if inst.align != "none":  # (only when set: runs of other sweeps keep their params)
+            params.update({"instability.align": inst.align, "instability.align_batches": inst.align_batches})
+        if inst.init != "shared":
+            params["instability.init"] = inst.init
     return params
 
 
