@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import dataset_of
 from ..plan.graph import Plan
 from ..plan.specs import Job
 from ..tracking import FINISHED, TAG, Tracker, tag
@@ -24,6 +25,8 @@ from .together import at_once
 
 NETWORK = ("train.model", "train.model_options", "train.batch_size", "train.cpu_threads", "train.compile",
            "train.precision", "device", "data.dataset", "data.loader")
+LATEST = 400  # runs read at most
+
 INTERPOLATION = NETWORK + ("job.alphas", "job.splits", "job.train_examples", "job.subset_test", "job.bn",
                            "job.bn_batches")
 
@@ -69,8 +72,14 @@ def measure(tracker: Tracker, plan: Plan) -> Measured:
             wanted[kind] = _key(job_params(plan, job, {}), keys)
     if not wanted or not tracker.exists():
         return Measured(None, None, None, {}, cores)
-    runs = tracker.search(f"tags.`{TAG}origin` = 'computed' and attributes.status = '{FINISHED}'")
-    counts = {"networks": 0, "interpolations": 0, "prunes": 0}
+    # the latest runs of the preset and data set only (MLflow's order: newest first): loading a run
+    # with its params costs ~10 ms, and a large store holds thousands
+    where = f"tags.`{TAG}origin` = 'computed' and attributes.status = '{FINISHED}'"
+    for key, value in (("preset", plan.sweep.preset), ("dataset", dataset_of(plan.sweep))):
+        if value is not None:
+            where += f" and tags.`{TAG}{key}` = '{value}'"
+    runs = tracker.search(where, max_results=LATEST)
+    counts = {"training": 0, "interpolation": 0, "prune": 0}
     for run in runs:
         kind, p = tag(run, "kind"), run.data.params
         seconds = ((run.info.end_time or 0) - (run.info.start_time or 0)) / 1000
@@ -82,13 +91,13 @@ def measure(tracker: Tracker, plan: Plan) -> Measured:
             if iterations:
                 found["net_seconds"].append(seconds * min(group, cores))
                 found["net_iterations"].append(group * iterations)
-                counts["networks"] += 1
+                counts["training"] += 1
         elif kind == "interpolate" and _key(p, INTERPOLATION) == wanted.get("interpolate"):
             found["interpolate"].append(seconds)
-            counts["interpolations"] += 1
+            counts["interpolation"] += 1
         elif kind == "level" and "prune" in wanted and _key(p, NETWORK) == wanted["prune"]:
             found["prune"].append(seconds)
-            counts["prunes"] += 1
+            counts["prune"] += 1
     net = sum(found["net_seconds"]) / sum(found["net_iterations"]) if found["net_iterations"] else None
 
     def mean(xs: list[float]) -> float | None:
@@ -96,25 +105,30 @@ def measure(tracker: Tracker, plan: Plan) -> Measured:
     return Measured(net, mean(found["interpolate"]), mean(found["prune"]), counts, cores)
 
 
-def estimate(measured: Measured, plans: list[Plan], left: set[str]) -> dict[str, Any]:
+def estimate(measured: Measured, plans: list[Plan], left: set[str], trained: dict[str, int] | None = None
+             ) -> dict[str, Any]:
     """Seconds the jobs `left` of `plans` would take at the measured costs: training wave by wave
-    (a wave's networks `cores` at a time), interpolations and prunes one after another. Keys:
-    seconds (None: nothing measured), unmeasured (counts of jobs by kind with no measurement)."""
+    (a wave's networks `cores` at a time; `trained`: iterations interrupted jobs have done already),
+    interpolations and prunes one after another; a job whose `same_as` twin is planned costs
+    nothing. Keys: seconds (None: nothing measured), unmeasured (counts of jobs by kind with no
+    measurement)."""
+    trained = trained or {}
+    planned = {j.hash for p in plans for j in p.jobs}
     waves: dict[int, list[Job]] = {}
     seen: set[str] = set()
     for plan in plans:
         depth: dict[str, int] = {}
         for job in plan.jobs:
             depth[job.hash] = 1 + max((depth[p] for p in job.parents if p in depth), default=-1)
-            if job.hash in left and job.hash not in seen:
+            if job.hash in left and job.hash not in seen and job.same_as not in planned:
                 seen.add(job.hash)
                 waves.setdefault(depth[job.hash], []).append(job)
     seconds, unmeasured, any_measured = 0.0, {}, False
     for jobs in waves.values():
-        nets = [j for j in jobs if KINDS[j.kind].trains and j.iterations]
+        nets = [j for j in jobs if KINDS[j.kind].trains and j.iterations > trained.get(j.hash, 0)]
         if nets and measured.network_iteration is not None:
             at_a_time = min(len(nets), measured.cores)
-            seconds += sum(j.iterations for j in nets) * measured.network_iteration / at_a_time
+            seconds += sum(j.iterations - trained.get(j.hash, 0) for j in nets) * measured.network_iteration / at_a_time
             any_measured = True
         elif nets:
             unmeasured["networks"] = unmeasured.get("networks", 0) + len(nets)
@@ -145,3 +159,23 @@ def progress_for(tracker: Tracker, plans: list[Plan], done: set[str], label: str
     prior = measure(tracker, plans[0]).costs() if plans else Costs()
     return Progress(label, jobs, summary(plans, done)["iterations_remaining"], prior,
                     bar=bar and sys.stderr.isatty())
+
+
+def resumable(store: Any, plans: list[Plan], left: set[str]) -> dict[str, tuple[int, int]]:
+    """The networks among `left` that an interrupted run left a resume point: job hash ->
+    (iterations trained, iterations in all). Read only (a damaged resume point counts as none)."""
+    from ..store import load_verified
+
+    out = {}
+    for plan in plans:
+        for job in plan.jobs:
+            path = store.job_dir(job.hash) / "resume.pt"
+            if job.hash not in left or not KINDS[job.kind].trains or job.hash in out or not path.exists():
+                continue
+            try:
+                point = load_verified(path, f"resume point of job {job.hash}")
+            except (OSError, ValueError, RuntimeError, KeyError):  # damaged or unreadable: as if none
+                continue
+            origin = job.spec.rewind if job.kind == "branch" else 0
+            out[job.hash] = (min(job.iterations, max(0, int(point["iteration"]) - origin)), job.iterations)
+    return out
