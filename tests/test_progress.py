@@ -83,7 +83,7 @@ def test_ctrl_c_prints_no_traceback_and_the_rerun_resumes(tmp_path):
     """SIGINT to the whole process group (as a terminal's Ctrl-C) while the copies train in forked
     workers: one line with the resume hint, no traceback from the runner, its workers or the
     tracking process; `plan` counts the interrupted networks; the rerun finishes the sweep."""
-    store, path = tmp_path / "store", write(tmp_path, "ctrlc", iterations=1500)
+    store, path = tmp_path / "store", write(tmp_path, "ctrlc", iterations=600)
     env = {**ENV, "OMP_NUM_THREADS": "2"}  # two copy workers where there are two cores
     proc = subprocess.Popen([sys.executable, "-m", "lmcsweep.cli", "--store", str(store), "run", str(path)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -145,5 +145,3 @@ def test_search_prints_every_trial_and_the_best_and_query_trials_matches_the_stu
         [("grid", t.number, t.params["train.lr"], t.value, "COMPLETE") for t in trials]
     table = lmc(store, "query", "--kind", "trials").stdout.splitlines()
     assert table[0].split()[:5] == ["sweep", "trial", "train.lr", "objective", "state"] and len(table) == 3
-    csv = lmc(store, "query", "--kind", "trials", "--format", "csv").stdout.splitlines()
-    assert csv[0].startswith("sweep,trial,train.lr,objective,state") and len(csv) == 3
