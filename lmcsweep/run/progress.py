@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TextIO
 
 from ..plan.specs import Job
 from .bodies import KINDS
@@ -80,6 +80,7 @@ class Progress:
         self.done = {name: 0 for name, _ in GROUPS}
         self.prior, self.iterations_total = prior, iterations
         self.iterations_done, self.training_seconds, self.interpolations, self.prunes = 0, 0.0, [], []
+        self.iterations_skipped = 0  # of networks reused, failed or blocked: not to be trained
         self.started_at = time.monotonic()
         self.training_since: float | None = None   # when the training group now running began
         self.wave, self.running, self.ends = 0, [], {}  # job hash -> how it ended (printed)
@@ -134,11 +135,13 @@ class Progress:
                 self.done[group_of(job.kind)] += 1
                 if how == "computed" and seconds is not None and job.kind in ("interpolate", "prune"):
                     (self.interpolations if job.kind == "interpolate" else self.prunes).append(seconds)
+                skipped = job.iterations if KINDS[job.kind].trains and how != "computed" and not job.same_as else 0
+                self.iterations_skipped += skipped  # a network not trained here: its iterations are not to come
                 if self.bar is not None and not KINDS[job.kind].trains:
                     self._reweight(job.kind)
                     self.bar.update(round(self.weights[job.kind]))
-                elif self.bar is not None and how != "computed":  # a network not trained here: its iterations are not to come
-                    self.bar.update(min(job.iterations, self.bar.total - self.bar.n))
+                elif self.bar is not None and skipped:
+                    self.bar.update(min(skipped, self.bar.total - self.bar.n))
             line = (f"[{self._counts()}] {how:<8} {job.name}" + (f" (trial {job.trial})" if job.trial is not None else "")
                     + (f"  {seconds:.1f}s" if seconds is not None else "") + (f"  {note}" if note else ""))
             if self.bar is not None:
@@ -189,7 +192,7 @@ class Progress:
         interpolations``); "" when nothing is measured."""
         c = self.rates()
         seconds, unknown = 0.0, []
-        left_iterations = max(0, self.iterations_total - self.iterations_done)
+        left_iterations = max(0, self.iterations_total - self.iterations_done - self.iterations_skipped)
         if left_iterations:
             if c.iteration is None:
                 unknown.append(f"{left_iterations} iterations")
