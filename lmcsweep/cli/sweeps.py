@@ -33,7 +33,8 @@ def _print_plan(sweep, tracker) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.pass_context
 def plan(ctx: click.Context, files: tuple[str, ...]) -> None:
-    """Show the jobs of sweep FILES, how many are already in the store, and the work left."""
+    """Show the jobs of sweep FILES, how many are already in the store, the work left (interrupted
+    jobs with how far they got) and the time it would take at the store's measured throughput."""
     sweeps = load_sweeps(files)
     tracker, _ = backends(ctx)
     for sweep in sweeps:
