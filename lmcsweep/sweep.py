@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import time
 
-from tqdm.auto import tqdm
-
 from .config import SweepConfig, dataset_of
 from .config.yamlfile import read_yaml
 from .data import missing_dataset
 from .plan.build import build_plan
-from .plan.graph import Plan, plan_from_dict, summary
+from .plan.graph import Plan, plan_from_dict
 from .plan.specs import Job
 from .records.query import log_matching
 from .records.status import current_of, plan_hashes
@@ -21,6 +19,7 @@ from .records.summary import log_summaries
 from .run import paths
 from .run.integrity import problems
 from .run.scheduler import Outcome, Runner
+from .run.throughput import progress_for
 from .store import Store
 from .queue import Queue, default_uri
 from .tracking import FAILED, FINISHED, Tracker, tag
@@ -56,14 +55,11 @@ def run_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, progress: bool
             run_search(sweep, runner, experiment_id, outcome, objective_value)
         else:
             plan = build_plan(sweep)
-            done = set(runner.finished_in_tree(plan))
-            left = summary([plan], done)["iterations_remaining"]
-            bar = tqdm(total=left, unit="it", disable=not progress or left == 0, dynamic_ncols=True,
-                       mininterval=0.5)
+            shown = progress_for(tracker, [plan], set(runner.finished_in_tree(plan)), sweep.name, progress)
             try:
-                runner.run_plan(plan, experiment_id, outcome.sweep_run, outcome, bar)
+                runner.run_plan(plan, experiment_id, outcome.sweep_run, outcome, shown)
             finally:
-                bar.close()
+                shown.close()
         outcome.backfilled = backfill_sweep(runner, store, sweep.name)
         if sweep.imp is not None and (outcome.computed or outcome.reused):
             log_matching(tracker, sweep.name, plan_hashes(sweep, store.root))
@@ -184,8 +180,11 @@ def run_sweeps(sweeps: list[SweepConfig], tracker: Tracker, store: Store, progre
     for sweep in sweeps:
         outcome = run_sweep(sweep, tracker, store, progress=progress, retry_failed=retry_failed)
         echo(outcome.summary(sweep.name))
+        for line in outcome_lines(outcome, sweep):
+            echo(line)
         for job, error in outcome.failed.items():
-            echo(f"  FAILED {job}: {error}", err=True)
+            name = outcome.names.get(job)
+            echo(f"  FAILED {name} [{job}]: {error}" if name else f"  FAILED {job}: {error}", err=True)
         if outcome.failed:
             echo("  (a failed job stays failed, whatever is edited: `lmcsweep run --retry-failed` runs it "
                  "again)", err=True)
@@ -193,3 +192,36 @@ def run_sweeps(sweeps: list[SweepConfig], tracker: Tracker, store: Store, progre
         if not outcome.failed:
             echo(f"  see: lmcsweep query --sweep {sweep.name}    or    lmcsweep ui")
     return failed
+
+
+def _listed(names: list[str], most: int = 12) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def outcome_lines(outcome: Outcome, sweep: SweepConfig) -> list[str]:
+    """What a run computed, reused (from where) and found done, by run name; for a search, every
+    trial's objective and the best trial."""
+    lines = []
+    if outcome.computed:
+        lines.append(f"  computed ({len(outcome.computed)}): {_listed([outcome.names.get(h, h) for h in outcome.computed])}")
+    sources: dict[str, list[str]] = {}
+    for h in outcome.reused:
+        sources.setdefault(outcome.reused_from.get(h, "the store"), []).append(outcome.names.get(h, h))
+    for source, names in sorted(sources.items()):
+        lines.append(f"  reused from {source} ({len(names)}): {_listed(names)}")
+    if outcome.blocked:
+        lines.append(f"  blocked ({len(outcome.blocked)}, a job they need failed): "
+                     f"{_listed([outcome.names.get(h, h) for h in outcome.blocked])}")
+    if outcome.trials:
+        direction = sweep.search.objective.direction
+        lines.append(f"  trials ({sweep.search.objective.metric}, {direction}):")
+        for t in outcome.trials:
+            point = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in t["params"].items())
+            value = f"{t['value']:.6g}" if t["value"] is not None else "-"
+            lines.append(f"    trial {t['number']:<4} {point:<40} objective {value:<12} {t['state']}")
+        scored = [t for t in outcome.trials if t["state"] == "COMPLETE" and t["value"] is not None]
+        if scored:
+            best = (min if direction == "minimize" else max)(scored, key=lambda t: t["value"])
+            point = " ".join(f"{k}={v}" for k, v in best["params"].items())
+            lines.append(f"  best: trial {best['number']} ({point}): objective {best['value']:.6g}")
+    return lines

@@ -125,7 +125,8 @@ def test_console_script_exit_codes_and_output(write_sweep, store, tmp_path):
     out = lmc("validate", bad)
     assert out.returncode == 2 and f"{bad}:5: instability.alphas:" in out.stderr, out
     out = lmc("plan", good)
-    assert out.returncode == 0 and out.stdout.splitlines()[-2].split()[0] == "total", out
+    assert out.returncode == 0 and out.stdout.splitlines()[-3].split()[0] == "total", out
+    assert "time left: no measurements of this network in the store" in out.stdout, out
     out = lmc("status", "nope")
     assert out.returncode == 2 and "no sweep 'nope'" in out.stdout, out
     out = lmc("no-such-command")

@@ -51,18 +51,25 @@ SUPERSEDED_HELP = ("also the records of jobs a sweep no longer has (left by runs
 
 @main.command()
 @click.option("--sweep", "sweep_name", default=None, help="only this sweep")
-@click.option("--kind", type=click.Choice(["instability", "imp"]), default="instability", show_default=True)
+@click.option("--kind", type=click.Choice(["instability", "imp", "trials"]), default="instability", show_default=True,
+              help="instability: a record per interpolation and split; imp: per trained subnetwork; trials: per "
+                   "trial of a search (hyperparameters, objective, state)")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--superseded", is_flag=True, help=SUPERSEDED_HELP)
 @click.pass_context
 def query(ctx: click.Context, sweep_name: str | None, kind: str, fmt: str, superseded: bool) -> None:
     """Print stored records read back from MLflow: one per interpolation and split (instability)
     or one per trained subnetwork (imp), of each sweep's current definition (the sweep file it was
-    last run with)."""
+    last run with); or one per trial of each search, from its Optuna study (trials)."""
     from ..records import query as q
     from ..records.status import current_jobs
 
     tracker, store = _stored(ctx, sweep_name)
+    if kind == "trials":
+        from ..records.trials import FIELDS, trial_records
+
+        click.echo(q.render(trial_records(tracker, store.root, sweep_name), fmt, FIELDS))
+        return
     jobs = current_jobs(tracker, store.root, sweep_name)
     records = (q.instability_records(tracker, sweep_name, jobs=jobs, superseded=superseded) if kind == "instability"
                else q.imp_records(tracker, sweep_name, jobs=jobs, superseded=superseded))

@@ -33,7 +33,8 @@ def _print_plan(sweep, tracker) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.pass_context
 def plan(ctx: click.Context, files: tuple[str, ...]) -> None:
-    """Show the jobs of sweep FILES, how many are already in the store, and the work left."""
+    """Show the jobs of sweep FILES, how many are already in the store, the work left (interrupted
+    jobs with how far they got) and the time it would take at the store's measured throughput."""
     sweeps = load_sweeps(files)
     tracker, _ = backends(ctx)
     for sweep in sweeps:
@@ -47,7 +48,8 @@ def plan(ctx: click.Context, files: tuple[str, ...]) -> None:
               help="make the sweep's MLflow run and record its job specs in the store, run nothing "
                    "(then `lmcsweep job run HASH` runs any of them)")
 @click.option("--retry-failed", is_flag=True, help="run again the jobs that failed before")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="progress bar")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="a progress bar on a terminal; with --no-progress (or stderr not a terminal) a line per job as it ends")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
               help="run the jobs on N local worker processes sharing the job queue")
 @click.option("--queue-uri", default=None, envvar="LMCSWEEP_QUEUE",
@@ -72,9 +74,9 @@ def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, plan_only: bo
         return
     if dry_run:
         return ctx.invoke(plan, files=files)
-    sweeps = load_sweeps(files)
     code, tracker = 0, None
     try:  # Ctrl-C from the first moment on (torch's import included) ends with how to resume
+        sweeps = load_sweeps(files)
         tracker, store = backends(ctx, process=True)  # first: its start-up overlaps ours
         code = 1 if run_all(sweeps, tracker, store, progress, retry_failed) else 0
     except KeyboardInterrupt:

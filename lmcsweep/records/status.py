@@ -16,6 +16,8 @@ from ..store import Store
 from ..tracking import FAILED, FINISHED, RUNNING, Tracker
 from ..plan.build import build_plan
 from ..plan.graph import Plan, same_study, summary
+from ..run.progress import clock
+from ..run.throughput import estimate, measure, resumable
 from .query import Current
 
 
@@ -60,6 +62,18 @@ def current_of(sweep: SweepConfig, store_root: str | Path) -> Current:
 
         study = study_name(sweep)
     return Current(plan_hashes(sweep, store_root), study)
+
+
+def recorded_configs(tracker: Tracker, name: str | None = None) -> dict[str, SweepConfig]:
+    """Sweep name -> the config its sweep run recorded last, for every sweep in the store (or
+    `name`) whose recorded config can be read."""
+    out = {}
+    for run in tracker.run_rows(name):
+        if run["kind"] == "sweep":
+            config = _recorded_config(tracker, run)
+            if config is not None:
+                out[run["sweep"]] = config
+    return out
 
 
 def current_jobs(tracker: Tracker, store_root: str | Path, name: str | None = None) -> dict[str, Current]:
@@ -136,12 +150,15 @@ def _snapshot(tracker: Tracker, store: Store, name: str | None,
 
 
 def plan_lines(sweep: SweepConfig, tracker: Tracker) -> list[str]:
-    """`lmcsweep plan`: the jobs of a sweep (of all its trials) by kind, done and left, and the
-    training iterations left."""
+    """`lmcsweep plan`: the jobs of a sweep (of all its trials) by kind, done and left, the
+    interrupted ones with how far they got, the training iterations left, and the time they would
+    take at the store's measured throughput (`run.throughput`)."""
     plans = sweep_plans(sweep, tracker.root)
     jobs = {j.hash for p in plans for j in p.jobs}
     done = set(tracker.done_jobs(jobs)) if jobs and tracker.exists() else set()
     s = summary(plans, done)
+    left = jobs - done
+    started = resumable(Store(tracker.root), plans, left) if left else {}
     out = [f"sweep {sweep.name} (experiment {sweep.experiment}, preset {sweep.preset}"
            + (f", {len(plans)} trials" if sweep.search else "") + ")",
            f"  {'kind':<12}{'jobs':>8}{'done':>8}{'left':>8}"]
@@ -150,8 +167,30 @@ def plan_lines(sweep: SweepConfig, tracker: Tracker) -> list[str]:
     out.append(f"  {'total':<12}{s['jobs']:>8}{s['done']:>8}{s['remaining']:>8}")
     if s["twins_remaining"]:
         out.append(f"  of the jobs left, {s['twins_remaining']} (IMP level 0) are the dense ones: reused, not run again")
-    out.append(f"  training iterations left: {s['iterations_remaining']}")
+    if started:
+        out.append(f"  of the jobs left, {len(started)} (interrupted) resume from their resume points "
+                   f"({sum(d for d, _ in started.values())} of their {sum(t for _, t in started.values())} "
+                   f"iterations trained); {s['remaining'] - len(started)} not started")
+    trained = {h: d for h, (d, _) in started.items()}
+    out.append(f"  training iterations left: {s['iterations_remaining'] - sum(trained.values())}")
+    if left:
+        out.append("  " + estimate_line(tracker, plans, left, trained))
     return out
+
+
+def estimate_line(tracker: Tracker, plans: list[Plan], left: set[str], trained: dict[str, int]) -> str:
+    """The time the jobs left would take at this store's measured throughput for the network, or
+    that it has none."""
+    measured = measure(tracker, plans[0])
+    est = estimate(measured, plans, left, trained)
+    basis = ", ".join(f"{n} {what}" for what, n in measured.runs.items() if n)
+    if est["seconds"] is None:
+        return ("time left: no measurements of this network in the store yet (none of its training or "
+                "interpolation runs has finished here)")
+    line = f"time left: about {clock(est['seconds'])}"
+    if est["unmeasured"]:
+        line += " + " + ", ".join(f"{n} {what} (not measured)" for what, n in est["unmeasured"].items())
+    return line + f" on {measured.cores} core{'s' if measured.cores > 1 else ''} (measured from {basis} runs of this network here)"
 
 
 def status_lines(rows: list[dict[str, Any]]) -> list[str]:

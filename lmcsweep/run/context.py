@@ -104,7 +104,8 @@ class Context:
     tracker: Tracker
     device: torch.device
     data: DataSet
-    progress: Callable[[int], None] = lambda n: None
+    progress: Callable[[int], None] = lambda n: None   # training iterations done
+    report: Callable[..., None] = lambda *event: None  # ("start", job) / ("end", job, seconds, error): `Task`
     writer: Writer = field(default_factory=Writer)   # checkpoints and metrics, off the training path
 
     def model_definition(self) -> dict[str, Any]:

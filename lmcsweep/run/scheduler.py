@@ -21,7 +21,6 @@ others go on, and the run ends with the failures listed.
 
 from __future__ import annotations
 
-import threading
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +50,9 @@ class Outcome:
     sweep_run: str | None = None
     seconds: float = 0.0
     backfilled: int = 0    # interpolation runs of earlier revisions given the path metrics (`run.paths`)
+    names: dict[str, str] = field(default_factory=dict)        # job hash -> its run's name (and trial)
+    reused_from: dict[str, str] = field(default_factory=dict)  # job hash -> where it was computed, in words
+    trials: list[dict[str, Any]] = field(default_factory=list)  # a search's trials (`search.study.study_trials`)
 
     def summary(self, name: str) -> str:
         """What a run of sweep `name` did, for `lmcsweep run`."""
@@ -101,15 +103,18 @@ class Runner:
 
     def context(self, plan: Plan, progress: Any = None) -> Context:
         """The context the jobs of `plan` run with, in this process."""
-        lock = threading.Lock()  # networks training side by side report progress from their threads
+        ctx = Context(sweep=plan.sweep, hyper=plan.hyper, store=self.store, tracker=self.tracker,
+                      device=pick_device(plan.sweep.train.device), data=self.dataset(plan.sweep, plan.hyper.dataset))
+        if progress is not None:  # a `progress.Progress`: it locks (networks report from their threads)
+            ctx.progress = progress.advance
 
-        def update(n: int) -> None:
-            if progress is not None:
-                with lock:
-                    progress.update(n)
-        return Context(sweep=plan.sweep, hyper=plan.hyper, store=self.store, tracker=self.tracker,
-                       device=pick_device(plan.sweep.train.device), data=self.dataset(plan.sweep, plan.hyper.dataset),
-                       progress=update)
+            def report(event: str, job: str, seconds: float | None = None, error: str | None = None) -> None:
+                if event == "start":
+                    progress.started(job)
+                else:
+                    progress.ended(job, "failed" if error else "computed", seconds, (error or "")[:200])
+            ctx.report = report
+        return ctx
 
     # -- running plans -----------------------------------------------------------------------
     def run_plan(self, plan: Plan, experiment_id: str, parent_run: str, outcome: Outcome,
@@ -133,6 +138,8 @@ class Runner:
         self._check_outputs(trees, done_elsewhere)
         computed: dict[str, str] = {}  # job hash -> its run, for jobs computed by this call
         order = _waves(trees)
+        for t, j, _ in order:
+            outcome.names.setdefault(j.hash, j.name + (f" (trial {t.plan.trial})" if t.plan.trial is not None else ""))
         by_wave: dict[int, list[tuple[_Tree, Job]]] = {}
         for t, j, w in order:
             by_wave.setdefault(w, []).append((t, j))
@@ -147,6 +154,16 @@ class Runner:
                     and not any(p in t.bad for p in job.parents)
                     and (job.hash not in t.failed or self.retry_failed) and not self._twin_done(t, job))
 
+        def where(job: Job) -> str:
+            """Where a reused job was computed, in words."""
+            if job.hash in done_elsewhere:
+                run = done_elsewhere[job.hash]
+                trial = tag(run, "trial")
+                return f"sweep {tag(run, 'sweep')}" + (f" trial {trial}" if trial is not None else "")
+            if job.hash in computed:
+                return "this run (another trial)"
+            return "its dense twin (IMP level 0)"
+
         for tree, job, wave in order:
             plan = tree.plan
             if job.hash in tree.handled:
@@ -158,19 +175,23 @@ class Runner:
             if any(p in tree.bad for p in job.parents):
                 tree.bad.add(job.hash)
                 outcome.blocked.append(job.hash)
+                _tell(progress, job.hash, "blocked", note="a job it needs failed")
                 continue
             if job.hash in tree.failed and not self.retry_failed:
                 tree.bad.add(job.hash)
                 outcome.failed[job.hash] = tree.failed[job.hash]
+                _tell(progress, job.hash, "failed", note="failed before (--retry-failed runs it again)")
                 continue
             source, tags, extra = original(job), job_tags(plan, job), []
             if source is None and self._twin_done(tree, job):  # IMP level 0: the dense job's result
                 source, tags, extra = tree.done[job.same_as], {**tags, "same_as": job.same_as}, _twin_metrics(job)
             if source is not None:
+                outcome.reused_from[job.hash] = where(job)
                 tree.run_of[job.hash] = tree.done[job.hash] = record_reuse(
                     self.tracker, experiment_id, job, tags, tree.parent_of(job), source,
                     job_params(plan, job, self.provenance), extra)
                 outcome.reused.append(job.hash)
+                _tell(progress, job.hash, "reused", note=f"from {outcome.reused_from[job.hash]}")
                 continue
             group = [(tree, job)]
             if KINDS[job.kind].trains:  # every network of its wave trains with it (`executors.pool`)
@@ -180,7 +201,13 @@ class Runner:
                         group.append((t, j))
                         hashes.add(j.hash)  # a job in two plans trains once; the other reuses it
                 group.sort(key=lambda m: -m[1].iterations)  # longest first: the workers finish together
-            self._run_group(experiment_id, group, outcome, computed, progress)
+            if progress is not None:
+                progress.begin(wave, [j for _, j in group])
+            try:
+                self._run_group(experiment_id, group, outcome, computed, progress)
+            finally:
+                if progress is not None:
+                    progress.group_done()
 
     def _run_group(self, experiment_id: str, group: list[tuple["_Tree", Job]], outcome: Outcome,
                    computed: dict[str, str], progress: Any) -> None:
@@ -202,10 +229,6 @@ class Runner:
             t.handled.add(member.hash)
             tasks.append(Task(t.context, member, run_id))
             trees[member.hash] = t
-        if progress is not None:
-            first = group[0][1]
-            progress.set_description(f"{group[0][0].plan.sweep.name}: {first.name}"
-                                     + (f" +{len(group) - 1}" if len(group) > 1 else ""))
         try:
             errors = choose(tasks[0], KINDS[tasks[0].job.kind].trains).run(tasks)
         except Exception as exc:  # noqa: BLE001 -- any failure of a job is recorded, the sweep goes on
@@ -222,6 +245,7 @@ class Runner:
                 if member.hash in self.repairs:
                     outcome.repaired.append(member.hash)
                 self.computed_runs[run_id] = member.hash
+                _tell(progress, member.hash, "computed")
                 continue
             message = f"{type(exc).__name__}: {exc}"
             self.tracker.set_tags(run_id, {"error": message[:5000]})
@@ -233,10 +257,9 @@ class Runner:
             self.tracker.finish(run_id, FAILED)
             outcome.failed[member.hash] = message
             t.bad.add(member.hash)
+            _tell(progress, member.hash, "failed", note=message[:200])
         if stop is not None:
             raise stop
-        if progress is not None:
-            progress.update(0)
 
     def _check_outputs(self, trees: list["_Tree"], done_elsewhere: dict[str, Any]) -> None:
         """Verify the outputs of every job done (here or elsewhere): one whose files are damaged or
@@ -302,6 +325,11 @@ def _waves(trees: list[_Tree]) -> list[tuple[_Tree, Job, int]]:
             out.append((depth[job.hash], n, i, tree, job))
     out.sort(key=lambda row: row[:3])
     return [(tree, job, wave) for wave, _, _, tree, job in out]
+
+
+def _tell(progress: Any, job: str, how: str, note: str = "") -> None:
+    if progress is not None:
+        progress.ended(job, how, note=note)
 
 
 def _alike(plan: Plan) -> tuple:

@@ -165,6 +165,7 @@ def _in_processes(tasks: Sequence[Callable[[], T]], n: int, in_child, on_message
         if pid == 0:  # the worker: its share of the tasks, then exit without running any cleanup
             code = 0
             try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops (kills) us
                 reader.close()
                 die_with_parent(parent_pid)
                 global _outbox
@@ -184,6 +185,8 @@ def _in_processes(tasks: Sequence[Callable[[], T]], n: int, in_child, on_message
                             out = RuntimeError(f"{type(out).__name__}: {out}")
                         out.add_note(f"in copy worker process {os.getpid()}:\n{text}")
                     put(("done", i, out))
+            except KeyboardInterrupt:  # (a signal before the line above): the parent says so
+                code = 130
             except BaseException:  # noqa: BLE001
                 traceback.print_exc()
                 code = 1

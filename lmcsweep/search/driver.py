@@ -10,13 +10,14 @@ from optuna.trial import TrialState
 
 from ..config import ConfigError, SweepConfig
 from ..plan.build import build_plan
-from ..plan.graph import Plan, summary
+from ..plan.graph import Plan
 from ..run.context import pick_device
 from ..run.runs import sweep_tags
+from ..run.throughput import progress_for
 from ..run.together import at_once
 from ..tracking import FAILED, FINISHED
 from .space import decode_point, hp_params, suggest, variant
-from .study import ERROR, RUN_ID, open_study, sampler_for, settled, settled_count
+from .study import ERROR, RUN_ID, open_study, sampler_for, settled, settled_count, study_trials
 
 
 def trials_at_once(sweep: SweepConfig) -> int:
@@ -47,8 +48,6 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
     however many workers run the trials. A finished trial's value is `objective(tracker, plan)`
     (LookupError: the trial fails). The caller holds the sweep lock and has marked RUNNING MLflow
     runs KILLED."""
-    from tqdm.auto import tqdm
-
     tracker, search = runner.tracker, sweep.search
     study, retry_before = open_study(sweep, runner.store.root, runner.retry_failed)
     grid = search.sampler == "grid"
@@ -115,14 +114,13 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
         else:
             plans = [plan for _, _, plan in batch]
             done = set(tracker.done_jobs([j.hash for plan in plans for j in plan.jobs]))
-            left = summary(plans, done)["iterations_remaining"]
             names = ", ".join(str(trial.number) for trial, _, _ in batch)
-            bar = tqdm(total=left, unit="it", disable=not runner.show_progress or left == 0, dynamic_ncols=True,
-                       mininterval=0.5, desc=f"trial{'s' if len(batch) > 1 else ''} {names}")
+            shown = progress_for(tracker, plans, done, f"{sweep.name} trial{'s' if len(batch) > 1 else ''} {names}",
+                                 runner.show_progress)
             try:
-                runner.run_plans(items, experiment_id, outcome, bar)
+                runner.run_plans(items, experiment_id, outcome, shown)
             finally:
-                bar.close()
+                shown.close()
         for trial, trial_run, plan in batch:
             hashes = [j.hash for j in plan.jobs]
             errors = [outcome.failed[h] for h in hashes if h in outcome.failed]
@@ -141,3 +139,4 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
             tracker.set_tags(trial_run, {"objective": round(value, 12) if math.isfinite(value) else value})
             study.tell(trial, value)
             tracker.finish(trial_run, FINISHED)
+    outcome.trials = study_trials(sweep, runner.store.root)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,8 +21,16 @@ class Task:
     run_id: str
 
     def __call__(self) -> None:
-        """Run the job's body (`bodies.KINDS`)."""
-        KINDS[self.job.kind].body(self.ctx, self.job, self.run_id)
+        """Run the job's body (`bodies.KINDS`), reporting its start and end (`Context.report`: the
+        progress display's line for it is printed as it ends, not when its group does)."""
+        self.ctx.report("start", self.job.hash)
+        started = time.perf_counter()
+        try:
+            KINDS[self.job.kind].body(self.ctx, self.job, self.run_id)
+        except Exception as exc:
+            self.ctx.report("end", self.job.hash, time.perf_counter() - started, f"{type(exc).__name__}: {exc}")
+            raise
+        self.ctx.report("end", self.job.hash, time.perf_counter() - started, None)
 
 
 class Executor(Protocol):

@@ -53,10 +53,13 @@ class CpuPool:
             for ctx in contexts:
                 ctx.writer = writer
                 ctx.progress = lambda n: send(("progress", n))
+                ctx.report = lambda *event: send(("report", event))
 
         def on_message(message: tuple) -> None:
             if message[0] == "progress":
                 first.progress(message[1])
+            elif message[0] == "report":
+                first.report(*message[1])
             else:  # ("tracker", method, args)
                 first.writer.submit(getattr(first.tracker, message[1]), *message[2])
 
