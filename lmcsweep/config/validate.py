@@ -133,15 +133,16 @@ def semantic_problems(sweep: SweepConfig, lines: Lines, file: str, space: bool =
         if cfg is None:
             continue
         seen: dict[int, Step] = {}
-        for i, step in enumerate(cfg.rewind):
+        where = (section, "rewind", "grid") if section == "instability" and cfg.onset else (section, "rewind")
+        for i, step in enumerate(cfg.points if section == "instability" else cfg.rewind):
             k = hyper.iterations_of(step)
             if k in seen:
-                path = (section, "rewind", i)
+                path = (*where, i)
                 problems.append(Problem(file, lines.line(path), dotted(path),
                                         f"rewind point {step} is {k} iterations, as {seen[k]} is already"))
             seen.setdefault(k, step)
             if k >= T:
-                path = (section, "rewind", i)
+                path = (*where, i)
                 problems.append(Problem(file, lines.line(path), dotted(path),
                                         f"rewind point {step} ({k} iterations) is not before the end of "
                                         f"training ({T} iterations)"))
@@ -172,6 +173,7 @@ def semantic_problems(sweep: SweepConfig, lines: Lines, file: str, space: bool =
             problems.append(Problem(file, lines.line(("instability", "copies")), "instability.copies",
                                     f"pairs: disjoint compares copies (0,1), (2,3), ...: needs an even number "
                                     f"of copies, got {inst.copies}"))
+        problems.extend(_onset_problems(sweep, lines, file))
     imp = sweep.imp
     if imp is not None and (imp.style or PRESETS[sweep.preset].imp_style) == "one_shot" and imp.levels not in (None, 1):
         problems.append(Problem(file, lines.line(("imp", "levels")), "imp.levels",
@@ -184,6 +186,25 @@ def semantic_problems(sweep: SweepConfig, lines: Lines, file: str, space: bool =
     if sweep.search is not None:
         problems.extend(_search_problems(sweep, lines, file, space and not problems))
     return problems
+
+
+def _onset_problems(sweep: SweepConfig, lines: Lines, file: str) -> list[Problem]:
+    """An onset search (`instability.rewind: {search: onset, ...}`) plans as it runs: not inside an
+    Optuna search; its split must be measured; with imp.instability its grid is IMP's rewind points."""
+    onset, out = sweep.instability.onset, []
+    if onset is None:
+        return out
+    if onset.split not in sweep.instability.splits:
+        out.append(Problem(file, lines.line(("instability", "rewind", "split")), "instability.rewind.split",
+                           f"the {onset.split} split is not in instability.splits"))
+    if sweep.search is not None:
+        out.append(Problem(file, lines.line(("instability", "rewind", "search")), "instability.rewind.search",
+                           "an onset search picks its rewind points as it runs: not inside a `search` section"))
+    if sweep.imp is not None and sweep.imp.instability and "rewind" in sweep.imp.model_fields_set:
+        out.append(Problem(file, lines.line(("imp", "rewind")), "imp.rewind",
+                           "with imp.instability and an onset search, IMP rewinds to the search's grid: "
+                           "leave imp.rewind out"))
+    return out
 
 
 def _search_problems(sweep: SweepConfig, lines: Lines, file: str, space: bool) -> list[Problem]:
