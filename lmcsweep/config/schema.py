@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StrictInt, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PlainSerializer, StrictInt, Tag,
+                      model_validator)
 
 from ..steps import Step, parse_step
 
@@ -104,7 +105,8 @@ class OnsetSearch(Strict):
 
 
 class InstabilityConfig(Strict):
-    rewind: list[StepField] | OnsetSearch = Field(
+    rewind: Annotated[Annotated[list[StepField], Tag("list[steps]")] | Annotated[OnsetSearch, Tag("OnsetSearch")],
+                      Discriminator(lambda v: "OnsetSearch" if isinstance(v, (dict, OnsetSearch)) else "list[steps]")] = Field(
         description="rewind points k, or an onset search over a grid of them ({search: onset, grid: [...]})")
     copies: StrictInt = Field(2, ge=2, le=100, description="copies trained from each k")
     pairs: Literal["all", "disjoint"] = Field(

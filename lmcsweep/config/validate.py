@@ -46,7 +46,7 @@ def validate(raw: dict[str, Any], lines: Lines, file: str, space: bool = True) -
         sweep = SweepConfig.model_validate(raw)
     except ValidationError as exc:
         for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("list[any]", "RangeSpec")))
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("list[any]", "RangeSpec", "OnsetSearch")))
             # union branches of search.space add the branch name to the path; strip them
             loc = tuple(p for p in loc if not (isinstance(p, str) and "[" in p and "]" in p))
             problems.append(Problem(file, lines.line(loc), dotted(loc), _pydantic_message(err)))
