@@ -62,6 +62,8 @@ class UnitState:
     known: dict[int, bool] = field(default_factory=dict)        # k -> stable, of finished analyses
     values: dict[int, float] = field(default_factory=dict)      # k -> mean instability
     density: float = 1.0
+    twins: dict[str, str] = field(default_factory=dict)         # dense job -> its IMP level-0 twin
+    via_twin: set[int] = field(default_factory=set)             # k known from level-0 twins only
 
     def bracket(self) -> Bracket:
         return bracket(sorted(self.jobs), self.known)
@@ -71,20 +73,26 @@ def survey(sweep: SweepConfig, tracker: Tracker) -> dict[Unit, UnitState]:
     """Every unit of the sweep with the analyses of its grid finished anywhere in the store."""
     onset = sweep.instability.onset
     units: dict[Unit, UnitState] = {}
+    twins: dict[str, str] = {}  # a dense interpolation -> its IMP level-0 twin (the same numbers)
     for job in build_plan(sweep).jobs:  # the whole grid: the hashes of every analysis it could do
         level = job.tags.get("level")
+        if job.kind == "interpolate" and level == 0 and job.same_as:
+            twins[job.same_as] = job.hash
         if job.kind != "interpolate" or job.tags.get("control") is not None or level == 0:
             continue
-        unit = units.setdefault((job.tags["replicate"], level), UnitState(jobs={}))
+        unit = units.setdefault((job.tags["replicate"], level), UnitState(jobs={}, twins=twins))
         unit.jobs.setdefault(job.tags["rewind"], []).append(job)
         unit.density = job.tags.get("density", 1.0)
-    hashes = [h for u in units.values() for jobs in u.jobs.values() for j in jobs for h in (j.hash, j.same_as) if h]
+    hashes = [h for u in units.values() for jobs in u.jobs.values() for j in jobs
+              for h in (j.hash, j.same_as, twins.get(j.hash)) if h]
     finished = tracker.finished_jobs(hashes)
     for unit in units.values():
         for k, jobs in unit.jobs.items():
-            runs = [finished.get(j.hash) or finished.get(j.same_as) for j in jobs]
+            runs = [finished.get(j.hash) or finished.get(j.same_as) or finished.get(twins.get(j.hash, "")) for j in jobs]
             if any(r is None for r in runs):
                 continue
+            if any(j.hash not in finished and j.same_as not in finished for j in jobs):
+                unit.via_twin.add(k)  # measured by IMP level 0: the runner would not reuse it for the dense job
             metrics = [r.data.metrics for r in runs]
             values = [m.get(f"instability_{onset.split}") for m in metrics]
             if any(v is None for v in values):
@@ -101,7 +109,7 @@ def probes_of(units: dict[Unit, UnitState]) -> tuple[Probes, bool]:
     probes, open_ = {}, False
     for key, unit in units.items():
         nxt = unit.bracket().next
-        probes[key] = set(unit.known) | ({nxt} if nxt is not None else set())
+        probes[key] = (set(unit.known) - unit.via_twin) | ({nxt} if nxt is not None else set())
         open_ = open_ or nxt is not None
     return probes, open_
 
@@ -146,7 +154,8 @@ def unit_records(sweep: SweepConfig, tracker: Tracker, units: dict[Unit, UnitSta
     out = []
     for (replicate, level), unit in sorted(units.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
         b = unit.bracket()
-        new = [k for k in unit.known if any(origin.get(j.hash) == "computed" for j in unit.jobs[k])]
+        new = [k for k in unit.known if any(origin.get(h) == "computed" for j in unit.jobs[k]
+                                            for h in (j.hash, unit.twins.get(j.hash)))]
         state = ("open" if b.next is not None else "found" if b.first_stable is not None and b.last_unstable is not None
                  else "all_stable" if b.first_stable is not None else "none_stable")
         out.append({"sweep": sweep.name, "replicate": replicate, "level": level, "density": unit.density,
