@@ -157,6 +157,11 @@ def plan_lines(sweep: SweepConfig, tracker: Tracker) -> list[str]:
     if s["twins_remaining"]:
         out.append(f"  of the jobs left, {s['twins_remaining']} (IMP level 0) are the dense ones: reused, not run again")
     out.append(f"  training iterations left: {s['iterations_remaining']}")
+    onset = sweep.instability.onset if sweep.instability is not None else None
+    if onset is not None:
+        n = len(sweep.instability.points)
+        out.append(f"  onset search: the plan so far; each replicate (and IMP level) probes its grid of {n} rewind "
+                   f"points one at a time, at most about {n.bit_length()} of them (bisection)")
     return out
 
 
