@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
@@ -42,6 +43,11 @@ def _runs(store, sweep: str, kind: str):
     ids = [e.experiment_id for e in client.search_experiments()]
     return client.search_runs(ids, f"tags.`lmcsweep.sweep` = '{sweep}' and tags.`lmcsweep.kind` = '{kind}'",
                               max_results=5000)
+
+
+def _download(store, run):
+    path = MlflowClient(f"sqlite:///{store / 'mlflow.db'}").download_artifacts(run.info.run_id, "onset.json")
+    return json.loads(Path(path).read_text())
 
 
 def _onset_rows(cli, sweep):
@@ -86,7 +92,7 @@ def test_onset_finds_the_full_grids_onset_with_fewer_analyses_and_reuses(cli, tm
     [train] = _runs(store, "onset", "train")
     assert train.data.metrics["onset_first_stable"] == row["first_stable"]
     assert train.data.metrics["onset_analyses_new"] == row["analyses_new"]
-    assert json.loads(train.data.tags["lmcsweep.onset"])[0]["first_stable"] == row["first_stable"]
+    assert train.data.tags["lmcsweep.onset"] == f"dense:found:{row['first_stable']}"
 
     # an overlapping grid: what the first search measured is reused, only the new points computed
     path.write_text(SWEEP.format(name="overlap", rewind=onset("[0it, 1it, 2it, 3it, 5it, 10it]")))
@@ -132,7 +138,7 @@ def test_onset_resumes_after_sigkill_without_recomputing(tmp_path):
     jobs = Counter(r.data.tags["lmcsweep.job"] for r in finished)
     assert jobs and max(jobs.values()) == 1  # no analysis computed twice
     [train] = [r for r in _runs(store, "killed", "train") if r.info.status == "FINISHED"]
-    [row] = json.loads(train.data.tags["lmcsweep.onset"])
+    [row] = _download(store, train)
     assert row["state"] == "found" and row["analyses_new"] == len(jobs) == len(row["measured"])
 
 
@@ -156,3 +162,24 @@ def test_bn_repair_through_the_cli(cli, tmp_path, store):
                                             key=lambda m: m.step)] for name, r in (("fixed", fixed), ("plain", plain))}
     assert abs(curve["fixed"][0] - curve["plain"][0]) < 1e-4 and abs(curve["fixed"][-1] - curve["plain"][-1]) < 1e-4
     assert curve["fixed"][2] != curve["plain"][2]
+
+
+def test_onset_plans_only_its_probes_with_the_list_forms_hashes():
+    from lmcsweep.config import Lines, validate
+    from lmcsweep.plan.build import build_plan
+
+    def sweep(rewind, imp=""):
+        import yaml
+        return validate(yaml.safe_load(SWEEP.format(name="p", rewind=rewind) + imp), Lines(), "x.yaml")
+
+    listed, searched = sweep(GRID), sweep(onset())
+    assert {j.hash for j in build_plan(listed).jobs} == {j.hash for j in build_plan(searched).jobs}
+    probed = build_plan(searched, probes={(0, None): {2, 10}})
+    assert sorted({j.tags["rewind"] for j in probed.jobs if j.kind == "interpolate"}) == [2, 10]
+    assert {j.hash for j in probed.jobs} < {j.hash for j in build_plan(listed).jobs}
+    assert [j.kind for j in build_plan(searched, probes={}).jobs] == ["train"]
+    # with IMP's instability: the chain at a probed k is built down to the deepest level probing it
+    imp = sweep(onset(), "imp: {levels: 3, instability: true}\n")
+    plan = build_plan(imp, probes={(0, None): set(), (0, 1): {5}, (0, 3): {20}})
+    levels = {(j.tags["rewind"], j.tags["level"]) for j in plan.jobs if j.kind == "prune"}
+    assert levels == {(5, 0), (5, 1), (20, 0), (20, 1), (20, 2), (20, 3)}

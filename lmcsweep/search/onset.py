@@ -23,7 +23,6 @@ when analyses were reused, or when the truth is not monotone) is listed as `non_
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,7 +168,8 @@ def unit_records(sweep: SweepConfig, tracker: Tracker, units: dict[Unit, UnitSta
 
 def record_onset(sweep: SweepConfig, tracker: Tracker, units: dict[Unit, UnitState], plan: Plan,
                  sweep_run: str) -> list[dict[str, Any]]:
-    """Each replicate's records on its train run (tag ``lmcsweep.onset``, JSON; metrics
+    """Each replicate's records on its train run (artifact ``onset.json``; tag ``lmcsweep.onset``,
+    one ``dense:found:K level 1:...`` per unit, state and first stable k; metrics
     onset_first_stable, onset_last_unstable, onset_analyses_new, onset_analyses_reused,
     onset_grid_points; for IMP levels the same with ``_imp`` appended and step = level) and the
     totals on the sweep run."""
@@ -187,7 +187,9 @@ def record_onset(sweep: SweepConfig, tracker: Tracker, units: dict[Unit, UnitSta
             metrics += [(f"onset_{key}{suffix}", float(r[key]), step) for key in
                         ("first_stable", "last_unstable", "analyses_new", "analyses_reused", "grid_points")
                         if r[key] is not None]
-        tracker.set_tags(runs[job], {"onset": json.dumps(mine, separators=(",", ":"))})
+        tracker.log_dict(runs[job], mine, "onset.json")
+        tracker.set_tags(runs[job], {"onset": " ".join(f"{'dense' if r['level'] is None else 'level ' + str(r['level'])}:"
+                                                        f"{r['state']}:{r['first_stable']}" for r in mine)[:5000]})
         tracker.log_metrics(runs[job], metrics)
     totals = {key: sum(r[key] for r in records) for key in ("analyses_new", "analyses_reused", "grid_points")}
     tracker.log_metrics(sweep_run, [(f"onset_{key}", float(v), 0) for key, v in totals.items()])
@@ -204,7 +206,7 @@ def onset_records(tracker: Tracker, sweep: str | None = None, jobs: dict[str, An
         for run in tracker.runs_of_sweep(name, kind="train", status=FINISHED):
             if tag(run, "onset") is None or (current is not None and not current.has(tag(run, "job"), None)):
                 continue
-            out += [{**r, "run_id": run.info.run_id} for r in json.loads(tag(run, "onset"))]
+            out += [{**r, "run_id": run.info.run_id} for r in tracker.download_json(run.info.run_id, "onset.json")]
     out.sort(key=lambda r: (r["sweep"], r["replicate"], -1 if r["level"] is None else r["level"]))
     return out
 
