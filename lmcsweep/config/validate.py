@@ -46,9 +46,7 @@ def validate(raw: dict[str, Any], lines: Lines, file: str, space: bool = True) -
         sweep = SweepConfig.model_validate(raw)
     except ValidationError as exc:
         for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("list[any]", "RangeSpec", "OnsetSearch")))
-            # union branches of search.space add the branch name to the path; strip them
-            loc = tuple(p for p in loc if not (isinstance(p, str) and "[" in p and "]" in p))
+            loc = _field_path(err["loc"])
             problems.append(Problem(file, lines.line(loc), dotted(loc), _pydantic_message(err)))
         if isinstance(raw.get("preset"), str) and raw["preset"] not in PRESETS:
             problems.append(_unknown_preset(raw["preset"], lines, file))
@@ -56,7 +54,7 @@ def validate(raw: dict[str, Any], lines: Lines, file: str, space: bool = True) -
         pruned, errors = copy.deepcopy(raw), exc.errors()
         for _ in range(5):
             for err in errors:
-                _delete(pruned, err["loc"])
+                _delete(pruned, _field_path(err["loc"]))
             try:
                 problems.extend(semantic_problems(SweepConfig.model_validate(pruned), lines, file, False))
                 break
@@ -69,6 +67,13 @@ def validate(raw: dict[str, Any], lines: Lines, file: str, space: bool = True) -
     if problems:
         raise ConfigError(_dedupe(problems))
     return sweep
+
+
+def _field_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A pydantic error's location as the file's path: the names of union branches (search.space's
+    values, instability.rewind's list or onset search) stripped."""
+    return tuple(p for p in loc if not (isinstance(p, str) and (p in ("list[any]", "RangeSpec", "OnsetSearch")
+                                                                  or ("[" in p and "]" in p))))
 
 
 def _delete(raw: Any, loc: tuple[Any, ...]) -> None:
