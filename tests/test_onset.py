@@ -14,6 +14,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from lmcsweep.search.onset import bracket
@@ -32,6 +34,15 @@ instability:
 """
 THRESHOLD = 0.01
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One kernel thread in this process too (as its subprocesses: OMP_NUM_THREADS=1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def onset(grid: str = GRID) -> str:

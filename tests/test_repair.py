@@ -9,6 +9,16 @@ from lmcsweep.models import build_model
 from lmcsweep.repair import blend, repair, repair_points, unit_stats
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One kernel thread, as jobs run on CPU (`train.cpu_threads`): two threads on a busy 2-core
+    machine make these small convolutions ten times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _batches(shape, n=2, seed=0):
     gen = torch.Generator().manual_seed(seed)
     data = [(torch.randn(32, *shape, generator=gen), torch.randint(0, 10, (32,), generator=gen)) for _ in range(n)]
