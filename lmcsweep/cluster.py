@@ -59,6 +59,10 @@ def run_with_workers(sweep: SweepConfig, tracker: Tracker, store: Store, queue: 
             run_search(sweep, runner, experiment_id, outcome, objective_value,
                        at_once=1_000_000 if grid else workers * max(1, len(gpus or [])),
                        run_batch=run_batch)
+        elif sweep.instability is not None and sweep.instability.onset is not None:
+            from .search.onset import run_onset  # planned round by round, each round on the workers
+
+            run_onset(sweep, runner, experiment_id, outcome, False, run_batch=run_batch)
         else:
             run_batch([(build_plan(sweep), run_id)], outcome)
         if sweep.imp is not None and result.get("done"):

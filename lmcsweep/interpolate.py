@@ -2,8 +2,9 @@
 
 Instability of a pair = max over alpha of error(alpha * W1 + (1 - alpha) * W2) minus the mean of
 the two end errors (Frankle et al., 2020, Algorithm 1). BatchNorm running statistics are either
-interpolated with the weights (`bn="interpolate"`) or re-estimated on training batches at every
-alpha (`bn="reset"`). No file I/O, no tracking.
+interpolated with the weights (`bn="interpolate"`), re-estimated on training batches at every
+alpha (`bn="reset"`), or every hidden unit's statistics repaired to the blend of the end
+networks' (`bn="repair"`, `repair`). No file I/O, no tracking.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from .repair import blend, repair, unit_stats
 from .train import evaluate, evaluate_group
 
 Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
@@ -198,6 +200,8 @@ def path_curves(
 
     if bn == "reset" and has_batchnorm(model) and bn_batches is None:
         raise ValueError("bn='reset' needs training batches")
+    if bn == "repair":
+        return repaired_curves(model, state_a, state_b, points, eval_batches, bn_batches)
     model.load_state_dict(state_a)
     example = next(iter(next(iter(eval_batches.values()))()))[0][:1]
     first = first_layer(model, example) if endpoint_trick else None
@@ -223,6 +227,29 @@ def path_curves(
             for m in evaluate_group(net, batches(), shared=shared):
                 curves[split]["error"].append(m["error"])
                 curves[split]["loss"].append(m["loss"])
+    return curves
+
+
+@torch.no_grad()
+def repaired_curves(model: torch.nn.Module, state_a: dict[str, torch.Tensor], state_b: dict[str, torch.Tensor],
+                    points: list[float], eval_batches: dict[str, Batches],
+                    bn_batches: Batches | None) -> dict[str, dict[str, list[float]]]:
+    """`path_curves` with REPAIR (`repair.repair`): each alpha's network, its hidden units given
+    the blend of the end networks' statistics on `bn_batches`, evaluated on every split."""
+    if bn_batches is None:
+        raise ValueError("bn='repair' needs training batches")
+    ends = []
+    for state in (state_a, state_b):
+        model.load_state_dict(state)
+        ends.append(unit_stats(model, bn_batches))
+    curves: dict[str, dict[str, list[float]]] = {split: {"error": [], "loss": []} for split in eval_batches}
+    for alpha in points:
+        model.load_state_dict(interpolate_state(state_a, state_b, alpha))
+        repair(model, blend(ends[0], ends[1], alpha), bn_batches)
+        for split, batches in eval_batches.items():
+            m = evaluate(model, batches())
+            curves[split]["error"].append(m["error"])
+            curves[split]["loss"].append(m["loss"])
     return curves
 
 

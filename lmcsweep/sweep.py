@@ -53,6 +53,10 @@ def run_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, progress: bool
             from .search.driver import run_search  # optuna: loaded only for a sweep with a search
 
             run_search(sweep, runner, experiment_id, outcome, objective_value)
+        elif sweep.instability is not None and sweep.instability.onset is not None:
+            from .search.onset import run_onset
+
+            run_onset(sweep, runner, experiment_id, outcome, progress)
         else:
             plan = build_plan(sweep)
             shown = progress_for(tracker, [plan], set(runner.finished_in_tree(plan)), sweep.name, progress)
@@ -96,6 +100,9 @@ def plan_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, queue: Queue 
     if sweep.search is not None:
         raise JobError(f"sweep {sweep.name!r} has a search: its trials are planned as they are asked "
                        "(run it with `lmcsweep run`)")
+    if sweep.instability is not None and sweep.instability.onset is not None:
+        raise JobError(f"sweep {sweep.name!r} has an onset search: its rewind points are planned as results come "
+                       "in (run it with `lmcsweep run`, without workers)")
     with store.sweep_lock(sweep.name):
         runner = Runner(tracker, store, progress=False)
         experiment_id = tracker.experiment(sweep.experiment)

@@ -51,16 +51,19 @@ SUPERSEDED_HELP = ("also the records of jobs a sweep no longer has (left by runs
 
 @main.command()
 @click.option("--sweep", "sweep_name", default=None, help="only this sweep")
-@click.option("--kind", type=click.Choice(["instability", "imp", "trials"]), default="instability", show_default=True,
+@click.option("--kind", type=click.Choice(["instability", "imp", "trials", "onset"]), default="instability",
+              show_default=True,
               help="instability: a record per interpolation and split; imp: per trained subnetwork; trials: per "
-                   "trial of a search (hyperparameters, objective, state)")
+                   "trial of a search (hyperparameters, objective, state); onset: per replicate (and IMP level) "
+                   "of an onset search, its bracket and cost")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--superseded", is_flag=True, help=SUPERSEDED_HELP)
 @click.pass_context
 def query(ctx: click.Context, sweep_name: str | None, kind: str, fmt: str, superseded: bool) -> None:
-    """Print stored records read back from MLflow: one per interpolation and split (instability)
-    or one per trained subnetwork (imp), of each sweep's current definition (the sweep file it was
-    last run with); or one per trial of each search, from its Optuna study (trials)."""
+    """Print stored records read back from MLflow: one per interpolation and split (instability),
+    one per trained subnetwork (imp), or one per onset search's replicate and IMP level (onset), of
+    each sweep's current definition (the sweep file it was last run with); or one per trial of each
+    search, from its Optuna study (trials)."""
     from ..records import query as q
     from ..records.status import current_jobs
 
@@ -71,6 +74,15 @@ def query(ctx: click.Context, sweep_name: str | None, kind: str, fmt: str, super
         click.echo(q.render(trial_records(tracker, store.root, sweep_name), fmt, FIELDS))
         return
     jobs = current_jobs(tracker, store.root, sweep_name)
+    if kind == "onset":
+        from ..search.onset import ONSET_FIELDS, onset_records
+
+        rows = onset_records(tracker, sweep_name, None if superseded else jobs)
+        if fmt != "json":  # lists as text in a table or CSV
+            rows = [{k: (json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else v)
+                     for k, v in r.items()} for r in rows]
+        click.echo(q.render(rows, fmt, ONSET_FIELDS))
+        return
     records = (q.instability_records(tracker, sweep_name, jobs=jobs, superseded=superseded) if kind == "instability"
                else q.imp_records(tracker, sweep_name, jobs=jobs, superseded=superseded))
     click.echo(q.render(records, fmt, q.INSTABILITY_FIELDS if kind == "instability" else q.IMP_FIELDS))

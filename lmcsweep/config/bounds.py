@@ -81,13 +81,13 @@ def _objective_problems(sweep: SweepConfig, hyper: Hyper, add) -> None:
             return add(path + ("split",), f"the {objective.split} split is not in instability.splits")
         if objective.metric == "earliest_stable":
             return None
-    points = {hyper.iterations_of(step) for step in (imp.rewind if level is not None else inst.rewind)}
+    points = {hyper.iterations_of(step) for step in (imp.rewind if level is not None else inst.points)}
     if objective.rewind is not None:
         k = hyper.iterations_of(objective.rewind)
     elif objective.metric in ("accuracy", "error"):
         return None  # branches of every rewind point
     else:
-        k = min(hyper.iterations_of(step) for step in inst.rewind)
+        k = min(hyper.iterations_of(step) for step in inst.points)
     if k not in points:
         where = "imp.rewind" if level is not None else "instability.rewind"
         add(path + ("rewind",), f"rewind {k} iterations is not one of the sweep's ({where}: "
@@ -118,6 +118,14 @@ def imp_levels(sweep: SweepConfig) -> int:
     return max(1, math.ceil(math.log(preset.imp_density) / math.log(1 - imp.fraction) - 1e-9))
 
 
+def imp_rewinds(sweep: SweepConfig) -> list:
+    """IMP's rewind points: imp.rewind, or with imp.instability and an onset search its grid."""
+    inst, imp = sweep.instability, sweep.imp
+    if inst is not None and inst.onset is not None and imp.instability:
+        return inst.points
+    return list(imp.rewind)
+
+
 def job_count(sweep: SweepConfig) -> int:
     """How many jobs one plan of the sweep has at most (rewind points that coincide count twice)."""
     inst, imp = sweep.instability, sweep.imp
@@ -128,11 +136,11 @@ def job_count(sweep: SweepConfig) -> int:
 
     per_replicate = 1
     if inst is not None:
-        per_replicate += len(inst.rewind) * branches(inst.copies)
+        per_replicate += len(inst.points) * branches(inst.copies)
     if imp is not None:
         copies = inst.copies if imp.instability and inst is not None else 1
         per_level = 1 + (1 + len(imp.controls)) * branches(copies)
-        per_replicate += len(imp.rewind) * (imp_levels(sweep) + 1) * per_level
+        per_replicate += len(imp_rewinds(sweep)) * (imp_levels(sweep) + 1) * per_level
     return sweep.replicates * per_replicate
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StrictInt, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PlainSerializer, StrictInt, Tag,
+                      model_validator)
 
 from ..steps import Step, parse_step
 
@@ -26,6 +27,9 @@ MAX_LIST = 100  # rewind points, hidden layers, controls, exempt layers
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no control characters (a newline in a path or an experiment name)
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "imagenet", "synthetic")
 TRAIN_SIZES = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "imagenet": 1281167}
+
+
+Split = Literal["test", "train"]
 
 
 class Strict(BaseModel):
@@ -92,11 +96,21 @@ class TrainConfig(Strict):
 
 
 Noise = Literal["data_order", "augmentation"]
-Split = Literal["test", "train"]
+class OnsetSearch(Strict):
+    """`instability.rewind` as a search for the earliest stable k (`search.onset`): bisection over
+    `grid`, per replicate (and per IMP level with imp.instability), instead of every point."""
+
+    search: Literal["onset"] = Field(description="the kind of search over rewind points: onset")
+    grid: list[StepField] = Field(min_length=2, max_length=MAX_LIST, description="candidate rewind points k")
+    threshold: float = Field(0.02, gt=0, le=1, allow_inf_nan=False,
+                             description="k is stable when its pairs' mean instability is below this")
+    split: Split = Field("test", description="the split whose instability decides stability")
 
 
 class InstabilityConfig(Strict):
-    rewind: list[StepField] = Field(min_length=1, max_length=MAX_LIST, description="rewind points k")
+    rewind: Annotated[Annotated[list[StepField], Tag("list[steps]")] | Annotated[OnsetSearch, Tag("OnsetSearch")],
+                      Discriminator(lambda v: "OnsetSearch" if isinstance(v, (dict, OnsetSearch)) else "list[steps]")] = Field(
+        description="rewind points k, or an onset search over a grid of them ({search: onset, grid: [...]})")
     copies: StrictInt = Field(2, ge=2, le=100, description="copies trained from each k")
     pairs: Literal["all", "disjoint"] = Field(
         "all", description="compare every pair of copies, or (0,1), (2,3), ... only (pairs share no copy)")
@@ -108,10 +122,12 @@ class InstabilityConfig(Strict):
     schedule: Literal["continue", "restart"] = Field(
         "continue", description="copies train T - k more iterations on the schedule where it was at k, or T "
         "more with the learning-rate schedule restarted from iteration 0 (the paper's Figure 4 control)")
-    bn: Literal["interpolate", "reset"] = Field(
-        "interpolate", description="BatchNorm statistics along the path: interpolated, or re-estimated")
+    bn: Literal["interpolate", "reset", "repair"] = Field(
+        "interpolate", description="BatchNorm statistics along the path: interpolated, re-estimated, or every "
+        "hidden unit's mean and std repaired to the blend of the end networks' (REPAIR)")
     bn_batches: StrictInt = Field(20, ge=1, le=10000,
-                                  description="training batches used to re-estimate BatchNorm (bn: reset)")
+                                  description="training batches used to re-estimate BatchNorm (bn: reset) or to "
+                                  "measure activation statistics (bn: repair)")
     train_examples: StrictInt | None = Field(
         None, ge=1, le=10**8, description="evaluate the train split on its first N examples (default: all)")
     align: Literal["none", "weights", "activations"] = Field(
@@ -122,6 +138,16 @@ class InstabilityConfig(Strict):
     init: Literal["shared", "different"] = Field(
         "shared", description="copies share the network at k, or each starts from its own initialisation "
         "(trained from scratch: rewind must be [0it]; pair it with align)")
+
+    @property
+    def onset(self) -> OnsetSearch | None:
+        """The onset search, when `rewind` is one."""
+        return self.rewind if isinstance(self.rewind, OnsetSearch) else None
+
+    @property
+    def points(self) -> list[Step]:
+        """Every rewind point the sweep may analyse: the list, or the onset search's grid."""
+        return list(self.rewind.grid) if isinstance(self.rewind, OnsetSearch) else list(self.rewind)
 
 
 class ImpConfig(Strict):

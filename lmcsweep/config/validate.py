@@ -47,9 +47,7 @@ def validate(raw: dict[str, Any], lines: Lines, file: str, space: bool = True) -
         sweep = SweepConfig.model_validate(raw)
     except ValidationError as exc:
         for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("list[any]", "RangeSpec")))
-            # union branches of search.space add the branch name to the path; strip them
-            loc = tuple(p for p in loc if not (isinstance(p, str) and "[" in p and "]" in p))
+            loc = _field_path(err["loc"])
             problems.append(Problem(file, lines.line(loc), dotted(loc), _pydantic_message(err)))
         if isinstance(raw.get("preset"), str) and raw["preset"] not in PRESETS:
             problems.append(_unknown_preset(raw["preset"], lines, file))
@@ -57,7 +55,7 @@ def validate(raw: dict[str, Any], lines: Lines, file: str, space: bool = True) -
         pruned, errors = copy.deepcopy(raw), exc.errors()
         for _ in range(5):
             for err in errors:
-                _delete(pruned, err["loc"])
+                _delete(pruned, _field_path(err["loc"]))
             try:
                 problems.extend(semantic_problems(SweepConfig.model_validate(pruned), lines, file, False))
                 break
@@ -70,6 +68,13 @@ def validate(raw: dict[str, Any], lines: Lines, file: str, space: bool = True) -
     if problems:
         raise ConfigError(_dedupe(problems))
     return sweep
+
+
+def _field_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A pydantic error's location as the file's path: the names of union branches (search.space's
+    values, instability.rewind's list or onset search) stripped."""
+    return tuple(p for p in loc if not (isinstance(p, str) and (p in ("list[any]", "RangeSpec", "OnsetSearch")
+                                                                  or ("[" in p and "]" in p))))
 
 
 def _delete(raw: Any, loc: tuple[Any, ...]) -> None:
@@ -134,15 +139,16 @@ def semantic_problems(sweep: SweepConfig, lines: Lines, file: str, space: bool =
         if cfg is None:
             continue
         seen: dict[int, Step] = {}
-        for i, step in enumerate(cfg.rewind):
+        where = (section, "rewind", "grid") if section == "instability" and cfg.onset else (section, "rewind")
+        for i, step in enumerate(cfg.points if section == "instability" else cfg.rewind):
             k = hyper.iterations_of(step)
             if k in seen:
-                path = (section, "rewind", i)
+                path = (*where, i)
                 problems.append(Problem(file, lines.line(path), dotted(path),
                                         f"rewind point {step} is {k} iterations, as {seen[k]} is already"))
             seen.setdefault(k, step)
             if k >= T:
-                path = (section, "rewind", i)
+                path = (*where, i)
                 problems.append(Problem(file, lines.line(path), dotted(path),
                                         f"rewind point {step} ({k} iterations) is not before the end of "
                                         f"training ({T} iterations)"))
@@ -177,15 +183,20 @@ def semantic_problems(sweep: SweepConfig, lines: Lines, file: str, space: bool =
             problems.append(Problem(file, lines.line(("instability", "align")), "instability.align",
                                     f"alignment supports {', '.join(ALIGNABLE)}, not {hyper.model}"))
         if inst.init == "different":
-            for i, step in enumerate(inst.rewind):
+            for i, step in enumerate(inst.rewind if inst.onset is None else []):
                 if hyper.iterations_of(step) != 0:
                     path = ("instability", "rewind", i)
                     problems.append(Problem(file, lines.line(path), dotted(path), "init: different trains every "
                                             "copy from its own initialisation, so there is no rewind point: use [0it]"))
+            if inst.onset is not None:
+                problems.append(Problem(file, lines.line(("instability", "rewind")), "instability.rewind",
+                                        "init: different trains every copy from its own initialisation, so there "
+                                        "is no onset of stability to search for: use [0it]"))
             if sweep.imp is not None:
                 problems.append(Problem(file, lines.line(("instability", "init")), "instability.init",
                                         "init: different is for dense networks trained from scratch; IMP's copies "
                                         "share their ticket's initialisation (remove the imp section)"))
+        problems.extend(_onset_problems(sweep, lines, file))
     imp = sweep.imp
     if imp is not None and (imp.style or PRESETS[sweep.preset].imp_style) == "one_shot" and imp.levels not in (None, 1):
         problems.append(Problem(file, lines.line(("imp", "levels")), "imp.levels",
@@ -198,6 +209,25 @@ def semantic_problems(sweep: SweepConfig, lines: Lines, file: str, space: bool =
     if sweep.search is not None:
         problems.extend(_search_problems(sweep, lines, file, space and not problems))
     return problems
+
+
+def _onset_problems(sweep: SweepConfig, lines: Lines, file: str) -> list[Problem]:
+    """An onset search (`instability.rewind: {search: onset, ...}`) plans as it runs: not inside an
+    Optuna search; its split must be measured; with imp.instability its grid is IMP's rewind points."""
+    onset, out = sweep.instability.onset, []
+    if onset is None:
+        return out
+    if onset.split not in sweep.instability.splits:
+        out.append(Problem(file, lines.line(("instability", "rewind", "split")), "instability.rewind.split",
+                           f"the {onset.split} split is not in instability.splits"))
+    if sweep.search is not None:
+        out.append(Problem(file, lines.line(("instability", "rewind", "search")), "instability.rewind.search",
+                           "an onset search picks its rewind points as it runs: not inside a `search` section"))
+    if sweep.imp is not None and sweep.imp.instability and "rewind" in sweep.imp.model_fields_set:
+        out.append(Problem(file, lines.line(("imp", "rewind")), "imp.rewind",
+                           "with imp.instability and an onset search, IMP rewinds to the search's grid: "
+                           "leave imp.rewind out"))
+    return out
 
 
 def _search_problems(sweep: SweepConfig, lines: Lines, file: str, space: bool) -> list[Problem]:

@@ -12,9 +12,18 @@ from .imp import add_imp
 from .specs import Job, TrainSpec
 
 
+# An onset search's probes: (replicate, IMP level or None for the dense network) -> the rewind points
+# (iterations) whose analyses the plan holds.
+Probes = dict[tuple[int, int | None], set[int]]
+
+
 def build_plan(sweep: SweepConfig, trial: int | None = None, overrides: dict[str, Any] | None = None,
-               study: str | None = None) -> Plan:
-    """Expand one sweep (one Optuna variant when `trial` is set, of `study`) into its jobs, parents first."""
+               study: str | None = None, probes: Probes | None = None) -> Plan:
+    """Expand one sweep (one Optuna variant when `trial` is set, of `study`) into its jobs, parents first.
+
+    A sweep with an onset search (`instability.rewind: {search: onset}`) analyses only the rewind
+    points of `probes` (`search.onset` decides them as results come in); without `probes`, every
+    point of its grid (what the search could ever ask: the hashes it looks up in the store)."""
     hyper = resolve(sweep)
     plan = Plan(sweep=sweep, hyper=hyper, trial=trial, overrides=dict(overrides or {}), study=study)
     data = data_identity(sweep, hyper)
@@ -29,10 +38,22 @@ def build_plan(sweep: SweepConfig, trial: int | None = None, overrides: dict[str
             tree_parent=None, tags={"replicate": r, "density": 1.0}, name=run_name("train", {"replicate": r}),
             iterations=hyper.iterations, trial=trial,
         ))
+        searched = probes is not None and inst is not None and inst.onset is not None
         if inst:
-            for step in inst.rewind:
+            for step in inst.points:
                 k = hyper.iterations_of(step)
-                add_instability(plan, train, r, k, level=None, mask=None, control=None, tree_parent=train.hash)
+                if not searched or k in probes.get((r, None), ()):
+                    add_instability(plan, train, r, k, level=None, mask=None, control=None, tree_parent=train.hash)
         if sweep.imp:
-            add_imp(plan, train, r)
+            add_imp(plan, train, r, imp_depth(probes, r) if searched and sweep.imp.instability else None)
     return plan
+
+
+def imp_depth(probes: Probes, replicate: int) -> dict[int, int]:
+    """k -> the deepest IMP level the probes of `replicate` analyse at k (the chain at k is built to it)."""
+    depth: dict[int, int] = {}
+    for (r, level), points in probes.items():
+        if r == replicate and level is not None:
+            for k in points:
+                depth[k] = max(depth.get(k, 0), level)
+    return depth

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import PRESETS, Hyper, SweepConfig, resolve
+from ..config.bounds import imp_rewinds
 from ..identity import job_hash, sweep_fingerprint
 from ..seeds import derive_seed
 from .specs import BranchSpec, InterpolateSpec, Job, job_from_dict
@@ -101,9 +102,9 @@ def rewind_iterations(sweep: SweepConfig, hyper: Hyper) -> list[int]:
     """Every rewind point of the sweep, in iterations (sorted, unique)."""
     steps = []
     if sweep.instability:
-        steps += sweep.instability.rewind
+        steps += sweep.instability.points
     if sweep.imp:
-        steps += sweep.imp.rewind
+        steps += imp_rewinds(sweep)
     return sorted({hyper.iterations_of(s) for s in steps})
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 
 from ..config import PRESETS
+from ..config.bounds import imp_rewinds
 from ..identity import job_hash
 from ..seeds import derive_seed
 from .graph import Plan, add_instability, exempt_layers, replicate_seed, run_name
@@ -74,8 +75,10 @@ def control_seed(plan: Plan, control: str, replicate: int, level: int, k: int) -
     return derive_seed(control, replicate_seed(plan.sweep, replicate), level, k) % 2**31
 
 
-def add_imp(plan: Plan, train: Job, replicate: int) -> list[Job]:
-    """Adds the IMP levels (prune jobs, branches, controls, interpolations) of one replicate.
+def add_imp(plan: Plan, train: Job, replicate: int, depth: dict[int, int] | None = None) -> list[Job]:
+    """Adds the IMP levels (prune jobs, branches, controls, interpolations) of one replicate: at
+    every IMP rewind point, every level; with `depth` (an onset search's probes: k -> the deepest
+    level it analyses at k) only the rewind points it names, down to their level.
 
     Returns the prune jobs, in plan order."""
     sweep, hyper = plan.sweep, plan.hyper
@@ -84,10 +87,12 @@ def add_imp(plan: Plan, train: Job, replicate: int) -> list[Job]:
     copies = inst.copies if (imp.instability and inst is not None) else 1
     exempt = exempt_layers(sweep)
     prunes: list[Job] = []
-    for k in sorted({hyper.iterations_of(step) for step in imp.rewind}):
+    for k in sorted({hyper.iterations_of(step) for step in imp_rewinds(sweep)}):
+        if depth is not None and k not in depth:
+            continue
         previous: Job | None = None
         source: Job | None = None
-        for level in range(levels(plan) + 1):
+        for level in range(levels(plan) + 1 if depth is None else depth[k] + 1):
             density = nominal_density(plan, level)
             spec = PruneSpec(
                 train=train.hash, rewind=k, level=level, source=source.hash if source else None,

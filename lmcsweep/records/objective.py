@@ -57,7 +57,7 @@ def objective_value(tracker: Any, plan: Plan) -> float:
     if objective.metric == "earliest_stable":
         return earliest_stable(by_rewind)
     k = (plan.hyper.iterations_of(objective.rewind) if objective.rewind is not None
-         else min(plan.hyper.iterations_of(s) for s in sweep.instability.rewind) if sweep.instability else 0)
+         else min(plan.hyper.iterations_of(s) for s in sweep.instability.points) if sweep.instability else 0)
     if k not in by_rewind:
         raise LookupError(f"objective {objective.metric}: no {objective.split} records of trained pairs at rewind {k}"
                           + (f", level {objective.level}" if objective.level is not None else ""))

@@ -15,7 +15,8 @@ from ..config import ConfigError, Lines, SweepConfig, validate
 from ..store import Store
 from ..tracking import FAILED, FINISHED, RUNNING, Tracker
 from ..plan.build import build_plan
-from ..plan.graph import Plan, same_study, summary
+from ..identity import sweep_fingerprint
+from ..plan.graph import Plan, plan_from_dict, same_study, summary
 from ..run.progress import clock
 from ..run.throughput import estimate, measure, resumable
 from .query import Current
@@ -26,6 +27,11 @@ def sweep_plans(sweep: SweepConfig, store_root: str | Path | None) -> list[Plan]
         from ..search.study import trial_plans  # optuna: loaded only for a sweep with a search
 
         return trial_plans(sweep, store_root)
+    if sweep.instability is not None and sweep.instability.onset is not None and store_root is not None:
+        stored = Store(store_root).load_plan(sweep.name)  # an onset search's: what it has probed so far
+        if stored is not None and stored["sweep"] == sweep_fingerprint(sweep):
+            return [plan_from_dict(stored)]
+        return [build_plan(sweep, probes={})]
     return [build_plan(sweep)]
 
 
@@ -175,6 +181,11 @@ def plan_lines(sweep: SweepConfig, tracker: Tracker) -> list[str]:
     out.append(f"  training iterations left: {s['iterations_remaining'] - sum(trained.values())}")
     if left:
         out.append("  " + estimate_line(tracker, plans, left, trained))
+    onset = sweep.instability.onset if sweep.instability is not None else None
+    if onset is not None:
+        n = len(sweep.instability.points)
+        out.append(f"  onset search: the plan so far; each replicate (and IMP level) probes its grid of {n} rewind "
+                   f"points one at a time, at most about {n.bit_length()} of them (bisection)")
     return out
 
 

@@ -1,5 +1,6 @@
 """Optuna hyperparameter variants of a sweep: the `search` section. The only optuna importer
-(`space`: the values and variants; `study`: the Optuna study; `driver`: running a search).
+(`space`: the values and variants; `study`: the Optuna study; `driver`: running a search). Beside
+them, without optuna, `onset`: the search over rewind points for the earliest stable k.
 
 A search is an Optuna study driven from outside with ask/tell. Each trial is one variant of the
 sweep: the sweep file with the trial's values set at dotted paths (``train.lr``), validated again,
