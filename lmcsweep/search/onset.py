@@ -26,11 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tqdm.auto import tqdm
 
 from ..config import SweepConfig
 from ..plan.build import Probes, build_plan
-from ..plan.graph import Plan, summary
+from ..plan.graph import Plan
+from ..run.throughput import progress_for
 from ..tracking import FINISHED, TAG, Tracker, tag
 
 Unit = tuple[int, int | None]  # (replicate, IMP level or None: the dense network)
@@ -127,13 +127,11 @@ def run_onset(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any,
             if not open_ or any(j.hash in outcome.failed for j in plan.jobs):
                 break
             continue
-        done = set(runner.finished_in_tree(plan))
-        left = summary([plan], done)["iterations_remaining"]
-        bar = tqdm(total=left, unit="it", disable=not progress or left == 0, dynamic_ncols=True, mininterval=0.5)
+        shown = progress_for(runner.tracker, [plan], set(runner.finished_in_tree(plan)), sweep.name, progress)
         try:
-            runner.run_plan(plan, experiment_id, outcome.sweep_run, outcome, bar)
+            runner.run_plan(plan, experiment_id, outcome.sweep_run, outcome, shown)
         finally:
-            bar.close()
+            shown.close()
         hashes = {j.hash for j in plan.jobs}
         if not open_ or any(h in hashes for h in [*outcome.failed, *outcome.blocked]):
             break
