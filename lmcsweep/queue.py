@@ -232,6 +232,19 @@ class Queue:
             conn.execute(WORKERS.update().where(WORKERS.c.name == owner).values(done=WORKERS.c.done + int(error is None)))
             return True
 
+    def release(self, owner: str, rows: list[dict[str, Any]], why: str) -> None:
+        """`owner`'s claims on `rows` go back to waiting at once, not counted as an attempt (the
+        worker could not record them: `why`, kept with the job's errors)."""
+        with self._write() as conn:
+            for r in rows:
+                current = conn.execute(sa.select(JOBS).where(*self._key(r))).first()
+                if current is None or current.owner != owner or current.state != CLAIMED:
+                    continue
+                errors = json.loads(current.errors) + [f"attempt {current.attempts}: released: {why}"]
+                conn.execute(JOBS.update().where(*self._key(r)).values(
+                    state=WAITING, owner=None, lease_until=None, attempts=current.attempts - 1,
+                    errors=json.dumps(errors)))
+
     def register(self, owner: str) -> None:
         with self._write() as conn:
             conn.execute(WORKERS.delete().where(WORKERS.c.name == owner))

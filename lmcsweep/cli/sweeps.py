@@ -83,9 +83,9 @@ def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, plan_only: bo
     except Exception as exc:
         from ..data import DataError  # (imported by now: they are what raised)
         from ..store import SweepBusy
-        from ..tracking import TrackingProcessError
+        from ..tracking import TrackingProcessError, TrackingUnavailable
 
-        if isinstance(exc, TrackingProcessError):
+        if isinstance(exc, (TrackingProcessError, TrackingUnavailable)):
             click.echo(f"error: {exc}. The sweep stopped; {RESUME}", err=True)
             code = 1
         elif isinstance(exc, (DataError, SweepBusy)):
@@ -165,8 +165,9 @@ def _queued(ctx: click.Context, sweeps, workers: int | None, queue_uri: str | No
         sys.exit(130)
     except Exception as exc:
         from ..slurm import SlurmError  # (imported by now if it is what raised)
+        from ..tracking import TrackingUnavailable
 
-        if not isinstance(exc, (JobError, SweepBusy, QueueError, DataError, SlurmError)):
+        if not isinstance(exc, (JobError, SweepBusy, QueueError, DataError, SlurmError, TrackingUnavailable)):
             raise
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -1,0 +1,97 @@
+"""A tracking server (a real `mlflow server`) that goes away while a worker runs: back within the
+retry window, the worker waits and finishes every job; away longer, the worker stops with one line,
+its jobs go back to the queue unfinished, and a worker run once the server is back completes them
+with exactly one FINISHED run per job and whole metric curves."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lmcsweep.queue import Queue, default_uri
+from lmcsweep.tracking import Tracker
+
+SWEEP = """\
+name: {name}
+experiment: tests
+preset: lenet
+data: {{dataset: fashion_mnist, subset_train: {subset}, subset_test: 300}}
+train: {{iterations: 300it, batch_size: 60, eval_every: 50it, checkpoint_every: 20it, model: {{hidden: [64]}}}}
+replicates: 1
+instability: {{rewind: [20it], copies: 2, alphas: 3, train_examples: 300}}
+"""
+
+
+def _cli(store: Path, uri: str, *args, retry: float, **kw):
+    return [sys.executable, "-m", "lmcsweep.cli", "--store", str(store), "--tracking-uri", uri,
+            "--tracking-retry", str(retry), *map(str, args)]
+
+
+def _wait_mid_training(store: Path, worker: subprocess.Popen) -> None:
+    deadline = time.time() + 180
+    while not list((store / "checkpoints").glob("train_*/resume.pt")):
+        assert time.time() < deadline and worker.poll() is None, worker.communicate()
+        time.sleep(0.05)
+
+
+def _finished(uri: str, store: Path, sweep: str) -> dict[str, object]:
+    """job hash -> its computed FINISHED run (each must be one)."""
+    runs = [r for r in Tracker(uri, store).runs_of_sweep(sweep, status="FINISHED")
+            if r.data.tags.get("lmcsweep.origin") == "computed"]
+    jobs = [r.data.tags["lmcsweep.job"] for r in runs]
+    assert len(jobs) == len(set(jobs)), sorted(jobs)
+    return dict(zip(jobs, runs))
+
+
+def test_a_tracking_server_that_goes_away(tmp_path):
+    from services import free_port, mlflow_server
+
+    port, backend, artifacts = free_port(), f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts"
+    store = tmp_path / "store"
+    queue = Queue(default_uri(store))
+    for name, subset in (("short", 600), ("long", 540)):  # (other data: other jobs)
+        (tmp_path / f"{name}.yaml").write_text(SWEEP.format(name=name, subset=subset))
+    with mlflow_server(backend, artifacts, port) as uri:
+        for name in ("short", "long"):
+            out = subprocess.run(_cli(store, uri, "run", "--plan-only", tmp_path / f"{name}.yaml", retry=60),
+                                 capture_output=True, text=True, timeout=300)
+            assert out.returncode == 0, out.stderr
+        jobs = queue.counts("short")["waiting"]
+        # 1. away for a few seconds, within the 90 s window: the worker waits, no job fails
+        worker = subprocess.Popen(_cli(store, uri, "worker", "--sweep", "short", retry=90),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_mid_training(store, worker)
+    time.sleep(3)
+    with mlflow_server(backend, artifacts, port) as uri:
+        out, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err
+        assert queue.counts("short") == {"done": jobs}
+        assert queue.failures("short") == {}
+        short = _finished(uri, store, "short")
+        assert len(short) == jobs
+        # 2. away longer than the 4 s window: one line, the job back in the queue, nothing FINISHED
+        worker = subprocess.Popen(_cli(store, uri, "worker", "--sweep", "long", retry=4),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_mid_training(store, worker)
+    out, err = worker.communicate(timeout=300)
+    assert worker.returncode == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"error: tracking server {uri} did not answer"), err
+    assert "run the same command again" in err and "Traceback" not in err
+    assert queue.counts("long").get("done", 0) == 0 and queue.counts("long").get("claimed", 0) == 0
+    with mlflow_server(backend, artifacts, port) as uri:
+        again = subprocess.run(_cli(store, uri, "worker", "--sweep", "long", retry=60),
+                               capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert queue.counts("long") == {"done": jobs}
+        long = _finished(uri, store, "long")
+        assert len(long) == jobs
+        tracker = Tracker(uri, store)
+        assert [r.info.status for r in tracker.runs_of_sweep("long", kind="train")].count("KILLED") == 1
+        for name, runs in (("short", short), ("long", long)):  # whole curves: every eval step, in every run
+            for job, run in runs.items():
+                if run.data.tags["lmcsweep.kind"] == "train":
+                    steps = sorted({s for k, v, s in tracker.metric_history(run.info.run_id) if k.startswith("test")})
+                    assert steps[-1] == 300 and len(steps) >= 6, (name, job, steps)
