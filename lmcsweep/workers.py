@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import SweepConfig
+from .config import SlurmConfig, SweepConfig
 from .plan.graph import Plan, plan_from_dict
 from .queue import CLAIMED, DONE, FAILED, WAITING, Queue, QueueError, worker_name
 from .run.context import pick_device
@@ -146,12 +146,12 @@ def enqueue(sweep: SweepConfig, runner: Runner, queue: Queue, plan: Plan) -> Non
 
 
 def drive(sweep: SweepConfig, store: Store, queue: Queue, workers: int, store_arg: str, tracking_uri: str | None,
-          on_progress=None, poll: float = 1.0, slurm: dict[str, str] | None = None,
+          on_progress=None, poll: float = 1.0, slurm: SlurmConfig | None = None,
           gpus: list[str] | None = None) -> dict[str, object]:
     """Start `workers` workers on the queued sweep and wait for them: local processes (with `gpus`,
     `workers` per GPU, each seeing its own through CUDA_VISIBLE_DEVICES), or with `slurm` (sbatch
-    options) a SLURM job array. Returns the queue's counts, the failures (job -> every attempt's
-    error) and how the workers ended. A Ctrl-C stops the workers (their jobs resume when the sweep
+    options, the file's and the command line's) a SLURM job array. Returns the queue's counts, the
+    failures (job -> every attempt's error) and how the workers ended. A Ctrl-C stops the workers (their jobs resume when the sweep
     runs again)."""
     queue.release_dead(sweep.name)  # claims of workers killed with an earlier driver
     base = [sys.executable, "-m", "lmcsweep.cli", "--store", str(Path(store_arg).resolve())]

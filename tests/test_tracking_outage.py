@@ -19,7 +19,7 @@ name: {name}
 experiment: tests
 preset: lenet
 data: {{dataset: fashion_mnist, subset_train: {subset}, subset_test: 300}}
-train: {{iterations: 300it, batch_size: 60, eval_every: 50it, checkpoint_every: 20it, model: {{hidden: [64]}}}}
+train: {{iterations: 200it, batch_size: 60, eval_every: 50it, checkpoint_every: 20it, model: {{hidden: [64]}}}}
 replicates: 1
 instability: {{rewind: [20it], copies: 2, alphas: 3, train_examples: 300}}
 """
@@ -55,10 +55,9 @@ def test_a_tracking_server_that_goes_away(tmp_path):
     for name, subset in (("short", 600), ("long", 540)):  # (other data: other jobs)
         (tmp_path / f"{name}.yaml").write_text(SWEEP.format(name=name, subset=subset))
     with mlflow_server(backend, artifacts, port) as uri:
-        for name in ("short", "long"):
-            out = subprocess.run(_cli(store, uri, "run", "--plan-only", tmp_path / f"{name}.yaml", retry=60),
-                                 capture_output=True, text=True, timeout=300)
-            assert out.returncode == 0, out.stderr
+        out = subprocess.run(_cli(store, uri, "run", "--plan-only", tmp_path / "short.yaml", tmp_path / "long.yaml",
+                                  retry=60), capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
         jobs = queue.counts("short")["waiting"]
         # 1. away for a few seconds, within the 90 s window: the worker waits, no job fails
         worker = subprocess.Popen(_cli(store, uri, "worker", "--sweep", "short", retry=90),
@@ -79,7 +78,7 @@ def test_a_tracking_server_that_goes_away(tmp_path):
     out, err = worker.communicate(timeout=300)
     assert worker.returncode == 2, err
     assert err.count("\n") == 1 and err.startswith(f"error: tracking server {uri} did not answer"), err
-    assert "run the same command again" in err and "Traceback" not in err
+    assert "Connection refused" in err and "run the same command again" in err and "Traceback" not in err
     assert queue.counts("long").get("done", 0) == 0 and queue.counts("long").get("claimed", 0) == 0
     with mlflow_server(backend, artifacts, port) as uri:
         again = subprocess.run(_cli(store, uri, "worker", "--sweep", "long", retry=60),
@@ -94,4 +93,4 @@ def test_a_tracking_server_that_goes_away(tmp_path):
             for job, run in runs.items():
                 if run.data.tags["lmcsweep.kind"] == "train":
                     steps = sorted({s for k, v, s in tracker.metric_history(run.info.run_id) if k.startswith("test")})
-                    assert steps[-1] == 300 and len(steps) >= 6, (name, job, steps)
+                    assert steps[-1] == 200 and len(steps) >= 4, (name, job, steps)

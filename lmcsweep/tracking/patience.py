@@ -63,6 +63,14 @@ def _unanswered(exc: BaseException) -> bool:
     return False
 
 
+def _why(exc: BaseException) -> str:
+    """The socket's own words if there are some ("Connection refused"), else the error's first line."""
+    import re
+
+    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
+    return found.group(1).strip() if found else f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+
+
 class Patient:
     """`client` (an MlflowClient for the server at `uri`) whose calls are tried again while the
     server does not answer, for at most `window` seconds from the first failure; then
@@ -92,9 +100,8 @@ class Patient:
                     first = now if first is None else first
                     if now - first >= self._window:
                         self.down = (f"tracking server {self._uri} did not answer for {now - first:.0f} s "
-                                     f"({WINDOW_ENV}={self._window:g}): {type(exc).__name__}: "
-                                     f"{str(exc).splitlines()[0][:200] if str(exc) else ''}; start it again, then "
-                                     "run the same command again (interrupted jobs resume, nothing is lost)")
+                                     f"({WINDOW_ENV}={self._window:g}; {name}: {_why(exc)}): start it again, "
+                                     "then run the same command again (interrupted jobs resume, nothing is lost)")
                         raise TrackingUnavailable(self.down) from None
                     time.sleep(min(pause, max(0.0, first + self._window - now)))
                     pause = min(pause * 2, 30.0)
