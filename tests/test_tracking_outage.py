@@ -20,8 +20,7 @@ experiment: tests
 preset: lenet
 data: {{dataset: fashion_mnist, subset_train: {subset}, subset_test: 300}}
 train: {{iterations: 200it, batch_size: 60, eval_every: 50it, checkpoint_every: 20it, model: {{hidden: [64]}}}}
-replicates: 1
-instability: {{rewind: [20it], copies: 2, alphas: 3, train_examples: 300}}
+replicates: 2
 """
 
 
@@ -49,7 +48,9 @@ def _finished(uri: str, store: Path, sweep: str) -> dict[str, object]:
 def test_a_tracking_server_that_goes_away(tmp_path):
     from services import free_port, mlflow_server
 
-    port, backend, artifacts = free_port(), f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts"
+    seeded = Tracker(root=tmp_path / "server")
+    seeded.client  # a new SQLite store, copied from the cached empty one: the server has no schema to make
+    port, backend, artifacts = free_port(), seeded.uri, tmp_path / "artifacts"
     store = tmp_path / "store"
     queue = Queue(default_uri(store))
     for name, subset in (("short", 600), ("long", 540)):  # (other data: other jobs)
@@ -88,7 +89,7 @@ def test_a_tracking_server_that_goes_away(tmp_path):
         long = _finished(uri, store, "long")
         assert len(long) == jobs
         tracker = Tracker(uri, store)
-        assert [r.info.status for r in tracker.runs_of_sweep("long", kind="train")].count("KILLED") == 1
+        assert [r.info.status for r in tracker.runs_of_sweep("long", kind="train")].count("KILLED") >= 1
         for name, runs in (("short", short), ("long", long)):  # whole curves: every eval step, in every run
             for job, run in runs.items():
                 if run.data.tags["lmcsweep.kind"] == "train":
