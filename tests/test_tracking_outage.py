@@ -95,3 +95,24 @@ def test_a_tracking_server_that_goes_away(tmp_path):
                 if run.data.tags["lmcsweep.kind"] == "train":
                     steps = sorted({s for k, v, s in tracker.metric_history(run.info.run_id) if k.startswith("test")})
                     assert steps[-1] == 200 and len(steps) >= 4, (name, job, steps)
+
+
+def test_no_server_at_all_waits_the_window_then_fails_at_once(tmp_path, monkeypatch):
+    import pytest
+
+    from lmcsweep.tracking import TrackingUnavailable
+    from services import free_port
+
+    monkeypatch.setenv("LMCSWEEP_TRACKING_RETRY", "2")
+    uri = f"http://127.0.0.1:{free_port()}"            # nothing listens there
+    tracker = Tracker(uri, tmp_path)
+    tracker.client                                       # (mlflow imported: not part of the time)
+    start = time.monotonic()
+    with pytest.raises(TrackingUnavailable, match=r"did not answer for 2 s .*Connection refused\): start it again"):
+        tracker.experiment("tests")
+    assert 2 <= time.monotonic() - start < 10          # tried again for the window, not MLflow's ~4 minutes
+    start = time.monotonic()
+    with pytest.raises(TrackingUnavailable):
+        tracker.run("0" * 32)
+    assert time.monotonic() - start < 1                # then every call fails at once
+    assert tracker.unavailable().startswith(f"tracking server {uri} did not answer")
