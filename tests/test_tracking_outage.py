@@ -5,7 +5,6 @@ with exactly one FINISHED run per job and whole metric curves."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ replicates: 2
 """
 
 
-def _cli(store: Path, uri: str, *args, retry: float, **kw):
+def _cli(store: Path, uri: str, *args, retry: float) -> list[str]:
     return [sys.executable, "-m", "lmcsweep.cli", "--store", str(store), "--tracking-uri", uri,
             "--tracking-retry", str(retry), *map(str, args)]
 
