@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from .config import SweepConfig, dataset_of
+from .config import SlurmConfig, SweepConfig, dataset_of
 from .plan.build import build_plan
 from .plan.graph import Plan
 from .queue import Queue
@@ -22,7 +22,7 @@ from .workers import drive
 
 def run_with_workers(sweep: SweepConfig, tracker: Tracker, store: Store, queue: Queue, workers: int,
                      store_arg: str, tracking_uri: str | None, on_progress=None,
-                     slurm: dict[str, str] | None = None, gpus: list[str] | None = None) -> dict[str, object]:
+                     slurm: SlurmConfig | None = None, gpus: list[str] | None = None) -> dict[str, object]:
     """Run (or resume) a sweep on `workers` local worker processes sharing the job queue: the
     experiment, the sweep run, the plan and the queue are made here first, then the workers start;
     IMP matching is logged and the sweep run finished once they are done."""

@@ -59,5 +59,6 @@ def job_hash(kind: str, fields: dict[str, Any], parents: list[str] | tuple[str, 
 
 
 def sweep_fingerprint(sweep: BaseModel) -> dict[str, Any]:
-    """The resolved sweep (a `config.SweepConfig`) as JSON-able data (recorded on runs)."""
-    return json.loads(sweep.model_dump_json())
+    """The resolved sweep (a `config.SweepConfig`) as JSON-able data (recorded on runs), less its
+    `slurm` section (where workers run changes no result)."""
+    return json.loads(sweep.model_dump_json(exclude={"slurm"}))

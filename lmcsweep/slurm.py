@@ -15,10 +15,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import submitit
+from pydantic import ValidationError
 
-# sbatch options by their command-line names (`--slurm KEY=VALUE`) -> submitit's parameter names
-OPTIONS = {"partition": "slurm_partition", "time": "timeout_min", "cpus-per-task": "cpus_per_task",
-           "gpus-per-task": "slurm_gpus_per_task", "gpus-per-node": "gpus_per_node", "mem": "slurm_mem",
+from .config import SlurmConfig
+
+# sbatch options by their names in a sweep file's `slurm` section (`--slurm` takes them with '-'
+# for '_') -> submitit's parameter names
+OPTIONS = {"partition": "slurm_partition", "time": "timeout_min", "cpus_per_task": "cpus_per_task",
+           "gpus_per_task": "slurm_gpus_per_task", "gpus_per_node": "gpus_per_node", "mem": "slurm_mem",
            "account": "slurm_account", "qos": "slurm_qos", "constraint": "slurm_constraint",
            "exclude": "slurm_exclude"}
 
@@ -34,20 +38,41 @@ class Worker(submitit.helpers.Checkpointable):
         return subprocess.run(command).returncode
 
 
-def submit(command: list[str], tasks: int, folder: Path, options: dict[str, str]) -> list[Any]:
-    """Submit `tasks` array tasks each running `command`; returns submitit's jobs."""
-    unknown = sorted(set(options) - set(OPTIONS) - {"extra"})
-    if unknown:
-        raise SlurmError(f"unknown SLURM option(s) {', '.join(unknown)}: use {', '.join(sorted(OPTIONS))} "
-                         "or extra=KEY:VALUE")
+def options(section: SlurmConfig | None, pairs: list[str]) -> SlurmConfig:
+    """The sweep file's `slurm` section with the command line's `--slurm KEY=VALUE` over it (an
+    `extra=KEY=VALUE` line is added to the file's), checked as the file's are."""
+    merged = section.model_dump(exclude_none=True) if section is not None else {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise SlurmError(f"--slurm {pair!r}: not KEY=VALUE")
+        if key == "extra":
+            merged["extra"] = [*merged.get("extra", []), value.replace(":", "=", 1) if "=" not in value else value]
+        else:
+            merged[key] = value
+    try:
+        return SlurmConfig.model_validate(merged)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]).replace("_", "-")
+        names = ", ".join(k.replace("_", "-") for k in [*OPTIONS, "extra"])
+        message = f"unknown option; one of {names}" if err["type"] == "extra_forbidden" else err["msg"]
+        raise SlurmError(f"--slurm {field}: {message[0].lower() + message[1:]}") from None
+
+
+def submit(command: list[str], tasks: int, folder: Path, slurm: SlurmConfig) -> list[Any]:
+    """Submit `tasks` array tasks each running `command`, with `slurm`'s sbatch options; returns
+    submitit's jobs."""
     executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
     params: dict[str, Any] = {"slurm_array_parallelism": tasks, "name": "lmcsweep-worker"}
-    for key, value in options.items():
+    for key, value in slurm.model_dump(exclude_none=True).items():
         if key == "extra":
-            name, _, val = value.partition(":")
-            params.setdefault("slurm_additional_parameters", {})[name] = val
+            for line in value:
+                name, sep, val = line.removeprefix("--").partition("=")
+                params.setdefault("slurm_additional_parameters", {})[name.replace("-", "_")] = val if sep else True
         else:
-            params[OPTIONS[key]] = int(value) if key in ("time", "cpus-per-task") else value
+            params[OPTIONS[key]] = value
     executor.update_parameters(**params)
     try:
         return executor.map_array(Worker(), [command] * tasks)

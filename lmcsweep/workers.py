@@ -6,7 +6,9 @@ A worker is `lmcsweep worker`: a process of its own, on this machine (`lmcsweep 
 or on any node that sees the store and the queue's database. It claims as many networks of one
 kind at a time as its cores train side by side, renews their leases on a heartbeat thread, and
 stops when the queue has nothing left for it (or its time limit is reached). A job whose worker was
-killed is claimed again once its lease expires and resumes from its resume checkpoint.
+killed is claimed again once its lease expires and resumes from its resume checkpoint. A tracking
+server that stops answering for longer than the retry window (`tracking.patience`) stops the worker
+with `TrackingUnavailable`: its jobs go back to the queue unfinished, to resume when it runs again.
 """
 
 from __future__ import annotations
@@ -20,14 +22,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import SweepConfig
+from .config import SlurmConfig, SweepConfig
 from .plan.graph import Plan, plan_from_dict
 from .queue import CLAIMED, DONE, FAILED, WAITING, Queue, QueueError, worker_name
 from .run.context import pick_device
 from .run.scheduler import Outcome, Runner
 from .run.together import at_once
 from .store import Store
-from .tracking import RUNNING, TAG, Tracker
+from .tracking import RUNNING, TAG, Tracker, TrackingUnavailable
 
 
 @dataclass
@@ -57,9 +59,16 @@ def work(tracker: Tracker, store: Store, queue: Queue, sweep: str | None = None,
         beat.start()
         try:
             outcome = _run_rows(runner, tracker, store, rows, plans)
+            down = tracker.unavailable()
+        except TrackingUnavailable as exc:
+            down = str(exc)
         finally:
             stop.set()
             beat.join()
+        if down:  # the server stopped answering for longer than the retry window: nothing completes
+            queue.release(owner, rows, "tracking server did not answer")
+            queue.unregister(owner)
+            raise TrackingUnavailable(down)
         for r in rows:
             error = outcome.failed.get(r["hash"])
             if not queue.complete(owner, r, error):
@@ -99,7 +108,7 @@ def _run_rows(runner: Runner, tracker: Tracker, store: Store, rows: list[dict], 
     for r in rows:
         plan = _plan(store, plans, r["sweep"], r["trial"])
         job = next(j for j in plan.jobs if j.hash == r["hash"])
-        if r["attempts"] > 1:  # an earlier attempt's run was left RUNNING by a killed worker
+        if r["attempts"] > 1 or r["errors"]:  # an earlier attempt's run may be left RUNNING
             _kill_stale(tracker, plan.sweep.name, job.hash)
         experiment_id = tracker.experiment(plan.sweep.experiment)
         single = Plan(sweep=plan.sweep, hyper=plan.hyper, jobs=[job], trial=plan.trial,
@@ -137,17 +146,19 @@ def enqueue(sweep: SweepConfig, runner: Runner, queue: Queue, plan: Plan) -> Non
 
 
 def drive(sweep: SweepConfig, store: Store, queue: Queue, workers: int, store_arg: str, tracking_uri: str | None,
-          on_progress=None, poll: float = 1.0, slurm: dict[str, str] | None = None,
+          on_progress=None, poll: float = 1.0, slurm: SlurmConfig | None = None,
           gpus: list[str] | None = None) -> dict[str, object]:
     """Start `workers` workers on the queued sweep and wait for them: local processes (with `gpus`,
     `workers` per GPU, each seeing its own through CUDA_VISIBLE_DEVICES), or with `slurm` (sbatch
-    options) a SLURM job array. Returns the queue's counts, the failures (job -> every attempt's
-    error) and how the workers ended. A Ctrl-C stops the workers (their jobs resume when the sweep
+    options, the file's and the command line's) a SLURM job array. Returns the queue's counts, the
+    failures (job -> every attempt's error) and how the workers ended. A Ctrl-C stops the workers (their jobs resume when the sweep
     runs again)."""
     queue.release_dead(sweep.name)  # claims of workers killed with an earlier driver
     base = [sys.executable, "-m", "lmcsweep.cli", "--store", str(Path(store_arg).resolve())]
     if tracking_uri:
         base += ["--tracking-uri", tracking_uri]
+    if os.environ.get("LMCSWEEP_TRACKING_RETRY"):  # (set by --tracking-retry too) for workers on other nodes
+        base += ["--tracking-retry", os.environ["LMCSWEEP_TRACKING_RETRY"]]
     command = base + ["worker", "--queue-uri", queue.uri, "--sweep", sweep.name, "--lease", str(queue.lease)]
     show = (lambda: on_progress(queue.counts(sweep.name))) if on_progress is not None else (lambda: None)
     if slurm is not None:

@@ -73,9 +73,9 @@ def create_db(base: str, name: str) -> str:
 
 
 @contextlib.contextmanager
-def mlflow_server(backend: str, artifacts: Path) -> Iterator[str]:
-    """`mlflow server` on loopback over `backend`; yields its http URI."""
-    port = free_port()
+def mlflow_server(backend: str, artifacts: Path, port: int | None = None) -> Iterator[str]:
+    """`mlflow server` on loopback over `backend` (on `port`, or a free one); yields its http URI."""
+    port = port or free_port()
     mlflow = Path(sys.executable).with_name("mlflow")
     proc = subprocess.Popen([str(mlflow), "server", "--backend-store-uri", backend, "--artifacts-destination",
                              str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],

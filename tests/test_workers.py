@@ -143,16 +143,21 @@ def test_three_workers_on_postgresql_and_an_mlflow_server(reference, tmp_path):
 
 
 def test_workers_as_a_slurm_array_and_a_requeued_task(reference, tmp_path):
-    """`--executor slurm`: the workers are a SLURM job array submitted through submitit; one task
+    """`--executor slurm`: the workers are a SLURM job array submitted through submitit, with the
+    sbatch options of the sweep file's `slurm` section, the command line's over them; one task
     requeued mid-job (`scontrol requeue`, as a preemption) changes nothing in the result."""
     import threading
 
     from services import slurm_cluster
 
     path, one = reference
+    placed = tmp_path / "placed.yaml"   # the same sweep, where its workers run named in the file
+    placed.write_text(path.read_text() + "slurm: {partition: debug, time: 30, cpus_per_task: 1, "
+                                          "extra: [comment=lmc-test, requeue]}\n")
     store = tmp_path / "slurm"
     with slurm_cluster(tmp_path / "cluster") as env:
         requeued: list[str] = []
+        shown: list[str] = []
 
         def requeue_one() -> None:  # once a dense network is mid-training, requeue the task holding it
             deadline = time.time() + 240
@@ -161,13 +166,15 @@ def test_workers_as_a_slurm_array_and_a_requeued_task(reference, tmp_path):
                     ids = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i"], env=env, capture_output=True,
                                          text=True).stdout.split()
                     if ids:
+                        shown.append(subprocess.run(["scontrol", "show", "job", ids[0]], env=env,
+                                                    capture_output=True, text=True).stdout)
                         subprocess.run(["scontrol", "requeue", ids[0]], env=env, capture_output=True)
                         requeued.append(ids[0])
                 time.sleep(0.2)
         watcher = threading.Thread(target=requeue_one, daemon=True)
         watcher.start()
         out = subprocess.run([sys.executable, "-m", "lmcsweep.cli", "--store", str(store), "run", "--workers", "2",
-                              "--executor", "slurm", "--slurm", "partition=debug", "--slurm", "time=10", path],
+                              "--executor", "slurm", "--slurm", "time=10", placed],
                              env=env, capture_output=True, text=True, timeout=600)
         watcher.join()
         refused = subprocess.run([sys.executable, "-m", "lmcsweep.cli", "--store", str(tmp_path / "refused"), "run",
@@ -180,6 +187,45 @@ def test_workers_as_a_slurm_array_and_a_requeued_task(reference, tmp_path):
     assert len(runs) == len(set(runs)) == 14
     assert _same(_weights(one), _weights(store))
     assert refused.returncode == 2 and "sbatch refused" in refused.stderr and "Traceback" not in refused.stderr
+    script = next((store / "slurm").glob("*_submission.sh")).read_text()   # what submitit gave sbatch
+    for line in ("--partition=debug", "--time=10", "--cpus-per-task=1", "--comment=lmc-test", "--requeue"):
+        assert f"#SBATCH {line}\n" in script, (line, script)
+    assert "--time=30" not in script                                      # the command line's time won
+    assert "Partition=debug" in shown[0] and "TimeLimit=00:10:00" in shown[0] and "Comment=lmc-test" in shown[0]
+
+
+def test_sbatch_options_are_checked_and_hash_nothing(tmp_path):
+    """A `slurm` section's bad value is a FILE:LINE error, a bad `--slurm` value one line, both before
+    anything is written; the section changes no job hash, no study name, no sweep fingerprint."""
+    from lmcsweep.config import ConfigError, load_sweep
+    from lmcsweep.identity import sweep_fingerprint
+    from lmcsweep.plan.build import build_plan
+    from lmcsweep.search.study import study_name
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(path.read_text() + "slurm:\n  partition: debug\n  time: 1.5\n  mem: 32 GB\n")
+    with pytest.raises(ConfigError) as bad_file:
+        load_sweep(bad)
+    assert str(bad_file.value).splitlines() == [f"{bad}:10: slurm.time: input should be a valid integer, got a number "
+                                       "with a fractional part",
+                                       f"{bad}:11: slurm.mem: a size as sbatch's --mem takes it: 32G, 8000M"]
+    good = tmp_path / "good.yaml"
+    good.write_text(path.read_text() + "slurm: {partition: gpu, gpus_per_task: 1, mem: 32G}\n")
+    out = _cli(tmp_path / "store", "run", "--workers", "1", "--executor", "slurm", "--slurm", "cpus-per-task=many", good)
+    assert out.returncode == 2 and not (tmp_path / "store").exists()
+    assert out.stderr.strip().splitlines() == ["error: --slurm cpus-per-task: input should be a valid integer, "
+                                               "unable to parse string as an integer"]
+    plain, placed = load_sweep(path), load_sweep(good)
+    assert placed.slurm.gpus_per_task == 1
+    assert [j.hash for j in build_plan(plain).jobs] == [j.hash for j in build_plan(placed).jobs]
+    assert sweep_fingerprint(plain) == sweep_fingerprint(placed)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(GRID)
+    grid_placed = tmp_path / "grid2.yaml"
+    grid_placed.write_text(GRID + "slurm: {partition: gpu}\n")
+    assert study_name(load_sweep(grid)) == study_name(load_sweep(grid_placed))
 
 
 GRID = """\

@@ -43,9 +43,13 @@ def backends(ctx: click.Context, process: bool = False):
               type=click.Path(file_okay=False), help=STORE_HELP)
 @click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
               help="MLflow tracking URI (env MLFLOW_TRACKING_URI; default: sqlite:///<store>/mlflow.db)")
+@click.option("--tracking-retry", type=click.FloatRange(0), default=None, metavar="SECONDS",
+              envvar="LMCSWEEP_TRACKING_RETRY",
+              help="how long calls wait for an http(s) tracking server that stopped answering, retried "
+                   "with backoff, before the command stops (env LMCSWEEP_TRACKING_RETRY; default 600)")
 @click.version_option(package_name="lmcsweep")
 @click.pass_context
-def main(ctx: click.Context, store: str, tracking_uri: str | None) -> None:
+def main(ctx: click.Context, store: str, tracking_uri: str | None, tracking_retry: float | None) -> None:
     """Linear mode connectivity and lottery-ticket sweeps, tracked in MLflow.
 
     \b
@@ -55,6 +59,8 @@ def main(ctx: click.Context, store: str, tracking_uri: str | None) -> None:
     lmcsweep query --sweep quickstart          instability records
     lmcsweep ui                                the MLflow UI on the store
     """
+    if tracking_retry is not None:  # read where the MLflow client is made (also in the tracking process and workers)
+        os.environ["LMCSWEEP_TRACKING_RETRY"] = f"{tracking_retry:g}"
     ctx.obj = STATE.update(store=str(Path(store).resolve()), tracking_uri=tracking_uri) or STATE
 
 

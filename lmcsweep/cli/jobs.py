@@ -19,8 +19,11 @@ from .common import backends, job_queue, main
 def worker(ctx: click.Context, queue_uri: str | None, sweep_name: str | None, time_limit: float | None,
            lease: float | None) -> None:
     """Claim and run jobs of planned sweeps from the job queue until none is left for it (exit 1 if
-    one failed). Start as many as you like, on any machine that sees the store and the queue."""
+    one failed). Start as many as you like, on any machine that sees the store and the queue. A
+    tracking server that does not answer within --tracking-retry seconds stops it (exit 2): the
+    jobs it held go back to the queue unfinished."""
     from ..queue import QueueError
+    from ..tracking import TrackingUnavailable
     from ..workers import work
 
     queue = None
@@ -37,7 +40,7 @@ def worker(ctx: click.Context, queue_uri: str | None, sweep_name: str | None, ti
     except Exception as exc:
         import sqlalchemy  # the queue's database (imported by now: it is what raised)
 
-        if isinstance(exc, QueueError):
+        if isinstance(exc, (QueueError, TrackingUnavailable)):
             click.echo(f"error: {exc}", err=True)
         elif isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
             click.echo(f"error: job queue {queue.uri if queue else queue_uri}: {str(exc).splitlines()[0]}", err=True)

@@ -58,8 +58,9 @@ def plan(ctx: click.Context, files: tuple[str, ...]) -> None:
               help="where --workers run: local processes, or a SLURM job array (submitit)")
 @click.option("--gpus", default=None, help="local workers: GPUs to use, e.g. 0,1,2,3 (--workers per GPU)")
 @click.option("--slurm", "slurm_options", multiple=True, metavar="KEY=VALUE",
-              help="sbatch option for --executor slurm: partition, time (minutes), cpus-per-task, "
-                   "gpus-per-task, gpus-per-node, mem, account, qos, constraint, exclude, extra=KEY:VALUE")
+              help="sbatch option for --executor slurm, over the sweep file's `slurm` section: partition, "
+                   "time (minutes), cpus-per-task, gpus-per-task, gpus-per-node, mem, account, qos, constraint, "
+                   "exclude, extra=KEY:VALUE (any other sbatch option)")
 @click.pass_context
 def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, plan_only: bool, retry_failed: bool,
         progress: bool, workers: int | None, queue_uri: str | None, executor: str, gpus: str | None,
@@ -69,7 +70,7 @@ def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, plan_only: bo
         bad = [o for o in slurm_options if "=" not in o]
         if bad:
             raise click.BadParameter(f"{bad[0]!r} is not KEY=VALUE", param_hint="--slurm")
-        slurm = dict(o.split("=", 1) for o in slurm_options) if executor == "slurm" else None
+        slurm = list(slurm_options) if executor == "slurm" else None
         _queued(ctx, load_sweeps(files), workers, queue_uri, slurm, gpus.split(",") if gpus else None)
         return
     if dry_run:
@@ -85,9 +86,9 @@ def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, plan_only: bo
     except Exception as exc:
         from ..data import DataError  # (imported by now: they are what raised)
         from ..store import SweepBusy
-        from ..tracking import TrackingProcessError
+        from ..tracking import TrackingProcessError, TrackingUnavailable
 
-        if isinstance(exc, TrackingProcessError):
+        if isinstance(exc, (TrackingProcessError, TrackingUnavailable)):
             click.echo(f"error: {exc}. The sweep stopped; {RESUME}", err=True)
             code = 1
         elif isinstance(exc, (DataError, SweepBusy)):
@@ -125,7 +126,7 @@ def verify(ctx: click.Context, name: str | None, fix: bool) -> None:
     sys.exit(code)
 
 
-def _queued(ctx: click.Context, sweeps, workers: int | None, queue_uri: str | None, slurm: dict | None,
+def _queued(ctx: click.Context, sweeps, workers: int | None, queue_uri: str | None, slurm: list[str] | None,
             gpus: list[str] | None) -> None:
     """--plan-only (sweeps planned into the store and the queue) or --workers N (and run by N workers)."""
     from ..data import DataError
@@ -145,6 +146,10 @@ def _queued(ctx: click.Context, sweeps, workers: int | None, queue_uri: str | No
             click.echo(line, err=True)
             last[:] = [line]
     try:
+        if slurm is not None and workers:  # each sweep's sbatch options, checked before anything is written
+            from .. import slurm as cluster
+
+            placed = {sweep.name: cluster.options(sweep.slurm, slurm) for sweep in sweeps}
         queue = job_queue(ctx, queue_uri)
         queue.exists()  # an unreachable queue stops here, before anything is written
         for sweep in sweeps:
@@ -154,7 +159,7 @@ def _queued(ctx: click.Context, sweeps, workers: int | None, queue_uri: str | No
                            f"(`lmcsweep job list {sweep.name}`; `lmcsweep worker` runs them)")
                 continue
             out = run_with_workers(sweep, tracker, store, queue, workers, ctx.obj["store"], ctx.obj["tracking_uri"],
-                                   show, slurm, gpus)
+                                   show, placed[sweep.name] if slurm is not None else None, gpus)
             click.echo(f"{sweep.name}: {out['done']} jobs done, {out['failed']} failed, {out['open']} left "
                        f"({workers} workers{' per GPU' if gpus else ''}, {out['seconds']:.0f}s)")
             for job, errors in out["failures"].items():
@@ -167,8 +172,9 @@ def _queued(ctx: click.Context, sweeps, workers: int | None, queue_uri: str | No
         sys.exit(130)
     except Exception as exc:
         from ..slurm import SlurmError  # (imported by now if it is what raised)
+        from ..tracking import TrackingUnavailable
 
-        if not isinstance(exc, (JobError, SweepBusy, QueueError, DataError, SlurmError)):
+        if not isinstance(exc, (JobError, SweepBusy, QueueError, DataError, SlurmError, TrackingUnavailable)):
             raise
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

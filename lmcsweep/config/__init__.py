@@ -24,6 +24,7 @@ from .schema import (
     ObjectiveConfig,
     RangeSpec,
     SearchConfig,
+    SlurmConfig,
     Split,
     StepField,
     Strict,
@@ -36,7 +37,7 @@ from .yamlfile import ConfigError, Lines, Problem, read_yaml
 
 __all__ = [
     "DATASETS", "TRAIN_SIZES", "DataConfig", "ImpConfig", "InstabilityConfig", "ModelOptions", "Noise",
-    "ObjectiveConfig", "RangeSpec", "SearchConfig", "Split", "StepField", "Strict", "SweepConfig",
+    "ObjectiveConfig", "RangeSpec", "SearchConfig", "SlurmConfig", "Split", "StepField", "Strict", "SweepConfig",
     "SyntheticConfig", "TrainConfig",
     "PRESETS", "Preset",
     "ConfigError", "Lines", "Problem", "read_yaml",

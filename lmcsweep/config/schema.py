@@ -198,6 +198,28 @@ class SearchConfig(Strict):
                                             "(default: mlruns/optuna.db)")
 
 
+SLURM_WORD = r"^[A-Za-z0-9_.,:+@%-]+$"  # a partition, account, qos, node list: no spaces, quotes or newlines
+SLURM_EXTRA = r"^(--)?[a-z][a-z0-9-]*(=[^\x00-\x1f]+)?$"  # an sbatch option: "mail-type=END", "exclusive"
+
+
+class SlurmConfig(Strict):
+    """sbatch options for `lmcsweep run --workers N --executor slurm` (`--slurm KEY=VALUE` overrides
+    each); how the workers are placed, never part of a job's identity."""
+    partition: str | None = Field(None, max_length=200, pattern=SLURM_WORD)
+    time: int | None = Field(None, ge=1, le=10**6, description="minutes")
+    cpus_per_task: int | None = Field(None, ge=1, le=4096)
+    gpus_per_task: int | None = Field(None, ge=0, le=1024)
+    gpus_per_node: int | None = Field(None, ge=0, le=1024)
+    mem: str | None = Field(None, max_length=20, pattern=r"^[1-9][0-9]*[KMGT]?$",
+                            description="memory per node, as sbatch's --mem: 32G, 8000M")
+    account: str | None = Field(None, max_length=200, pattern=SLURM_WORD)
+    qos: str | None = Field(None, max_length=200, pattern=SLURM_WORD)
+    constraint: str | None = Field(None, max_length=1000, pattern=PRINTABLE)
+    exclude: str | None = Field(None, max_length=1000, pattern=SLURM_WORD)
+    extra: list[Annotated[str, Field(max_length=1000, pattern=SLURM_EXTRA)]] = Field(
+        [], max_length=MAX_LIST, description="other sbatch options, one a line: mail-type=END, exclusive")
+
+
 class SweepConfig(Strict):
     name: str = Field(max_length=MAX_NAME, pattern=NAME_PATTERN)
     experiment: str = Field(min_length=1, max_length=MAX_NAME, pattern=PRINTABLE,
@@ -210,6 +232,7 @@ class SweepConfig(Strict):
     instability: InstabilityConfig | None = None
     imp: ImpConfig | None = None
     search: SearchConfig | None = None
+    slurm: SlurmConfig | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -21,6 +21,9 @@ ALIGNABLE = ("lenet", "vgg16", "resnet20")  # the networks `align.spec` has perm
 PATTERN_MESSAGES = {
     "name": "letters, digits, '_', '.' and '-' only, starting with a letter or digit (a file and run name)",
     "storage": "an Optuna storage URL: sqlite:///PATH, postgresql://... or mysql://...",
+    "mem": "a size as sbatch's --mem takes it: 32G, 8000M",
+    "extra": "an sbatch option: KEY=VALUE or a flag (mail-type=END, exclusive)",
+    **dict.fromkeys(("partition", "account", "qos", "exclude"), "letters, digits and _.,:+@%- only (no spaces)"),
 }
 
 
@@ -31,7 +34,8 @@ def _pydantic_message(err: dict[str, Any]) -> str:
     if kind == "missing":
         return "required field is missing"
     if kind == "string_pattern_mismatch":
-        return PATTERN_MESSAGES.get(err["loc"][-1] if err["loc"] else "", "control characters are not allowed")
+        field = next((p for p in reversed(err["loc"]) if isinstance(p, str)), "")  # (an item of a list: the list)
+        return PATTERN_MESSAGES.get(field, "control characters are not allowed")
     if kind == "value_error" and msg.startswith("Value error, "):
         return msg[len("Value error, "):]
     return msg[0].lower() + msg[1:] if msg else kind

@@ -38,7 +38,7 @@ def study_name(sweep: SweepConfig) -> str:
     """`<sweep>-<hash>` of what decides the trials' results: the search (less `trials` and `storage`)
     and the base config (less names, cadences, paths and the device)."""
     base = sweep.model_dump(mode="json")
-    for key in ("name", "experiment", "search"):
+    for key in ("name", "experiment", "search", "slurm"):
         base.pop(key, None)
     for section, key, default in NEWER_FIELDS:  # at their defaults, as if the field did not exist
         if (base.get(section) or {}).get(key, default) == default:

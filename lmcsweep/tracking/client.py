@@ -21,6 +21,7 @@ from ..store import sqlite_path
 from . import database
 from .database import default_uri
 from .names import EXPERIMENT_KIND, FINISHED, KILLED, KINDS, RUNNING, TAG, tag
+from .patience import Patient, quiet_mlflow_retries, remote
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 logging.getLogger("mlflow").setLevel(logging.ERROR)
@@ -47,10 +48,14 @@ class Tracker:
             new = db is not None and not db.exists() and not database.seed_from_template(db, self.artifact_root)
             if new:
                 db.parent.mkdir(parents=True, exist_ok=True)
+            if remote(self.uri):
+                quiet_mlflow_retries()
             from mlflow.tracking import MlflowClient
 
             logging.getLogger("mlflow").setLevel(logging.ERROR)  # importing mlflow set it to INFO
             self._client = MlflowClient(tracking_uri=self.uri)
+            if remote(self.uri):  # a server that goes away for a while: calls wait for it (`patience`)
+                self._client = Patient(self._client, self.uri)
             if new:
                 self._client.search_experiments(max_results=1)  # makes the schema
                 database.save_template(db)
@@ -60,6 +65,10 @@ class Tracker:
         """run id -> the first write that failed on it. Writes here raise at once, so always empty;
         `TrackingProcess` writes in the background and reports them here."""
         return {}
+
+    def unavailable(self) -> str | None:
+        """The line saying the tracking server stopped answering (its retry window passed), else None."""
+        return getattr(self._client, "down", None)
 
     # -- experiments ---------------------------------------------------------------------
     def experiment(self, name: str) -> str:
