@@ -95,9 +95,12 @@ QUICK = {"checkpoint": "overwrite", "mask": "truncate", "plan file": "delete", "
          "MLflow database": "truncate"}  # --quick: one damage of each kind
 
 
-def corruption_trials(refs: dict, rng, work: Path, quick: bool):
-    """Yields a row per file kind: its files damaged in copies of finished reference stores."""
+def corruption_trials(refs: dict, rng, work: Path, quick: bool, files: list[str] | None = None):
+    """Yields a row per file kind (of `files`, default all and resume points): its files damaged
+    in copies of finished reference stores (--quick: one damage of each kind)."""
     for what, (kinds, find) in TARGETS.items():
+        if files is not None and what not in files:
+            continue
         trials = []
         for k, kind in enumerate(k for k in kinds if k in refs):
             for h, how in enumerate(HOWS):
@@ -110,8 +113,10 @@ def corruption_trials(refs: dict, rng, work: Path, quick: bool):
                 trials.append(_damaged(what, refs[kind], store, target, how, rng, repair=(k + h) % 2 == 0))
                 shutil.rmtree(store, ignore_errors=True)
         yield _damage_row(what, trials), trials
+    if files is not None and "resume point" not in files:
+        return
     trials = [_resume_point(refs["instability"], work / f"resume-{how}", how, rng)
-              for how in (HOWS[:2] if quick else HOWS)]
+              for how in (HOWS[:1] if quick else HOWS)]
     yield _damage_row("resume point", trials), trials
 
 
@@ -150,7 +155,7 @@ def _damaged(what: str, ref: dict, store: Path, target: Path, how: str, rng, rep
             trial["repaired"] = None  # nothing reads it back: it stays as damaged
     trial["used_silently"] = bool(not trial["detected"] and after and after["differ"])
     trial["tracebacks"] = tracebacks(*texts)
-    trial["said"] = said.strip().splitlines()[-1:] if said.strip() else []
+    trial["said"] = [line for line in said.splitlines() if line.startswith(("damaged", "missing", "error"))][:3]
     return trial
 
 

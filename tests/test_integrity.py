@@ -157,3 +157,15 @@ def test_truncated_resume_point_is_discarded(done, tmp_path):
     assert not list(store.glob("checkpoints/*/resume.pt"))
     assert files(store) == files(original)
     assert results(store, "small") == results(original, "small")
+
+
+def test_deleted_plan_is_reported_missing_until_the_sweep_runs_again(done, copy):
+    sweep, _ = done
+    (copy / "plans" / "small" / "plan.json").unlink()
+    for args in ([], ["small"]):
+        found = lmc(copy, "verify", *args)
+        assert found.exit_code == 1, found.output
+        assert "missing  small  (its plan plans/small/plan.json is missing: run its sweep file again" in found.output
+    again = lmc(copy, "run", sweep, "--no-progress")
+    assert again.exit_code == 0 and "nothing to do" in again.output
+    assert lmc(copy, "verify").exit_code == 0
