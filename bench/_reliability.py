@@ -135,7 +135,10 @@ def metric_histories(store: Path, runs: list) -> dict[str, dict]:
 def results(store: Path, kind: str, metrics: bool = True) -> dict:
     """What must be identical to an uninterrupted run: checkpoint hashes, query rows, and (with
     `metrics`) the metric histories; plus the FINISHED count per job (lost and duplicated jobs)."""
-    runs = job_runs(store, kind) if (store / "mlflow.db").exists() else []
+    try:
+        runs = job_runs(store, kind) if (store / "mlflow.db").exists() else []
+    except Exception as exc:  # noqa: BLE001 -- a store MLflow cannot open: counted, not raised
+        return {"unreadable": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
     finished = Counter(r.data.tags["lmcsweep.job"] for r in runs if r.info.status == "FINISHED")
     return {"checkpoints": checkpoint_hashes(store), "query": query_rows(store, kind),
             "metrics": metric_histories(store, runs) if metrics else None, "finished": finished,
@@ -146,6 +149,8 @@ def results(store: Path, kind: str, metrics: bool = True) -> dict:
 def compare(got: dict, reference: dict) -> dict:
     """Lost jobs (FINISHED in the reference, not here), duplicated ones (more than one FINISHED
     run), and which results differ from the reference's."""
+    if "unreadable" in got:
+        return {"lost": sorted(reference["finished"]), "duplicated": [], "differ": [got["unreadable"]]}
     lost = sorted(set(reference["finished"]) - set(got["finished"]))
     duplicated = sorted(job for job, n in got["finished"].items() if n > 1)
     differ = [key for key in ("checkpoints", "query", "metrics")

@@ -114,7 +114,10 @@ def test_unknown_sweep_is_exit_2(done):
     assert result.exit_code == 2 and "no sweep 'nosuch'" in result.output
 
 
-def test_truncated_mask_is_recomputed(tmp_path):
+@pytest.mark.parametrize("repair", [["run"], ["verify", "--repair"]])
+def test_truncated_mask_is_recomputed(tmp_path, repair):
+    """The level's ticket is made again too, the same bytes (also from the plan read back from
+    plan.json, by verify --repair)."""
     path = tmp_path / "imp.yaml"
     path.write_text(IMP_SWEEP)
     store = tmp_path / "store"
@@ -126,8 +129,9 @@ def test_truncated_mask_is_recomputed(tmp_path):
     target.write_bytes(target.read_bytes()[:-7])
     found = lmc(store, "verify", "impy")
     assert found.exit_code == 1 and "(mask.pt damaged)" in found.output
-    result = lmc(store, "run", path, "--no-progress")
+    result = lmc(store, *repair, *([path, "--no-progress"] if repair == ["run"] else []))
     assert result.exit_code == 0 and "repaired" in result.output, result.output
+    assert any(name.endswith("ticket.pt") for name in before)
     assert files(store) == before
     assert lmc(store, "verify").exit_code == 0
 
