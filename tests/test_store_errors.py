@@ -18,8 +18,8 @@ from conftest import SMALL_SWEEP
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def lmc(store: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def lmc(store: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **extra}
     return subprocess.run([sys.executable, "-m", "lmcsweep.cli", "--store", str(store), *map(str, args)],
                           env=env, capture_output=True, text=True, timeout=120)
 
@@ -86,6 +86,20 @@ def test_full_disk_stops_the_sweep_then_the_same_command_finishes_it(tmp_path, s
     again = lmc(store, "run", sweep, "--no-progress")
     assert again.returncode == 0 and "0 failed" in again.stdout, again.stdout + again.stderr
     assert lmc(store, "verify").returncode == 0
+
+
+def test_full_disk_while_mlflow_makes_the_database_leaves_no_half_made_one(tmp_path, sweep, tmpfs):
+    """No cached empty database (a new MLflow version): MLflow's migrations run out of space half
+    way. The store is left without a database (not with half a schema, which failed every later
+    command with a traceback), and once there is space the same command runs the sweep."""
+    store, cache = tmpfs / "store", str(tmp_path / "cache")
+    with open(tmpfs / "filler", "wb") as f:  # leaves 0.5 MB: less than the schema needs
+        f.write(b"\0" * (39 * 2 ** 19))
+    one_line(lmc(store, "run", sweep, "--no-progress", XDG_CACHE_HOME=cache), "ENOSPC", str(store))
+    assert not (store / "mlflow.db").exists() and not list(store.glob(".mlflow.db.*"))
+    (tmpfs / "filler").unlink()
+    again = lmc(store, "run", sweep, "--no-progress", XDG_CACHE_HOME=cache)
+    assert again.returncode == 0 and "0 failed" in again.stdout, again.stdout + again.stderr
 
 
 def test_read_only_store_is_one_line(tmp_path, sweep, tmpfs, planned):
