@@ -131,10 +131,14 @@ def _damaged(what: str, ref: dict, store: Path, target: Path, how: str, rng, rep
         # expected: one line (exit 3) from every command; nothing to repair from (a backup's job)
         answers = [found] + [lmc(store, *args) for args in (["query"], ["status"], ["run", ref["sweep"], "--no-progress"])]
         texts += [a.stdout + a.stderr for a in answers[1:]]
-        trial["detected"] = all(a.returncode == 3 and len(a.stderr.strip().splitlines()) == 1
-                                and "MLflow database" in a.stderr for a in answers)
+        # verify must find it (SQLite's own check); the other commands answer in one line or, when
+        # they read no damaged page, as before the damage (checked below: used silently)
+        trial["detected"] = found.returncode == 3 and len(found.stderr.strip().splitlines()) == 1 \
+            and "MLflow database" in found.stderr
+        trial["answers"] = [a.returncode for a in answers]
         trial["repaired"] = None
-        after = compare(results(store, ref["kind"], metrics=False), ref["results"]) if not trial["detected"] else None
+        after = compare(results(store, ref["kind"], metrics=False), ref["results"]) \
+            if any(a.returncode == 0 for a in answers[1:]) else None
     else:
         if what == "MLflow database" or (what == "curve (MLflow artifact)"):
             trial["detected"] = None if what == "MLflow database" else found.returncode != 0
@@ -153,7 +157,10 @@ def _damaged(what: str, ref: dict, store: Path, target: Path, how: str, rng, rep
             and not after["lost"]
         if what == "curve (MLflow artifact)":
             trial["repaired"] = None  # nothing reads it back: it stays as damaged
-    trial["used_silently"] = bool(not trial["detected"] and after and after["differ"])
+    if what == "MLflow database" and how != "delete":  # a command answered 0 from the damaged database
+        trial["used_silently"] = bool(after and after["differ"])
+    else:  # nothing said anything, and the next run gave other results
+        trial["used_silently"] = bool(not trial["detected"] and after and after["differ"])
     trial["tracebacks"] = tracebacks(*texts)
     trial["said"] = [line for line in said.splitlines() if line.startswith(("damaged", "missing", "error"))][:3]
     return trial
@@ -196,7 +203,7 @@ def _damage_row(what: str, trials: list[dict]) -> dict:
     outcome = (f"{sum(det)} of {len(det)} found" if det else "nothing to find") + \
               (f", {sum(rep)} of {len(rep)} repaired to identical results" if rep else "")
     if what == "MLflow database":
-        outcome = f"{sum(det)} of {len(det)} a one-line error (exit 3) from verify, query, status, run; " \
+        outcome = f"{sum(det)} of {len(det)} damaged found by verify (one line, exit 3); " \
                   f"{sum(rep)} of {len(rep)} deleted: the next run computes all again, identical"
     if unchecked:
         outcome = f"{len(det) - sum(det)} of {len(det)} not found: no checksum, nothing in lmcsweep reads it back"

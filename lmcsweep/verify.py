@@ -10,7 +10,7 @@ from .run.integrity import describe, outputs, problems
 from .run.scheduler import Outcome, Runner
 from .store import Store
 from .sweep import JobError, tracking_failures
-from .tracking import Tracker
+from .tracking import Tracker, check_database
 
 
 def verify_store(tracker: Tracker, store: Store, name: str | None = None) -> list[dict]:
@@ -68,6 +68,7 @@ def verify_report(tracker: Tracker, store: Store, name: str | None, fix: bool) -
     """`lmcsweep verify`: a line per job checked and a summary; with `fix`, the plans with damaged
     or missing outputs run again (`repair`). The exit code: 0 all ok, 1 something left damaged
     or missing (a plan too: `plans_missing`), 2 an unknown sweep."""
+    check_database(tracker.uri)  # a damaged page of mlflow.db: one line, exit 3 (`failures`)
     unplanned = plans_missing(tracker, store, name)
     if name is not None and not store.planned(name) and not unplanned:
         return [f"error: no sweep {name!r} planned in store {store.root} (`lmcsweep status` lists the sweeps)"], 2

@@ -61,13 +61,19 @@ def planned(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("damage,commands", [("truncated", [["query"]]),
-                                             ("garbled", [["status"], ["run", "--no-progress"]])])
+                                             ("garbled", [["status"], ["run", "--no-progress"]]),
+                                             ("page", [["verify"]])])
 def test_damaged_database_is_one_line(tmp_path, sweep, planned, damage, commands):
     store = tmp_path / "store"
     shutil.copytree(planned, store)
     db = store / "mlflow.db"
     if damage == "truncated":  # a real database cut short
         db.write_bytes(db.read_bytes()[:20000])
+    elif damage == "page":  # one page in its middle garbled: only SQLite's own check (verify) sees it
+        data = bytearray(db.read_bytes())
+        at = len(data) // 2 // 4096 * 4096
+        data[at:at + 4096] = bytes(b ^ 0xA5 for b in data[at:at + 4096])
+        db.write_bytes(bytes(data))
     else:
         db.write_bytes(os.urandom(50000))
     for args in commands:
