@@ -114,7 +114,10 @@ def test_unknown_sweep_is_exit_2(done):
     assert result.exit_code == 2 and "no sweep 'nosuch'" in result.output
 
 
-def test_truncated_mask_is_recomputed(tmp_path):
+@pytest.mark.parametrize("repair", [["run"], ["verify", "--repair"]])
+def test_truncated_mask_is_recomputed(tmp_path, repair):
+    """The level's ticket is made again too, the same bytes (also from the plan read back from
+    plan.json, by verify --repair)."""
     path = tmp_path / "imp.yaml"
     path.write_text(IMP_SWEEP)
     store = tmp_path / "store"
@@ -126,8 +129,9 @@ def test_truncated_mask_is_recomputed(tmp_path):
     target.write_bytes(target.read_bytes()[:-7])
     found = lmc(store, "verify", "impy")
     assert found.exit_code == 1 and "(mask.pt damaged)" in found.output
-    result = lmc(store, "run", path, "--no-progress")
+    result = lmc(store, *repair, *([path, "--no-progress"] if repair == ["run"] else []))
     assert result.exit_code == 0 and "repaired" in result.output, result.output
+    assert any(name.endswith("ticket.pt") for name in before)
     assert files(store) == before
     assert lmc(store, "verify").exit_code == 0
 
@@ -157,3 +161,15 @@ def test_truncated_resume_point_is_discarded(done, tmp_path):
     assert not list(store.glob("checkpoints/*/resume.pt"))
     assert files(store) == files(original)
     assert results(store, "small") == results(original, "small")
+
+
+def test_deleted_plan_is_reported_missing_until_the_sweep_runs_again(done, copy):
+    sweep, _ = done
+    (copy / "plans" / "small" / "plan.json").unlink()
+    for args in ([], ["small"]):
+        found = lmc(copy, "verify", *args)
+        assert found.exit_code == 1, found.output
+        assert "missing  small  (its plan plans/small/plan.json is missing: run its sweep file again" in found.output
+    again = lmc(copy, "run", sweep, "--no-progress")
+    assert again.exit_code == 0 and "nothing to do" in again.output
+    assert lmc(copy, "verify").exit_code == 0

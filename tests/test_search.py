@@ -105,9 +105,18 @@ def test_grid_of_four_is_covered_once_across_a_kill(tmp_path):
         mine = [r for r in records if r["trial"] == t["number"]]
         assert len(mine) == 1 and mine[0]["instability"] == t["value"]
 
-    # a second run has nothing to do; plan sees every job done
+    # a trial's plan file damaged, another's deleted: verify says so; a second run has nothing to
+    # do and records both again as they were; plan sees every job done
+    plans = [store / "plans" / "grid" / f"trial-{t['number']}" / "plan.json" for t in complete[:2]]
+    recorded = [p.read_bytes() for p in plans]
+    plans[0].write_bytes(recorded[0][:-10])
+    plans[1].unlink()
+    found = CliRunner().invoke(main, ["--store", str(store), "verify"])  # (the console entry: one line, exit 3)
+    assert type(found.exception).__name__ == "Damaged" and f"trial {complete[0]['number']}" in str(found.exception)
     again = CliRunner().invoke(main, ["--store", str(store), "run", "--no-progress", str(sweep_file)])
     assert again.exit_code == 0 and "nothing to do" in again.output, again.output
+    assert [p.read_bytes() for p in plans] == recorded
+    assert CliRunner().invoke(main, ["--store", str(store), "verify"]).exit_code == 0
     assert len(study_trials(sweep, store)) == 5
     plan = CliRunner().invoke(main, ["--store", str(store), "plan", str(sweep_file)])
     assert "4 trials" in plan.output and plan.output.splitlines()[-2].split() == ["total", "16", "16", "0"]

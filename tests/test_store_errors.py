@@ -18,8 +18,8 @@ from conftest import SMALL_SWEEP
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def lmc(store: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def lmc(store: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **extra}
     return subprocess.run([sys.executable, "-m", "lmcsweep.cli", "--store", str(store), *map(str, args)],
                           env=env, capture_output=True, text=True, timeout=120)
 
@@ -61,13 +61,19 @@ def planned(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("damage,commands", [("truncated", [["query"]]),
-                                             ("garbled", [["status"], ["run", "--no-progress"]])])
+                                             ("garbled", [["status"], ["run", "--no-progress"]]),
+                                             ("page", [["verify"]])])
 def test_damaged_database_is_one_line(tmp_path, sweep, planned, damage, commands):
     store = tmp_path / "store"
     shutil.copytree(planned, store)
     db = store / "mlflow.db"
     if damage == "truncated":  # a real database cut short
         db.write_bytes(db.read_bytes()[:20000])
+    elif damage == "page":  # one page in its middle garbled: only SQLite's own check (verify) sees it
+        data = bytearray(db.read_bytes())
+        at = len(data) // 2 // 4096 * 4096
+        data[at:at + 4096] = bytes(b ^ 0xA5 for b in data[at:at + 4096])
+        db.write_bytes(bytes(data))
     else:
         db.write_bytes(os.urandom(50000))
     for args in commands:
@@ -86,6 +92,20 @@ def test_full_disk_stops_the_sweep_then_the_same_command_finishes_it(tmp_path, s
     again = lmc(store, "run", sweep, "--no-progress")
     assert again.returncode == 0 and "0 failed" in again.stdout, again.stdout + again.stderr
     assert lmc(store, "verify").returncode == 0
+
+
+def test_full_disk_while_mlflow_makes_the_database_leaves_no_half_made_one(tmp_path, sweep, tmpfs):
+    """No cached empty database (a new MLflow version): MLflow's migrations run out of space half
+    way. The store is left without a database (not with half a schema, which failed every later
+    command with a traceback), and once there is space the same command runs the sweep."""
+    store, cache = tmpfs / "store", str(tmp_path / "cache")
+    with open(tmpfs / "filler", "wb") as f:  # leaves 0.5 MB: less than the schema needs
+        f.write(b"\0" * (39 * 2 ** 19))
+    one_line(lmc(store, "run", sweep, "--no-progress", XDG_CACHE_HOME=cache), "ENOSPC", str(store))
+    assert not (store / "mlflow.db").exists() and not list(store.glob(".mlflow.db.*"))
+    (tmpfs / "filler").unlink()
+    again = lmc(store, "run", sweep, "--no-progress", XDG_CACHE_HOME=cache)
+    assert again.returncode == 0 and "0 failed" in again.stdout, again.stdout + again.stderr
 
 
 def test_read_only_store_is_one_line(tmp_path, sweep, tmpfs, planned):

@@ -118,7 +118,8 @@ def run_all(sweeps, tracker, store, progress: bool, retry_failed: bool) -> bool:
 @click.pass_context
 def verify(ctx: click.Context, name: str | None, fix: bool) -> None:
     """Check the outputs (checkpoints, masks) of the done jobs of every sweep in the store (or NAME)
-    against their checksums: ok / damaged / missing per job; exit 1 if any is left so, 2 unknown NAME."""
+    against their checksums: ok / damaged / missing per job (and plans the store no longer has);
+    exit 1 if any is left so, 2 unknown NAME."""
     from ..verify import verify_report
 
     lines, code = verify_report(*backends(ctx), name, fix)

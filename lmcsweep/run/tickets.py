@@ -16,7 +16,9 @@ def ticket(ctx: Context, prune_hash: str, spec: PruneSpec, branch: BranchSpec | 
     """The ticket of level `spec` (job `prune_hash`), or of a control of it (`branch`: its copy 0)."""
     masks = ctx.store.load_masks(prune_hash)
     control = branch.control if branch is not None else None
-    seeds = dict(spec.parent_seeds or (branch.parent_seeds if branch is not None else {}))
+    # in name order: a plan read back from plan.json (`verify --repair`) has its keys sorted, and a
+    # ticket made again must be the same bytes
+    seeds = dict(sorted((spec.parent_seeds or (branch.parent_seeds if branch is not None else {})).items()))
     if control == "random_prune":
         masks = prune.random_prune(masks, branch.control_seed)
     if control == "random_reinit":

@@ -15,6 +15,7 @@ from ..run.context import pick_device
 from ..run.runs import sweep_tags
 from ..run.throughput import progress_for
 from ..run.together import at_once
+from ..store import check_file
 from ..tracking import FAILED, FINISHED
 from .space import decode_point, hp_params, suggest, variant
 from .study import ERROR, RUN_ID, open_study, sampler_for, settled, settled_count, study_trials
@@ -61,10 +62,14 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
             outcome.failed[f"trial {t.number}"] = t.user_attrs[ERROR]
         else:
             try:
-                plan = build_plan(variant(sweep, decode_point(search, t.params)), trial=t.number)
+                point = decode_point(search, t.params)
+                plan = build_plan(variant(sweep, point), trial=t.number, overrides=hp_params(point),
+                                  study=study.study_name)
                 outcome.skipped.extend(j.hash for j in plan.jobs)
             except ConfigError:
-                pass
+                continue
+            if check_file(runner.store.plan_path(sweep.name, t.number)) in ("damaged", "missing"):
+                runner.store.save_plan(sweep.name, t.number, plan.to_dict())  # its file damaged or deleted
 
     def room() -> int:
         """How many trials to ask now (0: the search is done)."""

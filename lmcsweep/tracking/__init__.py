@@ -8,10 +8,10 @@ empty store; `process`: `TrackingProcess`, which serves a `Tracker` from a helpe
 """
 
 from .client import Tracker
-from .database import default_uri
+from .database import check_database, default_uri
 from .names import FAILED, FINISHED, KILLED, KINDS, RUNNING, TAG, tag
 from .patience import TrackingUnavailable
 from .process import TrackingProcess, TrackingProcessError, serve
 
-__all__ = ["Tracker", "TrackingProcess", "TrackingProcessError", "TrackingUnavailable", "TAG", "KINDS", "RUNNING", "FINISHED",
-           "FAILED", "KILLED", "tag", "default_uri", "serve"]
+__all__ = ["Tracker", "TrackingProcess", "TrackingProcessError", "TrackingUnavailable", "TAG", "KINDS", "RUNNING",
+           "FINISHED", "FAILED", "KILLED", "tag", "default_uri", "check_database", "serve"]

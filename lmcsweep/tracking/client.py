@@ -46,18 +46,27 @@ class Tracker:
         if self._client is None:
             db = sqlite_path(self.uri)
             new = db is not None and not db.exists() and not database.seed_from_template(db, self.artifact_root)
-            if new:
-                db.parent.mkdir(parents=True, exist_ok=True)
             if remote(self.uri):
                 quiet_mlflow_retries()
             from mlflow.tracking import MlflowClient
 
             logging.getLogger("mlflow").setLevel(logging.ERROR)  # importing mlflow set it to INFO
+            if new:  # the schema made in a file of its own, then linked into place: a store whose
+                # migrations stopped half way (a full disk) would fail every later command
+                db.parent.mkdir(parents=True, exist_ok=True)
+                tmp = db.with_name(f".{db.name}.{os.getpid()}.new")
+                try:
+                    MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+                    try:
+                        os.link(tmp, db)  # never over a store made meanwhile
+                    except FileExistsError:
+                        new = False
+                finally:
+                    tmp.unlink(missing_ok=True)
             self._client = MlflowClient(tracking_uri=self.uri)
             if remote(self.uri):  # a server that goes away for a while: calls wait for it (`patience`)
                 self._client = Patient(self._client, self.uri)
             if new:
-                self._client.search_experiments(max_results=1)  # makes the schema
                 database.save_template(db)
         return self._client
 

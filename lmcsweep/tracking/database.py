@@ -175,3 +175,19 @@ def save_template(db: Path) -> None:
         os.replace(tmp, template)
     except (OSError, sqlite3.Error):  # no cache then: the next new store makes its schema too
         tmp.unlink(missing_ok=True)
+
+
+def check_database(uri: str) -> None:
+    """SQLite's own check of the store's database (`PRAGMA quick_check`: every page and index;
+    ~0.1 s for a small store): raises sqlite3.DatabaseError ("database disk image is malformed")
+    where a damaged page would otherwise go unnoticed until some query reads it. Nothing for a
+    store that is not SQLite or has no database yet."""
+    import sqlite3
+
+    db = sqlite_path(uri)
+    if db is None or not db.exists():
+        return
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        found = [row[0] for row in con.execute("PRAGMA quick_check")]
+    if found != ["ok"]:
+        raise sqlite3.DatabaseError(f"database disk image is malformed: {found[0].splitlines()[-1]}")
