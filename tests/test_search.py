@@ -62,15 +62,17 @@ def test_grid_of_four_is_covered_once_across_a_kill(tmp_path):
     assert 1 <= sum(t["state"] == "COMPLETE" for t in before) < 4
     assert [t["state"] for t in before].count("RUNNING") == 1
 
-    # resume: the orphan is marked failed and its point asked again; every point once
+    # resume: the trial the kill interrupted goes on under its own number; every point once
     result = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     trials = study_trials(sweep, store)
     complete = [t for t in trials if t["state"] == "COMPLETE"]
     assert len(complete) == 4
     assert {(t["params"]["train.lr"], t["params"]["train.warmup"]) for t in complete} == GRID
-    assert [t for t in trials if t["state"] != "COMPLETE"] == \
-        [t for t in trials if t["state"] == "FAIL" and t["orphaned"]] and len(trials) == 5
+    assert len(trials) == 4  # no trial asked twice
+    asked = [t for t in before if t["state"] in ("COMPLETE", "RUNNING")]  # the same numbers, points, runs
+    assert {t["number"]: (t["params"], t["mlflow_run_id"]) for t in asked} == {
+        t["number"]: (t["params"], t["mlflow_run_id"]) for t in trials if t["number"] in {a["number"] for a in asked}}
     assert all(t["value"] is not None and 0 <= t["value"] <= 1 for t in complete)
 
     # the MLflow side: a trial run per trial under the sweep run, holding its hyperparameters
@@ -80,7 +82,7 @@ def test_grid_of_four_is_covered_once_across_a_kill(tmp_path):
     sweep_run = next(r for r in runs if r.data.tags["lmcsweep.kind"] == "sweep")
     trial_runs = {r.info.run_id: r for r in runs if r.data.tags["lmcsweep.kind"] == "trial"}
     finished = [r for r in trial_runs.values() if r.info.status == "FINISHED"]
-    assert Counter(r.info.status for r in trial_runs.values()) == Counter({"FINISHED": 4, "KILLED": 1})
+    assert Counter(r.info.status for r in trial_runs.values()) == Counter({"FINISHED": 4})
     assert {(float(r.data.params["hp.train.lr"]), r.data.params["hp.train.warmup"]) for r in finished} == GRID
     for r in trial_runs.values():
         assert r.data.tags["mlflow.parentRunId"] == sweep_run.info.run_id
@@ -117,7 +119,7 @@ def test_grid_of_four_is_covered_once_across_a_kill(tmp_path):
     assert again.exit_code == 0 and "nothing to do" in again.output, again.output
     assert [p.read_bytes() for p in plans] == recorded
     assert CliRunner().invoke(main, ["--store", str(store), "verify"]).exit_code == 0
-    assert len(study_trials(sweep, store)) == 5
+    assert len(study_trials(sweep, store)) == 4
     plan = CliRunner().invoke(main, ["--store", str(store), "plan", str(sweep_file)])
     assert "4 trials" in plan.output and plan.output.splitlines()[-2].split() == ["total", "16", "16", "0"]
 
@@ -145,6 +147,16 @@ def test_orphaned_random_trial_is_asked_again_once(tmp_path):
     trials = study_trials(sweep, tmp_path)
     assert [(t["state"], bool(t["orphaned"])) for t in trials] == [("FAIL", True), ("WAITING", False)]
     assert trials[1]["params"] == trials[0]["params"]
+    # a trial killed once it had its point and its MLflow run stays RUNNING: the search resumes it
+    # under its own number (tests/test_search.py::test_grid_of_four_is_covered_once_across_a_kill)
+    study, _ = open_study(sweep, tmp_path)
+    third = study.ask()  # the waiting point
+    third.suggest_float("train.lr", 0.0001, 0.01, log=True)
+    third.suggest_categorical("train.warmup", ["0it", "20it"])
+    third.set_user_attr("mlflow_run_id", "r")
+    open_study(sweep, tmp_path)
+    after = study_trials(sweep, tmp_path)
+    assert [t["state"] for t in after] == ["FAIL", "RUNNING"]  # not failed, its point not queued again
 
 
 def test_study_identity(tmp_path):
@@ -205,9 +217,9 @@ def test_grid_trials_run_together_and_give_what_they_give_alone(tmp_path, monkey
     assert groups == {"1"} and alone == together
 
 
-def test_trials_killed_together_are_asked_again(tmp_path):
+def test_trials_killed_together_resume_under_their_numbers(tmp_path):
     """Trials asked together (2 kernel threads: 2 at once on a 2-core machine) and killed while
-    they train are all orphans on the next run; their points are asked again, each point once."""
+    they train all go on under their own numbers on the next run; each point once."""
     sweep_file = tmp_path / "grid.yaml"
     sweep_file.write_text(SEARCH)
     store = tmp_path / "store"
@@ -229,8 +241,9 @@ def test_trials_killed_together_are_asked_again(tmp_path):
     trials = study_trials(sweep, store)
     complete = [t for t in trials if t["state"] == "COMPLETE"]
     assert sorted((t["params"]["train.lr"], t["params"]["train.warmup"]) for t in complete) == sorted(GRID)
-    orphans = [t for t in trials if t["state"] == "FAIL"]
-    assert all(t["orphaned"] for t in orphans) and len(orphans) == len(running) and len(trials) == 4 + len(orphans)
+    assert len(trials) == 4 and not [t for t in trials if t["state"] != "COMPLETE"]
+    assert {t["number"]: t["params"] for t in running} == {t["number"]: t["params"] for t in complete
+                                                          if t["number"] in {r["number"] for r in running}}
 
 
 def test_earliest_stable_means_stable_from_there_on():

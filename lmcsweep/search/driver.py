@@ -18,7 +18,8 @@ from ..run.together import at_once
 from ..store import check_file
 from ..tracking import FAILED, FINISHED
 from .space import decode_point, hp_params, suggest, variant
-from .study import ERROR, RUN_ID, open_study, sampler_for, settled, settled_count, study_trials
+from .study import (ERROR, RUN_ID, open_study, record_resumed_error, sampler_for, settled, settled_count,
+                    study_trials, trial_error)
 
 
 def trials_at_once(sweep: SweepConfig) -> int:
@@ -56,10 +57,10 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
 
     # What earlier runs settled: their jobs count as done, their failures are reported again.
     for t in study.get_trials(deepcopy=False):
-        if not settled(t, retry_before):
+        if not settled(study, t, retry_before):
             continue
         if t.state == TrialState.FAIL:
-            outcome.failed[f"trial {t.number}"] = t.user_attrs[ERROR]
+            outcome.failed[f"trial {t.number}"] = trial_error(study, t)
         else:
             try:
                 point = decode_point(search, t.params)
@@ -71,25 +72,45 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
             if check_file(runner.store.plan_path(sweep.name, t.number)) in ("damaged", "missing"):
                 runner.store.save_plan(sweep.name, t.number, plan.to_dict())  # its file damaged or deleted
 
+    # Trials a killed run left RUNNING go on first, under their own numbers and MLflow runs (their
+    # finished jobs are found done, an interrupted one resumes), so a kill changes no trial number.
+    resumed = list(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
     def room() -> int:
-        """How many trials to ask now (0: the search is done)."""
+        """How many trials to run now (0: the search is done)."""
         if grid:  # the points open_study enqueued and not asked yet
-            return min(at_once, len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
+            return min(at_once, len(resumed) + len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
         return min(at_once, search.trials - settled_count(study, retry_before))
 
     def fail(trial: Any, trial_run: str, message: str, listed: bool = False) -> None:
         """Trial failed: recorded on its run and in the study; in the outcome unless its jobs are (`listed`)."""
+        number = trial if isinstance(trial, int) else trial.number
         if not listed:
-            outcome.failed[f"trial {trial.number}"] = message
+            outcome.failed[f"trial {number}"] = message
         tracker.set_tags(trial_run, {"error": message[:5000]})
         tracker.log_text(trial_run, message, "error.txt")
         tracker.finish(trial_run, FAILED)
-        trial.set_user_attr(ERROR, message[:5000])
+        if isinstance(trial, int):  # resumed: not asked by this process
+            record_resumed_error(study, number, message[:5000])
+        else:
+            trial.set_user_attr(ERROR, message[:5000])
         study.tell(trial, state=TrialState.FAIL)
 
     while (n_ask := room()) > 0:
-        batch = []  # (trial, its MLflow run, its plan)
-        for _ in range(n_ask):
+        batch = []  # (trial, or a resumed trial's number; its MLflow run; its plan)
+        while resumed and len(batch) < n_ask:
+            t = resumed.pop(0)
+            point, trial_run = decode_point(search, t.params), t.user_attrs[RUN_ID]
+            tracker.reopen(trial_run)
+            try:
+                batch.append((t.number, trial_run, build_plan(variant(sweep, point), trial=t.number,
+                                                              overrides=hp_params(point), study=study.study_name)))
+            except ConfigError as exc:
+                fail(t.number, trial_run, f"invalid variant: {exc}")
+        asks = n_ask - len(batch)
+        if grid:
+            asks = min(asks, len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
+        for _ in range(asks):
             if not grid:
                 study.sampler = sampler_for(search, len(study.get_trials(deepcopy=False)))
             trial = study.ask()
@@ -119,7 +140,7 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
         else:
             plans = [plan for _, _, plan in batch]
             done = set(tracker.done_jobs([j.hash for plan in plans for j in plan.jobs]))
-            names = ", ".join(str(trial.number) for trial, _, _ in batch)
+            names = ", ".join(str(plan.trial) for plan in plans)
             shown = progress_for(tracker, plans, done, f"{sweep.name} trial{'s' if len(batch) > 1 else ''} {names}",
                                  runner.show_progress)
             try:

@@ -28,10 +28,12 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # user attributes: of a trial (ORPHANED also of the study: the numbers of its orphaned trials)
 ORPHANED, ERROR, RUN_ID, POINT = "orphaned", "error", "mlflow_run_id", "point"
+RESUMED_ERRORS = "errors_of_resumed_trials"  # study attribute: trial number -> why it failed
 
 # Fields added to the sweep file after studies were made: left out of a study's name at their
 # default, so adding them did not rename (and orphan) existing studies.
-NEWER_FIELDS = (("instability", "pairs", "all"), ("instability", "schedule", "continue"))
+NEWER_FIELDS = (("instability", "pairs", "all"), ("instability", "schedule", "continue"), ("instability", "align", "none"),
+                ("instability", "align_batches", 4), ("instability", "init", "shared"), ("train", "deterministic", True))
 
 
 def study_name(sweep: SweepConfig) -> str:
@@ -98,16 +100,33 @@ def _enqueue(study: Any, params: dict[str, Any]) -> None:
     study.enqueue_trial(params, user_attrs={POINT: params})
 
 
-def settled(t: Any, retry_before: int | None) -> bool:
+def trial_error(study: Any, t: Any) -> str | None:
+    """Why trial `t` failed: its own attribute, or for a trial resumed after a kill (which this
+    process did not ask, so cannot set attributes on) the study's record of it."""
+    return t.user_attrs.get(ERROR) or study.user_attrs.get(RESUMED_ERRORS, {}).get(str(t.number))
+
+
+def record_resumed_error(study: Any, number: int, message: str) -> None:
+    """Record why resumed trial `number` failed (see `trial_error`)."""
+    study.set_user_attr(RESUMED_ERRORS, {**study.user_attrs.get(RESUMED_ERRORS, {}), str(number): message})
+
+
+def settled(study: Any, t: Any, retry_before: int | None) -> bool:
     """Whether trial `t` covers its point: COMPLETE, or failed for a reason not being retried."""
     if t.state == TrialState.COMPLETE:
         return True
-    failed = t.state == TrialState.FAIL and ERROR in t.user_attrs
+    failed = t.state == TrialState.FAIL and trial_error(study, t) is not None
     return failed and not (retry_before is not None and t.number < retry_before)
 
 
 def settled_count(study: Any, retry_before: int | None) -> int:
-    return sum(settled(t, retry_before) for t in study.get_trials(deepcopy=False))
+    return sum(settled(study, t, retry_before) for t in study.get_trials(deepcopy=False))
+
+
+def resumable(t: Any) -> bool:
+    """Whether a trial left RUNNING by a killed run can go on under its own number: it has its
+    point and its MLflow run (a kill between asking and either leaves it to be failed and asked again)."""
+    return bool(t.params) and RUN_ID in t.user_attrs
 
 
 def orphans(study: Any) -> set[int]:
@@ -117,10 +136,11 @@ def orphans(study: Any) -> set[int]:
 
 
 def fail_orphans(study: Any) -> list[int]:
-    """Trials left RUNNING (by a killed process: the caller holds the sweep lock) -> FAIL, listed in
-    the study's ``orphaned`` first (Optuna has no public way to set a user attribute of a trial this
-    process did not ask)."""
-    numbers = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    """Trials left RUNNING by a killed process (the caller holds the sweep lock) that cannot be
+    resumed (`resumable`) -> FAIL, listed in the study's ``orphaned`` first (Optuna has no public way
+    to set a user attribute of a trial this process did not ask). The others stay RUNNING: the
+    search goes on with them under their own numbers (`search.driver`)."""
+    numbers = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if not resumable(t)]
     if numbers:
         study.set_user_attr(ORPHANED, sorted(set(study.user_attrs.get(ORPHANED, [])) | set(numbers)))
     for number in numbers:
@@ -131,7 +151,7 @@ def fail_orphans(study: Any) -> list[int]:
 def _enqueue_grid(study: Any, search: SearchConfig, retry_before: int | None) -> None:
     """Enqueue every grid point neither covered (`settled`) nor waiting already."""
     taken = {_key(point_of(t)) for t in study.get_trials(deepcopy=False)
-             if settled(t, retry_before) or t.state == TrialState.WAITING}
+             if settled(study, t, retry_before) or t.state in (TrialState.WAITING, TrialState.RUNNING)}
     for point in grid_points(search):
         params = encode_point(search, point)
         if _key(params) not in taken:
@@ -146,7 +166,7 @@ def _requeue(study: Any, retry_before: int | None) -> None:
         if point_of(t):
             latest[_key(point_of(t))] = t
     for key, t in latest.items():
-        if t.state == TrialState.FAIL and not settled(t, retry_before):
+        if t.state == TrialState.FAIL and not settled(study, t, retry_before):
             _enqueue(study, json.loads(key))
 
 
@@ -196,7 +216,7 @@ def trial_plans(sweep: SweepConfig, store_root: str | Path | None = None) -> lis
         if study is not None:
             orphaned = orphans(study)
             asked = [t for t in study.get_trials(deepcopy=False) if point_of(t)
-                     and t.number not in orphaned and t.state != TrialState.RUNNING]
+                     and t.number not in orphaned and (t.state != TrialState.RUNNING or resumable(t))]
         points = [decode_point(search, point_of(t)) for t in asked][:search.trials]
         dry = optuna.create_study(direction=search.objective.direction)
         for i in range(search.trials):
@@ -220,6 +240,6 @@ def study_trials(sweep: SweepConfig, store_root: str | Path) -> list[dict[str, A
         return []
     orphaned = orphans(study)
     return [{"number": t.number, "state": t.state.name, "params": decode_point(sweep.search, point_of(t)),
-             "value": t.value, RUN_ID: t.user_attrs.get(RUN_ID), ERROR: t.user_attrs.get(ERROR),
+             "value": t.value, RUN_ID: t.user_attrs.get(RUN_ID), ERROR: trial_error(study, t),
              ORPHANED: True if t.number in orphaned else None}
             for t in study.get_trials(deepcopy=False)]
