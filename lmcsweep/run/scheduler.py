@@ -52,6 +52,7 @@ class Outcome:
     backfilled: int = 0    # interpolation runs of earlier revisions given the path metrics (`run.paths`)
     names: dict[str, str] = field(default_factory=dict)        # job hash -> its run's name (and trial)
     reused_from: dict[str, str] = field(default_factory=dict)  # job hash -> where it was computed, in words
+    reuses: list[tuple[str, str]] = field(default_factory=list)  # (run name and trial, where it was computed), each reuse
     trials: list[dict[str, Any]] = field(default_factory=list)  # a search's trials (`search.study.study_trials`)
 
     def summary(self, name: str) -> str:
@@ -67,6 +68,11 @@ class Outcome:
         if self.backfilled:
             line += f"\n  {self.backfilled} interpolation runs given the path metrics from their checkpoints"
         return line
+
+
+def _named(tree: "_Tree", job: Job) -> str:
+    """A job's run name, with its trial (a job shared by trials has one hash and one name per trial)."""
+    return job.name + (f" (trial {tree.plan.trial})" if tree.plan.trial is not None else "")
 
 
 class Runner:
@@ -139,7 +145,7 @@ class Runner:
         computed: dict[str, str] = {}  # job hash -> its run, for jobs computed by this call
         order = _waves(trees)
         for t, j, _ in order:
-            outcome.names.setdefault(j.hash, j.name + (f" (trial {t.plan.trial})" if t.plan.trial is not None else ""))
+            outcome.names.setdefault(j.hash, _named(t, j))
         by_wave: dict[int, list[tuple[_Tree, Job]]] = {}
         for t, j, w in order:
             by_wave.setdefault(w, []).append((t, j))
@@ -187,6 +193,7 @@ class Runner:
                 source, tags, extra = tree.done[job.same_as], {**tags, "same_as": job.same_as}, _twin_metrics(job)
             if source is not None:
                 outcome.reused_from[job.hash] = where(job)
+                outcome.reuses.append((_named(tree, job), outcome.reused_from[job.hash]))
                 tree.run_of[job.hash] = tree.done[job.hash] = record_reuse(
                     self.tracker, experiment_id, job, tags, tree.parent_of(job), source,
                     job_params(plan, job, self.provenance), extra)
