@@ -79,6 +79,7 @@ def test_corrupt_final_checkpoint_is_found_and_the_next_run_repairs_it(done, cop
     assert "1 damaged, 0 missing" in found.output
     again = lmc(copy, "run", sweep, "--no-progress")
     assert again.exit_code == 0 and "1 jobs run" in again.output and "1 of them repaired" in again.output
+    assert "  repaired: branch rep 0 k=" in again.output and "(it60.pt damaged)" in again.output, again.output
     assert files(copy) == files(original)
     assert results(copy, "small") == results(original, "small")
     assert lmc(copy, "verify", "small").exit_code == 0

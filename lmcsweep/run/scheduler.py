@@ -47,6 +47,7 @@ class Outcome:
     failed: dict[str, str] = field(default_factory=dict)   # job hash -> error
     blocked: list[str] = field(default_factory=list)        # not run: a parent failed
     repaired: list[str] = field(default_factory=list)       # done before, outputs damaged: run again
+    repaired_why: dict[str, str] = field(default_factory=dict)  # job hash -> its outputs that were not as written
     sweep_run: str | None = None
     seconds: float = 0.0
     backfilled: int = 0    # interpolation runs of earlier revisions given the path metrics (`run.paths`)
@@ -65,6 +66,8 @@ class Outcome:
                     f"({self.seconds:.0f}s)")
             if self.repaired:
                 line += f", {len(self.repaired)} of them repaired (outputs damaged or missing)"
+                line += "\n  repaired: " + "; ".join(f"{self.names.get(h, h)} ({self.repaired_why.get(h, '?')})"
+                                                  for h in self.repaired[:12])
         if self.backfilled:
             line += f"\n  {self.backfilled} interpolation runs given the path metrics from their checkpoints"
         return line
@@ -251,6 +254,7 @@ class Runner:
                 outcome.computed.append(member.hash)
                 if member.hash in self.repairs:
                     outcome.repaired.append(member.hash)
+                    outcome.repaired_why[member.hash] = self.repairs[member.hash]
                 self.computed_runs[run_id] = member.hash
                 _tell(progress, member.hash, "computed")
                 continue
