@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -86,8 +87,10 @@ def test_corrupt_final_checkpoint_is_found_and_the_next_run_repairs_it(done, cop
 
 
 def test_deleted_rewind_checkpoint_is_recomputed_by_verify_repair(done, copy):
-    _, original = done
+    sweep, original = done
     (next(copy.glob("checkpoints/train_*")) / "it20.pt").unlink()
+    planned = lmc(copy, "plan", sweep)  # `run` would train it again: plan counts it as left
+    assert re.search(r"train +1 +0 +1", planned.output) and "1 finished before but" in planned.output, planned.output
     found = lmc(copy, "verify", "small")
     assert found.exit_code == 1 and "(it20.pt missing)" in found.output
     fixed = lmc(copy, "verify", "--repair")
