@@ -212,8 +212,8 @@ def outcome_lines(outcome: Outcome, sweep: SweepConfig) -> list[str]:
     if outcome.computed:
         lines.append(f"  computed ({len(outcome.computed)}): {_listed([outcome.names.get(h, h) for h in outcome.computed])}")
     sources: dict[str, list[str]] = {}
-    for h in outcome.reused:
-        sources.setdefault(outcome.reused_from.get(h, "the store"), []).append(outcome.names.get(h, h))
+    for name, source in outcome.reuses:
+        sources.setdefault(source, []).append(name)
     for source, names in sorted(sources.items()):
         lines.append(f"  reused from {source} ({len(names)}): {_listed(names)}")
     if outcome.blocked:

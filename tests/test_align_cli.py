@@ -45,6 +45,10 @@ def swept(tmp_path_factory):
     store = folder / "store"
     result = _cli(store, "run", "--no-progress", path)
     assert result.exit_code == 0, result.output
+    # trials share the dense networks: each reuse is listed once, under its own trial
+    reused = [n for line in result.output.splitlines() if line.startswith("  reused from")
+              for n in line.split("): ", 1)[1].split(", ")]
+    assert len(reused) == len(set(reused)) and any("(trial 1)" in n for n in reused), result.output
     yield path, store
     torch.set_num_threads(threads)
 

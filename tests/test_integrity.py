@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -79,14 +80,17 @@ def test_corrupt_final_checkpoint_is_found_and_the_next_run_repairs_it(done, cop
     assert "1 damaged, 0 missing" in found.output
     again = lmc(copy, "run", sweep, "--no-progress")
     assert again.exit_code == 0 and "1 jobs run" in again.output and "1 of them repaired" in again.output
+    assert "  repaired: branch rep 0 k=" in again.output and "(it60.pt damaged)" in again.output, again.output
     assert files(copy) == files(original)
     assert results(copy, "small") == results(original, "small")
     assert lmc(copy, "verify", "small").exit_code == 0
 
 
 def test_deleted_rewind_checkpoint_is_recomputed_by_verify_repair(done, copy):
-    _, original = done
+    sweep, original = done
     (next(copy.glob("checkpoints/train_*")) / "it20.pt").unlink()
+    planned = lmc(copy, "plan", sweep)  # `run` would train it again: plan counts it as left
+    assert re.search(r"train +1 +0 +1", planned.output) and "1 finished before but" in planned.output, planned.output
     found = lmc(copy, "verify", "small")
     assert found.exit_code == 1 and "(it20.pt missing)" in found.output
     fixed = lmc(copy, "verify", "--repair")

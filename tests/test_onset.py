@@ -104,6 +104,8 @@ def test_onset_finds_the_full_grids_onset_with_fewer_analyses_and_reuses(cli, tm
     assert train.data.metrics["onset_first_stable"] == row["first_stable"]
     assert train.data.metrics["onset_analyses_new"] == row["analyses_new"]
     assert train.data.tags["lmcsweep.onset"] == f"dense:found:{row['first_stable']}"
+    assert cli("report", "onset", "--out", tmp_path / "report").exit_code == 0  # dashed: the search's threshold
+    assert f"stability threshold, {100 * THRESHOLD:g}%" in (tmp_path / "report/onset/index.html").read_text()
 
     # an overlapping grid: what the first search measured is reused, only the new points computed
     path.write_text(SWEEP.format(name="overlap", rewind=onset("[0it, 1it, 2it, 3it, 5it, 10it]")))

@@ -147,3 +147,18 @@ def test_search_prints_every_trial_and_the_best_and_query_trials_matches_the_stu
         [("grid", t.number, t.params["train.lr"], t.value, "COMPLETE") for t in trials]
     table = lmc(store, "query", "--kind", "trials").stdout.splitlines()
     assert table[0].split()[:5] == ["sweep", "trial", "train.lr", "objective", "state"] and len(table) == 3
+
+
+def test_time_left_names_the_unmeasured_interpolations_when_only_they_are_left(tmp_path):
+    import io
+    from lmcsweep.run.progress import Costs, Progress
+
+    jobs = build_plan(load_sweep(write(tmp_path, "eta"))).jobs
+    iterations = sum(j.iterations for j in jobs if j.kind in ("train", "branch"))
+    assert Progress("eta", jobs, iterations, Costs(), bar=False, stream=io.StringIO()).eta() == ""  # nothing measured
+    shown = Progress("eta", jobs, iterations, Costs(iteration=0.01), bar=False, stream=io.StringIO())
+    assert shown.eta().endswith("s + 2 interpolations")
+    shown.iterations_done, shown.done["networks"] = iterations, 5  # the networks trained: only interpolations left
+    assert shown.eta() == "2 interpolations"
+    shown.done["interpolations"] = 1
+    assert shown.eta() == "1 interpolation"

@@ -179,7 +179,10 @@ def report(ctx: click.Context, sweep_name: str, out: str, superseded: bool) -> N
         click.echo(f"no records of sweep {sweep_name!r} in the store"
                    + ("" if superseded else " (of its current definition; --superseded: of every version)"), err=True)
         sys.exit(2)
-    index = write_report(sweep_name, instability, imp, Path(out), read_curves(tracker, instability))
+    from ..search.onset import onset_records
+    thresholds = {r["threshold"] for r in onset_records(tracker, sweep_name, None if superseded else jobs)}
+    index = write_report(sweep_name, instability, imp, Path(out), read_curves(tracker, instability),
+                         **({"threshold": thresholds.pop()} if len(thresholds) == 1 else {}))
     if publish(tracker, sweep_name, index) is None:
         click.echo(f"sweep {sweep_name!r} has no sweep run in the store: the report is not logged to MLflow", err=True)
     click.echo(str(index))

@@ -69,9 +69,16 @@ def label(*parts: str) -> str:
     return ", ".join(p for p in parts if p)
 
 
-def instability_chart(records: list[dict[str, Any]]):
+def threshold_text(threshold: float) -> str:
+    """What the dashed line is: 'the 2% stability threshold', or an onset search's own."""
+    if threshold == STABLE_THRESHOLD:
+        return "the 2% stability threshold"
+    return f"the onset search's stability threshold, {100 * threshold:g}%"
+
+
+def instability_chart(records: list[dict[str, Any]], threshold: float = STABLE_THRESHOLD):
     """Instability vs k of the dense network (IMP levels: `control_chart`), one line per split and
-    trial; None without records of it."""
+    trial; None without records of it. `threshold`: the dashed line (an onset search's)."""
     groups: dict[tuple, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         if r.get("trained") is not False and r.get("level") is None:
@@ -89,14 +96,14 @@ def instability_chart(records: list[dict[str, Any]]):
         first = by_k[ks[0]][0]
         ax.errorbar(ks, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3,
                     label=label(split, trial_text(first)))
-    ax.axhline(100 * STABLE_THRESHOLD, color="grey", ls="--", lw=1)
+    ax.axhline(100 * threshold, color="grey", ls="--", lw=1)
     _k_axis(ax, sorted({k for g in groups.values() for k in g}))
     ax.set_xlabel("rewind iteration k (the copies train from iteration k to T)")
     ax.set_ylabel("instability (%)")
     caption = (f"Instability (error barrier: max error along the path minus the mean of the two ends) of two "
                f"copies of the dense network trained from iteration k with different SGD noise. Points: mean over "
-               f"{count_text(pairs, reps)} at each k; error bars: ±1 sample std over them. Dashed: the 2% "
-               f"stability threshold. One line per split (test/train) and search trial (its hyperparameters in "
+               f"{count_text(pairs, reps)} at each k; error bars: ±1 sample std over them. Dashed: "
+               f"{threshold_text(threshold)}. One line per split (test/train) and search trial (its hyperparameters in "
                f"brackets).")
     return _finish(plt, fig, [ax], caption), caption
 
@@ -161,7 +168,7 @@ def path_chart(rows: list[dict[str, Any]]):
     return _finish(plt, fig, list(axes[0]), caption), caption
 
 
-def control_chart(rows: list[dict[str, Any]]):
+def control_chart(rows: list[dict[str, Any]], threshold: float = STABLE_THRESHOLD):
     """Instability vs k at each IMP level (a panel each), IMP beside its controls, for one (trial, split)."""
     plt = pyplot()
     levels = sorted({r["level"] for r in rows})
@@ -178,7 +185,7 @@ def control_chart(rows: list[dict[str, Any]]):
                 ax.errorbar([r["rewind"] for r in line], [100 * r["instability_mean"] for r in line],
                             yerr=[100 * r["instability_std"] for r in line], marker="o", capsize=3,
                             color=CONTROL_COLORS[control], label=CONTROL_NAMES[control])
-        ax.axhline(100 * STABLE_THRESHOLD, color="grey", ls="--", lw=1)
+        ax.axhline(100 * threshold, color="grey", ls="--", lw=1)
         _k_axis(ax, ks)
         ax.set_title(f"level {level}: {100 * statistics.fmean(r['density'] for r in at):.1f}% of weights", fontsize=8)
         ax.set_xlabel("rewind iteration k")
@@ -193,7 +200,7 @@ def control_chart(rows: list[dict[str, Any]]):
     caption = (f"Instability vs rewind point k of IMP subnetworks (blue) beside random pruning (red: a random mask "
                f"of the same density) and random reinitialisation (green: the IMP mask on fresh weights), one panel "
                f"per density. Points: mean over {count}"
-               f"; error bars: ±1 sample std over them. Dashed: the 2% stability threshold."
+               f"; error bars: ±1 sample std over them. Dashed: {threshold_text(threshold)}."
                + (f" Not in this sweep: {', '.join(missing)}." if missing else ""))
     return _finish(plt, fig, flat[:len(levels)], caption), caption
 

@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..interpolate import STABLE_THRESHOLD
 from . import charts
 from .figures import control_rows, hp_text, onset_rows, path_rows, trial_text
 
@@ -89,9 +90,10 @@ def _slug(trial: int | None, *rest: Any) -> str:
 
 
 def write_report(sweep: str, instability: list[dict[str, Any]], imp: list[dict[str, Any]], out: Path,
-                 curves: dict[str, dict[str, list[float]]] | None = None) -> Path:
+                 curves: dict[str, dict[str, list[float]]] | None = None, threshold: float = STABLE_THRESHOLD) -> Path:
     """Write out/<sweep>/index.html (self-contained), the figures as PNG files and figures.json;
-    returns the page's path. `curves`: the interpolation runs' error curves (`read_curves`)."""
+    returns the page's path. `curves`: the interpolation runs' error curves (`read_curves`);
+    `threshold`: the stability threshold drawn (an onset search's own, else 2%)."""
     folder = Path(out) / sweep
     folder.mkdir(parents=True, exist_ok=True)
     for old in [*folder.glob("*.png"), folder / DATA]:  # figures of an earlier report of this sweep
@@ -100,7 +102,7 @@ def write_report(sweep: str, instability: list[dict[str, Any]], imp: list[dict[s
     used = ["sweep", "trial", "replicate", "level", "density", "rewind", "control", "split", "instability", "trained"]
 
     page.heading("Instability vs rewind point")
-    drawn = charts.instability_chart(instability)
+    drawn = charts.instability_chart(instability, threshold)
     if drawn:
         rows = [{**{k: r.get(k) for k in used}, "hp": hp_text(r)} for r in instability
                 if r.get("trained") is not False and r.get("level") is None]
@@ -129,7 +131,7 @@ def write_report(sweep: str, instability: list[dict[str, Any]], imp: list[dict[s
         by_trial.setdefault((r["trial"], r["split"]), []).append(r)
     for (trial, split), rows in by_trial.items():
         page.figure(_slug(trial, "controls", split), charts.label(f"{split} instability vs k at each density",
-                    trial_text(rows[0])), charts.control_chart(rows), rows)
+                    trial_text(rows[0])), charts.control_chart(rows, threshold), rows)
     if not by_trial:
         page.note("controls", "No instability records of IMP subnetworks: the sweep needs `imp` with "
                               "`instability: true` (and `controls`) for this figure.")

@@ -17,6 +17,7 @@ from ..tracking import FAILED, FINISHED, RUNNING, Tracker
 from ..plan.build import build_plan
 from ..identity import sweep_fingerprint
 from ..plan.graph import Plan, plan_from_dict, same_study, summary
+from ..run.integrity import outputs
 from ..run.progress import clock
 from ..run.throughput import estimate, measure, resumable
 from .query import Current
@@ -162,9 +163,15 @@ def plan_lines(sweep: SweepConfig, tracker: Tracker) -> list[str]:
     plans = sweep_plans(sweep, tracker.root)
     jobs = {j.hash for p in plans for j in p.jobs}
     done = set(tracker.done_jobs(jobs)) if jobs and tracker.exists() else set()
+    store = Store(tracker.root)
+    # done, but a file the jobs after it read is gone (e.g. the checkpoint at a rewind point added
+    # since): `run` computes it again, so it is left (damaged files are found by `run` and `verify`)
+    lost = {j.hash for p in plans for j in p.jobs if j.hash in done
+            and not all(path.exists() for path in outputs(store, p, j))}
+    done -= lost
     s = summary(plans, done)
     left = jobs - done
-    started = resumable(Store(tracker.root), plans, left) if left else {}
+    started = resumable(store, plans, left) if left else {}
     out = [f"sweep {sweep.name} (experiment {sweep.experiment}, preset {sweep.preset}"
            + (f", {len(plans)} trials" if sweep.search else "") + ")",
            f"  {'kind':<12}{'jobs':>8}{'done':>8}{'left':>8}"]
@@ -173,6 +180,9 @@ def plan_lines(sweep: SweepConfig, tracker: Tracker) -> list[str]:
     out.append(f"  {'total':<12}{s['jobs']:>8}{s['done']:>8}{s['remaining']:>8}")
     if s["twins_remaining"]:
         out.append(f"  of the jobs left, {s['twins_remaining']} (IMP level 0) are the dense ones: reused, not run again")
+    if lost:
+        out.append(f"  of the jobs left, {len(lost)} finished before but their stored outputs are missing "
+                   f"(a checkpoint at a new rewind point, or deleted): they run again")
     if started:
         out.append(f"  of the jobs left, {len(started)} (interrupted) resume from their resume points "
                    f"({sum(d for d, _ in started.values())} of their {sum(t for _, t in started.values())} "

@@ -189,7 +189,7 @@ class Progress:
 
     def eta(self) -> str:
         """The time left, e.g. ``3m05s``; with the part not yet measured named (``40s + 4
-        interpolations``); "" when nothing is measured."""
+        interpolations``, or ``2 interpolations`` when only they are left); "" when nothing is measured."""
         c = self.rates()
         seconds, unknown = 0.0, []
         left_iterations = max(0, self.iterations_total - self.iterations_done - self.iterations_skipped)
@@ -201,11 +201,12 @@ class Progress:
         for name, cost in (("interpolations", c.interpolate), ("prunes", c.prune)):
             left = self.total[name] - self.done[name]
             if left and cost is None:
-                unknown.append(f"{left} {name}")
+                unknown.append(f"{left} {name if left > 1 else name[:-1]}")
             elif left:
                 seconds += left * cost
         if unknown and not seconds:
-            return ""
+            measured = any(x is not None for x in (c.iteration, c.interpolate, c.prune))
+            return " + ".join(unknown) if measured else ""
         return clock(seconds) + "".join(f" + {u}" for u in unknown)
 
     def _counts(self) -> str:

@@ -47,11 +47,13 @@ class Outcome:
     failed: dict[str, str] = field(default_factory=dict)   # job hash -> error
     blocked: list[str] = field(default_factory=list)        # not run: a parent failed
     repaired: list[str] = field(default_factory=list)       # done before, outputs damaged: run again
+    repaired_why: dict[str, str] = field(default_factory=dict)  # job hash -> its outputs that were not as written
     sweep_run: str | None = None
     seconds: float = 0.0
     backfilled: int = 0    # interpolation runs of earlier revisions given the path metrics (`run.paths`)
     names: dict[str, str] = field(default_factory=dict)        # job hash -> its run's name (and trial)
     reused_from: dict[str, str] = field(default_factory=dict)  # job hash -> where it was computed, in words
+    reuses: list[tuple[str, str]] = field(default_factory=list)  # (run name and trial, where it was computed), each reuse
     trials: list[dict[str, Any]] = field(default_factory=list)  # a search's trials (`search.study.study_trials`)
 
     def summary(self, name: str) -> str:
@@ -64,9 +66,16 @@ class Outcome:
                     f"({self.seconds:.0f}s)")
             if self.repaired:
                 line += f", {len(self.repaired)} of them repaired (outputs damaged or missing)"
+                line += "\n  repaired: " + "; ".join(f"{self.names.get(h, h)} ({self.repaired_why.get(h, '?')})"
+                                                  for h in self.repaired[:12])
         if self.backfilled:
             line += f"\n  {self.backfilled} interpolation runs given the path metrics from their checkpoints"
         return line
+
+
+def _named(tree: "_Tree", job: Job) -> str:
+    """A job's run name, with its trial (a job shared by trials has one hash and one name per trial)."""
+    return job.name + (f" (trial {tree.plan.trial})" if tree.plan.trial is not None else "")
 
 
 class Runner:
@@ -139,7 +148,7 @@ class Runner:
         computed: dict[str, str] = {}  # job hash -> its run, for jobs computed by this call
         order = _waves(trees)
         for t, j, _ in order:
-            outcome.names.setdefault(j.hash, j.name + (f" (trial {t.plan.trial})" if t.plan.trial is not None else ""))
+            outcome.names.setdefault(j.hash, _named(t, j))
         by_wave: dict[int, list[tuple[_Tree, Job]]] = {}
         for t, j, w in order:
             by_wave.setdefault(w, []).append((t, j))
@@ -187,6 +196,7 @@ class Runner:
                 source, tags, extra = tree.done[job.same_as], {**tags, "same_as": job.same_as}, _twin_metrics(job)
             if source is not None:
                 outcome.reused_from[job.hash] = where(job)
+                outcome.reuses.append((_named(tree, job), outcome.reused_from[job.hash]))
                 tree.run_of[job.hash] = tree.done[job.hash] = record_reuse(
                     self.tracker, experiment_id, job, tags, tree.parent_of(job), source,
                     job_params(plan, job, self.provenance), extra)
@@ -244,6 +254,7 @@ class Runner:
                 outcome.computed.append(member.hash)
                 if member.hash in self.repairs:
                     outcome.repaired.append(member.hash)
+                    outcome.repaired_why[member.hash] = self.repairs[member.hash]
                 self.computed_runs[run_id] = member.hash
                 _tell(progress, member.hash, "computed")
                 continue
