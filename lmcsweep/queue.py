@@ -329,7 +329,8 @@ class Queue:
             if children:
                 conn.execute(JOBS.update().where(JOBS.c.sweep == row["sweep"], JOBS.c.trial == row["trial"],
                                                  JOBS.c.hash.in_(children), JOBS.c.state == WAITING)
-                             .values(state=FAILED, errors=json.dumps([f"a parent failed: {row['hash']}"])))
+                             .values(state=FAILED, errors=json.dumps([f"a parent failed: {row['hash']}"]),
+                                         ended=time.time()))
             todo = children
 
     def release_dead(self, sweep: str) -> int:

@@ -81,6 +81,7 @@ class Watch:
         self.queue, self.sweep = queue, plans[0].sweep.name
         self.jobs = {(p.trial, j.hash): j for p in plans for j in p.jobs}
         self.trials = {p.trial for p in plans}
+        self.order = {key: i for i, key in enumerate(self.jobs)}  # parents first
         self.before = self._rows()   # what was done before this batch started: "already done"
         self.seen: dict[tuple, tuple] = {}
         self.progress: QueueProgress | None = None
@@ -108,8 +109,8 @@ class Watch:
                     or self.before.get(key, {}).get("state") == DONE:
                 continue
             self.seen[key] = (state, r["ended"])
-            changed.append((r["ended"] or 0.0, key))
-        for _, key in sorted(changed):  # in the order they ended
+            changed.append((r["ended"] or 0.0, self.order[key], key))
+        for *_, key in sorted(changed):  # in the order they ended
             self._ended(self.jobs[key], rows[key])
         self.progress.now_running(where)
         self.every = min(30.0, 4 * (time.monotonic() - began))
