@@ -6,6 +6,7 @@ matching and summaries are logged once they are done."""
 from __future__ import annotations
 
 import time
+from functools import partial
 
 from .config import SlurmConfig, SweepConfig, dataset_of
 from .plan.build import build_plan
@@ -15,18 +16,24 @@ from .records.query import log_matching
 from .records.status import current_of, plan_hashes
 from .records.summary import log_summaries
 from .run.scheduler import Outcome, Runner
+from .run.throughput import progress_for
 from .store import Store
 from .tracking import FAILED, FINISHED, Tracker
+from .watch import QueueProgress, Watch
 from .workers import drive
 
 
 def run_with_workers(sweep: SweepConfig, tracker: Tracker, store: Store, queue: Queue, workers: int,
-                     store_arg: str, tracking_uri: str | None, on_progress=None,
-                     slurm: SlurmConfig | None = None, gpus: list[str] | None = None) -> dict[str, object]:
-    """Run (or resume) a sweep on `workers` local worker processes sharing the job queue: the
-    experiment, the sweep run, the plan and the queue are made here first, then the workers start;
-    IMP matching is logged and the sweep run finished once they are done."""
+                     store_arg: str, tracking_uri: str | None, progress: bool = True,
+                     slurm: SlurmConfig | None = None, gpus: list[str] | None = None) -> tuple[Outcome, list[str]]:
+    """Run (or resume) a sweep on `workers` worker processes sharing the job queue: the
+    experiment, the sweep run, the plan and the queue are made here first, then the workers start,
+    watched through the queue (`watch`: a bar when `progress` and stderr is a terminal, else a line
+    per job); IMP matching is logged and the sweep run finished once they are done. Returns how
+    the jobs ended (as a one-process run's `Outcome`) and a line per worker that exited with an error."""
     started = time.time()
+    running = workers * max(1, len(gpus or []))
+    problems: list[str] = []
     with store.sweep_lock(sweep.name):
         runner = Runner(tracker, store, progress=False)
         runner.dataset(sweep, dataset_of(sweep))  # a missing data set stops here, before any run
@@ -34,21 +41,27 @@ def run_with_workers(sweep: SweepConfig, tracker: Tracker, store: Store, queue: 
         tracker.mark_stale_running(sweep.name)
         run_id = runner.sweep_run(sweep, experiment_id)
         queue.create()
-        result: dict[str, object] = {}
 
         def run_batch(items: list[tuple[Plan, str]], outcome: Outcome) -> None:
             """Plans (a sweep's, or trials') into the store and the queue, then the workers."""
-            for plan, _ in items:
+            plans = [plan for plan, _ in items]
+            for plan in plans:
                 store.save_plan(sweep.name, plan.trial, plan.to_dict())
                 queue.enqueue(sweep.name, plan.trial, [j.to_dict() for j in plan.jobs],
                               set(runner.finished_in_tree(plan)))
-            result.update(drive(sweep, store, queue, workers, store_arg, tracking_uri, on_progress,
-                                slurm=slurm, gpus=gpus))
-            failures = result["failures"]
-            for plan, _ in items:
-                for job in plan.jobs:
-                    if job.hash in failures:
-                        outcome.failed[job.hash] = " | ".join(failures[job.hash])
+            watch = Watch(queue, plans)
+            trials = [str(p.trial) for p in plans if p.trial is not None]
+            label = sweep.name + (f" trial{'s' if len(trials) > 1 else ''} {', '.join(trials)}" if trials else "")
+            watch.progress = progress_for(tracker, plans, watch.done_before(), label, progress,
+                                          make=partial(QueueProgress, workers=running))
+            try:
+                ended = drive(sweep, store, queue, workers, store_arg, tracking_uri, watch.poll, slurm=slurm, gpus=gpus)
+                watch.next_poll = 0.0
+                watch.poll()  # the last jobs' lines
+            finally:
+                watch.progress.close()
+            problems.extend(ended["problems"])
+            watch.settle(outcome)
 
         outcome = Outcome(sweep_run=run_id)
         if sweep.search is not None:
@@ -57,23 +70,17 @@ def run_with_workers(sweep: SweepConfig, tracker: Tracker, store: Store, queue: 
 
             grid = sweep.search.sampler == "grid"  # a grid's points all at once; else a trial per worker
             run_search(sweep, runner, experiment_id, outcome, objective_value,
-                       at_once=1_000_000 if grid else workers * max(1, len(gpus or [])),
-                       run_batch=run_batch)
+                       at_once=1_000_000 if grid else running, run_batch=run_batch)
         elif sweep.instability is not None and sweep.instability.onset is not None:
             from .search.onset import run_onset  # planned round by round, each round on the workers
 
             run_onset(sweep, runner, experiment_id, outcome, False, run_batch=run_batch)
         else:
             run_batch([(build_plan(sweep), run_id)], outcome)
-        if sweep.imp is not None and result.get("done"):
+        if sweep.imp is not None and (outcome.computed or outcome.reused):
             log_matching(tracker, sweep.name, plan_hashes(sweep, store.root))
-        if sweep.instability is not None and result.get("done"):
+        if sweep.instability is not None and (outcome.computed or outcome.reused):
             log_summaries(tracker, sweep.name, current_of(sweep, store.root), run_id)
-        counts = queue.counts(sweep.name)
-        result.update(counts=counts, failures=queue.failures(sweep.name), done=counts.get("done", 0),
-                      failed=counts.get("failed", 0), open=counts.get("waiting", 0) + counts.get("claimed", 0),
-                      trials_failed=[k for k in outcome.failed if k.startswith("trial ")])
-        bad = result["failed"] or result["trials_failed"]
-        tracker.finish(run_id, FAILED if bad else FINISHED if not result["open"] else "KILLED")
-    result["seconds"] = time.time() - started
-    return result
+        tracker.finish(run_id, FAILED if outcome.failed else FINISHED if not outcome.left else "KILLED")
+    outcome.seconds = time.time() - started
+    return outcome, problems

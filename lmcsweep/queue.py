@@ -39,8 +39,14 @@ JOBS = sa.Table(
     sa.Column("lease_until", sa.Float),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("errors", sa.Text, nullable=False, default="[]"),  # JSON: every attempt's error
+    # (added later: `Queue.upgrade` adds them to an older queue) when its last attempt was claimed
+    # and ended, and how it ended: "computed", "reused from ...", "done before"
+    sa.Column("started", sa.Float),
+    sa.Column("ended", sa.Float),
+    sa.Column("how", sa.Text),
     sa.Index("jobs_ready", "state", "position"),
 )
+ADDED = ("started", "ended", "how")
 EDGES = sa.Table(
     "edges", _meta,
     sa.Column("sweep", sa.String(200), primary_key=True),
@@ -97,6 +103,21 @@ class Queue:
         try:
             with self._write() as conn:
                 _meta.create_all(conn)
+        except sa.exc.SQLAlchemyError as exc:
+            raise QueueError(f"job queue {self.uri}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
+        self.upgrade()
+
+    def upgrade(self) -> None:
+        """Add the columns a queue made by an earlier version lacks (`ADDED`); any process may call
+        it: SQLite's write transaction serialises it, PostgreSQL's ``IF NOT EXISTS`` makes it idempotent."""
+        try:
+            with self._write() as conn:
+                have = {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
+                for name in ADDED:
+                    if name not in have:
+                        kind = JOBS.c[name].type.compile(dialect=conn.dialect)
+                        guard = "" if self.sqlite else "IF NOT EXISTS "
+                        conn.exec_driver_sql(f"ALTER TABLE jobs ADD COLUMN {guard}{name} {kind}")
         except sa.exc.SQLAlchemyError as exc:
             raise QueueError(f"job queue {self.uri}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
 
@@ -204,7 +225,7 @@ class Queue:
                 state = CLAIMED if r["attempts"] < self.max_attempts else FAILED
                 conn.execute(JOBS.update().where(*self._key(r)).values(
                     state=state, owner=owner if state == CLAIMED else None, lease_until=now + self.lease,
-                    attempts=r["attempts"] + (state == CLAIMED), errors=json.dumps(errors)))
+                    attempts=r["attempts"] + (state == CLAIMED), errors=json.dumps(errors), started=now, ended=None))
                 r.update(state=state, errors=errors, attempts=r["attempts"] + (state == CLAIMED))
                 if state == FAILED:
                     self._block(conn, r)
@@ -221,19 +242,21 @@ class Queue:
             conn.execute(WORKERS.update().where(WORKERS.c.name == owner).values(heartbeat=time.time()))
         return held == len(rows)
 
-    def complete(self, owner: str, row: dict[str, Any], error: str | None = None) -> bool:
+    def complete(self, owner: str, row: dict[str, Any], error: str | None = None, how: str = "computed") -> bool:
         """Done (or, with `error`, back to waiting, or FAILED after the last attempt) — only while
-        `owner` holds the lease. False when it no longer does (another worker has the job)."""
+        `owner` holds the lease. False when it no longer does (another worker has the job). `how`
+        it was done ("computed", "reused from ..."); the row keeps `owner`, the worker that ended it."""
         with self._write() as conn:
             current = conn.execute(sa.select(JOBS).where(*self._key(row))).first()
             if current is None or current.owner != owner or current.state != CLAIMED:
                 return False
             if error is None:
-                values = {"state": DONE, "owner": None, "lease_until": None}
+                values = {"state": DONE, "lease_until": None, "ended": time.time(), "how": how}
             else:
                 errors = json.loads(current.errors) + [f"attempt {current.attempts}: {error}"]
-                values = {"state": FAILED if current.attempts >= self.max_attempts else WAITING,
-                          "owner": None, "lease_until": None, "errors": json.dumps(errors)}
+                last = current.attempts >= self.max_attempts
+                values = {"state": FAILED if last else WAITING, "owner": owner if last else None,
+                          "lease_until": None, "errors": json.dumps(errors), "ended": time.time(), "how": None}
             conn.execute(JOBS.update().where(*self._key(row)).values(**values))
             if values["state"] == FAILED:
                 self._block(conn, row)
@@ -278,6 +301,17 @@ class Queue:
             return {r.hash: json.loads(r.errors) for r in conn.execute(
                 sa.select(JOBS.c.hash, JOBS.c.errors).where(JOBS.c.sweep == sweep, JOBS.c.state == FAILED))}
 
+    def rows(self, sweep: str, trials: set[int | None] | None = None) -> dict[tuple[int | None, str], dict[str, Any]]:
+        """The jobs of `sweep` (of `trials` when given) as the driver watches them: (trial, hash) ->
+        state, owner (the worker holding it, or that ended it), started, ended, how, lease_until, errors."""
+        c = JOBS.c
+        q = sa.select(c.trial, c.hash, c.state, c.owner, c.started, c.ended, c.how, c.lease_until, c.errors) \
+            .where(c.sweep == sweep)
+        if trials is not None:
+            q = q.where(c.trial.in_([_trial(t) for t in trials]))
+        with self.engine.connect() as conn:
+            return {(None if r.trial < 0 else r.trial, r.hash): dict(r._mapping) for r in conn.execute(q)}
+
     def open_work(self, sweep: str | None = None) -> int:
         """Jobs not done nor failed (a worker stops when there are none)."""
         q = sa.select(sa.func.count()).where(JOBS.c.state.in_([WAITING, CLAIMED]))
@@ -295,7 +329,8 @@ class Queue:
             if children:
                 conn.execute(JOBS.update().where(JOBS.c.sweep == row["sweep"], JOBS.c.trial == row["trial"],
                                                  JOBS.c.hash.in_(children), JOBS.c.state == WAITING)
-                             .values(state=FAILED, errors=json.dumps([f"a parent failed: {row['hash']}"])))
+                             .values(state=FAILED, errors=json.dumps([f"a parent failed: {row['hash']}"]),
+                                         ended=time.time()))
             todo = children
 
     def release_dead(self, sweep: str) -> int:

@@ -186,19 +186,26 @@ def run_sweeps(sweeps: list[SweepConfig], tracker: Tracker, store: Store, progre
     failed = False
     for sweep in sweeps:
         outcome = run_sweep(sweep, tracker, store, progress=progress, retry_failed=retry_failed)
-        echo(outcome.summary(sweep.name))
-        for line in outcome_lines(outcome, sweep):
-            echo(line)
-        for job, error in outcome.failed.items():
-            name = outcome.names.get(job)
-            echo(f"  FAILED {name} [{job}]: {error}" if name else f"  FAILED {job}: {error}", err=True)
-        if outcome.failed:
-            echo("  (a failed job stays failed, whatever is edited: `lmcsweep run --retry-failed` runs it "
-                 "again)", err=True)
+        report(outcome, sweep, echo, "(a failed job stays failed, whatever is edited: `lmcsweep run --retry-failed` "
+                                     "runs it again)")
         failed = failed or bool(outcome.failed)
-        if not outcome.failed:
-            echo(f"  see: lmcsweep query --sweep {sweep.name}    or    lmcsweep ui")
     return failed
+
+
+def report(outcome: Outcome, sweep: SweepConfig, echo, after_failure: str, workers: str = "") -> None:
+    """The end of `lmcsweep run` (in one process or on `workers`): the counts, the jobs by name
+    (`outcome_lines`), each failure with its error (then `after_failure`), where to look next."""
+    summary = outcome.summary(sweep.name)
+    echo(summary[:-1] + f", {workers})" if workers and summary.endswith("s)") else summary)
+    for line in outcome_lines(outcome, sweep):
+        echo(line)
+    for job, error in outcome.failed.items():
+        name = outcome.names.get(job)
+        echo(f"  FAILED {name} [{job}]: {error}" if name else f"  FAILED {job}: {error}", err=True)
+    if outcome.failed:
+        echo(f"  {after_failure}", err=True)
+    elif not outcome.left:
+        echo(f"  see: lmcsweep query --sweep {sweep.name}    or    lmcsweep ui")
 
 
 def _listed(names: list[str], most: int = 12) -> str:
@@ -216,6 +223,9 @@ def outcome_lines(outcome: Outcome, sweep: SweepConfig) -> list[str]:
         sources.setdefault(source, []).append(name)
     for source, names in sorted(sources.items()):
         lines.append(f"  reused from {source} ({len(names)}): {_listed(names)}")
+    if outcome.left:
+        lines.append(f"  not run ({len(outcome.left)}, left in the queue): "
+                     f"{_listed([outcome.names.get(h, h) for h in outcome.left])}")
     if outcome.blocked:
         lines.append(f"  blocked ({len(outcome.blocked)}, a job they need failed): "
                      f"{_listed([outcome.names.get(h, h) for h in outcome.blocked])}")

@@ -71,7 +71,7 @@ def work(tracker: Tracker, store: Store, queue: Queue, sweep: str | None = None,
             raise TrackingUnavailable(down)
         for r in rows:
             error = outcome.failed.get(r["hash"])
-            if not queue.complete(owner, r, error):
+            if not queue.complete(owner, r, error, _how(outcome, r["hash"])):
                 report.lost.append(r["hash"])
             elif error is None:
                 report.done.append(r["hash"])
@@ -80,6 +80,14 @@ def work(tracker: Tracker, store: Store, queue: Queue, sweep: str | None = None,
         queue.running(owner, [])
     queue.unregister(owner)
     return report
+
+
+def _how(outcome: Outcome, job: str) -> str:
+    """How a job ended, for the queue (the driver's summary): computed, reused from where, or done
+    before (an earlier attempt finished its run, then lost its lease)."""
+    if job in outcome.reused:
+        return f"reused from {outcome.reused_from.get(job, 'the store')}"
+    return "done before" if job in outcome.skipped and job not in outcome.computed else "computed"
 
 
 def _plan(store: Store, plans: dict, sweep: str, trial: int) -> Plan:
@@ -146,13 +154,16 @@ def enqueue(sweep: SweepConfig, runner: Runner, queue: Queue, plan: Plan) -> Non
 
 
 def drive(sweep: SweepConfig, store: Store, queue: Queue, workers: int, store_arg: str, tracking_uri: str | None,
-          on_progress=None, poll: float = 1.0, slurm: SlurmConfig | None = None,
+          on_poll=None, poll: float = 1.0, slurm: SlurmConfig | None = None,
           gpus: list[str] | None = None) -> dict[str, object]:
-    """Start `workers` workers on the queued sweep and wait for them: local processes (with `gpus`,
-    `workers` per GPU, each seeing its own through CUDA_VISIBLE_DEVICES), or with `slurm` (sbatch
-    options, the file's and the command line's) a SLURM job array. Returns the queue's counts, the
-    failures (job -> every attempt's error) and how the workers ended. A Ctrl-C stops the workers (their jobs resume when the sweep
-    runs again)."""
+    """Start `workers` workers on the queued sweep and wait for them, calling `on_poll()` every
+    `poll` seconds (the driver's display): local processes (with `gpus`, `workers` per GPU, each
+    seeing its own through CUDA_VISIBLE_DEVICES; their output goes to `<store>/logs/`), or with
+    `slurm` (sbatch options, the file's and the command line's) a SLURM job array. Returns the
+    queue's counts, the failures (job -> every attempt's error) and how the workers ended
+    (`problems`: a line per worker that exited with an error). A Ctrl-C (any exception) stops the
+    local workers (SIGKILL) and puts their claims back at once, or cancels the SLURM tasks (their
+    claims come back when their leases expire); the jobs resume when the sweep runs again."""
     queue.release_dead(sweep.name)  # claims of workers killed with an earlier driver
     base = [sys.executable, "-m", "lmcsweep.cli", "--store", str(Path(store_arg).resolve())]
     if tracking_uri:
@@ -160,7 +171,8 @@ def drive(sweep: SweepConfig, store: Store, queue: Queue, workers: int, store_ar
     if os.environ.get("LMCSWEEP_TRACKING_RETRY"):  # (set by --tracking-retry too) for workers on other nodes
         base += ["--tracking-retry", os.environ["LMCSWEEP_TRACKING_RETRY"]]
     command = base + ["worker", "--queue-uri", queue.uri, "--sweep", sweep.name, "--lease", str(queue.lease)]
-    show = (lambda: on_progress(queue.counts(sweep.name))) if on_progress is not None else (lambda: None)
+    show = on_poll or (lambda: None)
+    problems: list[str] = []
     if slurm is not None:
         from . import slurm as cluster  # submitit: loaded only for a SLURM run
 
@@ -173,7 +185,14 @@ def drive(sweep: SweepConfig, store: Store, queue: Queue, workers: int, store_ar
     else:
         envs = [None] * workers if not gpus else \
             [{**os.environ, "CUDA_VISIBLE_DEVICES": g} for g in gpus for _ in range(workers)]
-        procs = [subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True, env=env) for env in envs]
+        logs = store.root / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        procs, paths = [], []
+        for i, env in enumerate(envs):  # (a worker's output would break the driver's display)
+            paths.append(logs / f"{sweep.name}.worker-{i}.log")
+            with open(paths[-1], "w") as out:
+                procs.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                              start_new_session=True, env=env))
         try:
             while any(p.poll() is None for p in procs):
                 show()
@@ -187,8 +206,13 @@ def drive(sweep: SweepConfig, store: Store, queue: Queue, workers: int, store_ar
             queue.release_dead(sweep.name)
             raise
         ended = [p.returncode for p in procs]
+        for p, path in zip(procs, paths):
+            if p.returncode not in (0, 1):  # (1: a job failed, reported by the queue)
+                lines = path.read_text(errors="replace").strip().splitlines()
+                problems.append(f"worker {p.pid} exited with status {p.returncode}: {lines[-1] if lines else ''} "
+                                f"(its output: {path})")
     show()
     counts = queue.counts(sweep.name)
     return {"counts": counts, "failures": queue.failures(sweep.name), "ended": ended,
             "open": counts.get(WAITING, 0) + counts.get(CLAIMED, 0), "done": counts.get(DONE, 0),
-            "failed": counts.get(FAILED, 0)}
+            "failed": counts.get(FAILED, 0), "problems": problems}

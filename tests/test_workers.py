@@ -5,6 +5,7 @@ loses nothing (its lease expires, another worker resumes the job from its checkp
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmcsweep.config import load_sweep
+from lmcsweep.plan.build import build_plan
 from lmcsweep.queue import Queue, default_uri
 from lmcsweep.tracking import Tracker
 
@@ -62,12 +65,44 @@ def reference(tmp_path_factory):
     return path, one
 
 
-def test_three_workers_compute_each_job_once_with_the_bits_of_one_process(reference, tmp_path):
+LINE = re.compile(r"^\[networks (\d+)/(\d+), interpolations (\d+)/(\d+)\] computed (.+?)  \d+\.\ds  on worker \d+")
+SUMMARY = re.compile(r"^many: (\d+) jobs run, 0 reused from the store, (\d+) already done, 0 failed, 0 blocked "
+                     r"\(\d+s, (\d) workers\)$", re.M)
+
+
+def test_two_workers_shown_by_name_ctrl_c_and_resumed_with_the_bits_of_one_process(reference, tmp_path):
+    """The driver's display through the CLI (stderr a pipe: a line per job as it ends, with its
+    name, worker and time; the summary by name); Ctrl-C of the driver: one line, its workers
+    stopped, their claims back in the queue; the rerun computes the rest, each job once, with the
+    bits of a one-process run."""
     path, one = reference
     many = tmp_path / "many"
-    out = _cli(many, "run", "--workers", "3", path)
-    assert out.returncode == 0, out.stderr
-    assert "14 jobs done, 0 failed, 0 left (3 workers" in out.stdout
+    names = sorted(j.name for j in build_plan(load_sweep(path)).jobs)
+    proc = subprocess.Popen([sys.executable, "-m", "lmcsweep.cli", "--store", str(many), "run", "--workers", "2",
+                             "--no-progress", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    first = proc.stderr.readline()                                  # a job has ended: interrupt
+    assert LINE.match(first), first
+    os.killpg(proc.pid, signal.SIGINT)                              # as a terminal's Ctrl-C (workers: own sessions)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted; run the same command"), err
+    counts = Queue(default_uri(many)).counts("many")
+    assert "claimed" not in counts and 1 <= counts["done"] < 14, counts   # the workers' claims came back at once
+    workers = subprocess.run(["pgrep", "-f", f"--store {many} worker"], capture_output=True, text=True).stdout
+    assert not workers.strip(), workers
+
+    rerun = _cli(many, "run", "--workers", "2", "--no-progress", path)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = SUMMARY.search(rerun.stdout)   # (already done: also a job whose run finished as Ctrl-C came)
+    assert summary and int(summary[1]) + int(summary[2]) == 14 and int(summary[2]) >= counts["done"], rerun.stdout
+    lines = [LINE.match(line) for line in rerun.stderr.splitlines()]
+    assert all(lines) and len(lines) == int(summary[1]), rerun.stderr  # a line per job run, as it ended
+    done = [(int(m[1]), int(m[3])) for m in lines]
+    assert done == sorted(done) and [int(m[2]) + int(m[4]) for m in lines] == [len(lines)] * len(lines)
+    computed = rerun.stdout.splitlines()[1]
+    assert computed.startswith(f"  computed ({len(lines)}): ")
+    assert sorted(m[5] for m in lines) == sorted(computed.split(": ", 1)[1].split(", ")) and set(computed.split(": ", 1)[1].split(", ")) < set(names)
     runs = _computed_runs(many)
     assert len(runs) == len(set(runs)) == 14                       # each job exactly one FINISHED run
     assert sorted(runs) == sorted(_computed_runs(one))
@@ -77,7 +112,8 @@ def test_three_workers_compute_each_job_once_with_the_bits_of_one_process(refere
                                 for line in text.splitlines())     # (column 1: the run id)
     assert strip(query[0]) == strip(query[1])
     again = _cli(many, "run", "--workers", "2", path)               # nothing left: nothing recomputed
-    assert again.returncode == 0 and len(_computed_runs(many)) == 14
+    assert again.returncode == 0 and again.stdout.startswith("many: nothing to do (14 jobs already done)")
+    assert len(_computed_runs(many)) == 14
 
 
 def test_a_worker_killed_mid_job_is_resumed_by_another(reference, tmp_path):
@@ -129,7 +165,8 @@ def test_three_workers_on_postgresql_and_an_mlflow_server(reference, tmp_path):
                 store = tmp_path / "shared"
                 out = _cli(store, "--tracking-uri", server, "run", "--workers", "3", "--queue-uri", queue_uri, path)
                 assert out.returncode == 0, out.stderr
-                assert "14 jobs done, 0 failed, 0 left (3 workers" in out.stdout
+                assert re.search(r"^many: 14 jobs run, 0 reused from the store, 0 already done, 0 failed, 0 blocked "
+                                 r"\(\d+s, 3 workers\)$", out.stdout, re.M), out.stdout   # (MLflow adds "View run" lines)
                 assert not (store / "mlflow.db").exists() and not (store / "queue.db").exists()
                 assert Queue(queue_uri).counts("many") == {"done": 14}
                 runs = [r.data.tags["lmcsweep.job"] for r in Tracker(server, store).runs_of_sweep("many", status="FINISHED")
@@ -181,7 +218,8 @@ def test_workers_as_a_slurm_array_and_a_requeued_task(reference, tmp_path):
                                   "--workers", "1", "--executor", "slurm", "--slurm", "partition=nowhere", path],
                                  env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "14 jobs done, 0 failed, 0 left (2 workers" in out.stdout
+    summary = SUMMARY.search(out.stdout)                                  # (a requeued job may show as done before)
+    assert summary and int(summary[1]) + int(summary[2]) == 14 and summary[3] == "2", out.stdout
     assert requeued
     runs = _computed_runs(store)
     assert len(runs) == len(set(runs)) == 14
@@ -251,13 +289,21 @@ def test_a_grid_search_on_three_workers_asks_each_point_once(tmp_path):
     store = tmp_path / "store"
     out = _cli(store, "run", "--workers", "3", path)
     assert out.returncode == 0, out.stderr
-    assert "16 jobs done, 0 failed, 0 left" in out.stdout
+    assert re.match(r"grid: 16 jobs run, 0 reused from the store, 0 already done, 0 failed, 0 blocked \(\d+s, 3 workers\)",
+                    out.stdout), out.stdout
+    assert len([line for line in out.stderr.splitlines() if line.startswith("[networks ")]) == 16, out.stderr
     study = optuna.load_study(study_name=optuna.get_all_study_names(f"sqlite:///{store / 'optuna.db'}")[0],
                               storage=f"sqlite:///{store / 'optuna.db'}")
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert sorted((t.params["train.lr"], t.params["train.batch_size"]) for t in trials) == \
         [(0.001, 30), (0.001, 60), (0.002, 30), (0.002, 60)]
+    for t in trials:                                # the end-of-run summary: every trial, then the best
+        assert re.search(rf"trial {t.number}\s+lr={t.params['train.lr']} batch_size={t.params['train.batch_size']}\s+"
+                         rf"objective {t.value:.6g}\s+COMPLETE", out.stdout), out.stdout
+    best = min(trials, key=lambda t: t.value)
+    assert f"best: trial {best.number} (train.lr={best.params['train.lr']} train.batch_size=" \
+           f"{best.params['train.batch_size']}): objective {best.value:.6g}" in out.stdout, out.stdout
     runs = [r.data.tags["lmcsweep.job"] for r in Tracker(root=store).runs_of_sweep("grid", status="FINISHED")
             if r.data.tags.get("lmcsweep.origin") == "computed"]
     assert len(runs) == len(set(runs)) == 16

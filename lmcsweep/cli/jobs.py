@@ -32,6 +32,7 @@ def worker(ctx: click.Context, queue_uri: str | None, sweep_name: str | None, ti
         if not queue.exists() or not queue.counts(sweep_name):
             raise QueueError(f"no planned jobs{f' of sweep {sweep_name!r}' if sweep_name else ''} in queue "
                              f"{queue.uri} (`lmcsweep run --plan-only FILE` or `--workers N` plans a sweep)")
+        queue.upgrade()  # a queue planned by an earlier version
         tracker, store = backends(ctx, process=True)
         report = work(tracker, store, queue, sweep_name, time_limit)
         tracker.close()

@@ -71,7 +71,7 @@ def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, plan_only: bo
         if bad:
             raise click.BadParameter(f"{bad[0]!r} is not KEY=VALUE", param_hint="--slurm")
         slurm = list(slurm_options) if executor == "slurm" else None
-        _queued(ctx, load_sweeps(files), workers, queue_uri, slurm, gpus.split(",") if gpus else None)
+        _queued(ctx, files, workers, queue_uri, slurm, gpus.split(",") if gpus else None, progress)
         return
     if dry_run:
         return ctx.invoke(plan, files=files)
@@ -127,26 +127,17 @@ def verify(ctx: click.Context, name: str | None, fix: bool) -> None:
     sys.exit(code)
 
 
-def _queued(ctx: click.Context, sweeps, workers: int | None, queue_uri: str | None, slurm: list[str] | None,
-            gpus: list[str] | None) -> None:
-    """--plan-only (sweeps planned into the store and the queue) or --workers N (and run by N workers)."""
-    from ..data import DataError
-    from ..queue import QueueError
-    from ..store import SweepBusy
-    from ..cluster import run_with_workers
-    from ..sweep import JobError, plan_sweep
-
-    tracker, store = backends(ctx)
+def _queued(ctx: click.Context, files: tuple[str, ...], workers: int | None, queue_uri: str | None,
+            slurm: list[str] | None, gpus: list[str] | None, progress: bool) -> None:
+    """--plan-only (sweeps planned into the store and the queue) or --workers N (and run by N
+    workers, watched as a one-process run is: `watch`). Ctrl-C: one line, exit 130."""
     failed = False
+    try:  # (Ctrl-C from the first moment on, imports included, ends in one line)
+        sweeps = load_sweeps(files)
+        from ..cluster import run_with_workers
+        from ..sweep import plan_sweep, report
 
-    last: list[str] = []
-
-    def show(counts: dict[str, int]) -> None:  # a line when the queue's counts change
-        line = "  jobs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-        if [line] != last:
-            click.echo(line, err=True)
-            last[:] = [line]
-    try:
+        tracker, store = backends(ctx)
         if slurm is not None and workers:  # each sweep's sbatch options, checked before anything is written
             from .. import slurm as cluster
 
@@ -159,20 +150,23 @@ def _queued(ctx: click.Context, sweeps, workers: int | None, queue_uri: str | No
                 click.echo(f"{sweep.name}: planned in {store.root}, its jobs queued in {queue.uri} "
                            f"(`lmcsweep job list {sweep.name}`; `lmcsweep worker` runs them)")
                 continue
-            out = run_with_workers(sweep, tracker, store, queue, workers, ctx.obj["store"], ctx.obj["tracking_uri"],
-                                   show, placed[sweep.name] if slurm is not None else None, gpus)
-            click.echo(f"{sweep.name}: {out['done']} jobs done, {out['failed']} failed, {out['open']} left "
-                       f"({workers} workers{' per GPU' if gpus else ''}, {out['seconds']:.0f}s)")
-            for job, errors in out["failures"].items():
-                click.echo(f"  FAILED {job}: {' | '.join(errors)}", err=True)
-            for trial in out["trials_failed"]:
-                click.echo(f"  FAILED {trial}", err=True)
-            failed = failed or bool(out["failed"] or out["open"] or out["trials_failed"])
+            outcome, problems = run_with_workers(sweep, tracker, store, queue, workers, ctx.obj["store"],
+                                                 ctx.obj["tracking_uri"], progress,
+                                                 placed[sweep.name] if slurm is not None else None, gpus)
+            report(outcome, sweep, click.echo, "(a job fails after 3 attempts; `lmcsweep job list` shows every "
+                   "attempt's error)", f"{workers} workers{' per GPU' if gpus else ''}")
+            for line in problems:
+                click.echo(f"  {line}", err=True)
+            failed = failed or bool(outcome.failed or outcome.left)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; {RESUME}", err=True)
         sys.exit(130)
     except Exception as exc:
-        from ..slurm import SlurmError  # (imported by now if it is what raised)
+        from ..data import DataError  # (imported by now if it is what raised)
+        from ..queue import QueueError
+        from ..slurm import SlurmError
+        from ..store import SweepBusy
+        from ..sweep import JobError
         from ..tracking import TrackingUnavailable
 
         if not isinstance(exc, (JobError, SweepBusy, QueueError, DataError, SlurmError, TrackingUnavailable)):
@@ -180,6 +174,3 @@ def _queued(ctx: click.Context, sweeps, workers: int | None, queue_uri: str | No
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     sys.exit(1 if failed else 0)
-
-
-

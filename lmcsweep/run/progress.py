@@ -212,13 +212,17 @@ class Progress:
     def _counts(self) -> str:
         return ", ".join(f"{name} {self.done[name]}/{self.total[name]}" for name, _ in GROUPS if self.total[name])
 
-    def _show(self, refresh: bool = True) -> None:
-        if self.bar is None:
-            return
+    def describe(self) -> str:
+        """What runs now: ``small wave 1: branch rep 0 k=0 copy 0, copy 1 +2``."""
         names = [self.jobs[h].name for h in self.running if h in self.jobs]
         now = (names[0] + "".join(f", {n.rsplit(' ', 2)[-2] + ' ' + n.rsplit(' ', 1)[-1]}" for n in names[1:2])
                + (f" +{len(names) - 2}" if len(names) > 2 else "")) if names else "-"
-        self.bar.set_description_str(f"{self.label} wave {self.wave}: {now}", refresh=False)
+        return f"{self.label} wave {self.wave}: {now}"
+
+    def _show(self, refresh: bool = True) -> None:
+        if self.bar is None:
+            return
+        self.bar.set_description_str(self.describe(), refresh=False)
         eta = self.eta()
         self.bar.text = f"{self._counts()}, {clock(time.monotonic() - self.started_at)}" + (f" < {eta} left" if eta and eta != "0s" else "")
         if refresh:

@@ -55,15 +55,17 @@ class Outcome:
     reused_from: dict[str, str] = field(default_factory=dict)  # job hash -> where it was computed, in words
     reuses: list[tuple[str, str]] = field(default_factory=list)  # (run name and trial, where it was computed), each reuse
     trials: list[dict[str, Any]] = field(default_factory=list)  # a search's trials (`search.study.study_trials`)
+    left: list[str] = field(default_factory=list)   # on workers: still in the queue when they stopped
 
     def summary(self, name: str) -> str:
         """What a run of sweep `name` did, for `lmcsweep run`."""
-        if not self.computed and not self.reused and not self.failed and not self.blocked:
+        if not self.computed and not self.reused and not self.failed and not self.blocked and not self.left:
             line = f"{name}: nothing to do ({len(self.skipped)} jobs already done)"
         else:
             line = (f"{name}: {len(self.computed)} jobs run, {len(self.reused)} reused from the store, "
-                    f"{len(self.skipped)} already done, {len(self.failed)} failed, {len(self.blocked)} blocked "
-                    f"({self.seconds:.0f}s)")
+                    f"{len(self.skipped)} already done, {len(self.failed)} failed, {len(self.blocked)} blocked"
+                    + (f", {len(self.left)} not run (left in the queue)" if self.left else "")
+                    + f" ({self.seconds:.0f}s)")
             if self.repaired:
                 line += f", {len(self.repaired)} of them repaired (outputs damaged or missing)"
                 line += "\n  repaired: " + "; ".join(f"{self.names.get(h, h)} ({self.repaired_why.get(h, '?')})"

@@ -11,7 +11,7 @@ trained at once (its group, up to the cores) over the iterations of its group.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ..config import dataset_of
 from ..plan.graph import Plan
@@ -143,9 +143,11 @@ def estimate(measured: Measured, plans: list[Plan], left: set[str], trained: dic
     return {"seconds": seconds if any_measured else None, "unmeasured": unmeasured}
 
 
-def progress_for(tracker: Tracker, plans: list[Plan], done: set[str], label: str, bar: bool) -> Progress:
+def progress_for(tracker: Tracker, plans: list[Plan], done: set[str], label: str, bar: bool,
+                 make: Callable[..., Progress] = Progress) -> Progress:
     """The progress display of running `plans` (jobs in `done` left out): a bar when `bar` (and
-    stderr is a terminal), else a line per job; its first guess of the time left from the store."""
+    stderr is a terminal), else a line per job; its first guess of the time left from the store.
+    `make`: the display's class (the workers' driver has its own, `watch.QueueProgress`)."""
     import sys
 
     from ..plan.graph import summary
@@ -157,8 +159,7 @@ def progress_for(tracker: Tracker, plans: list[Plan], done: set[str], label: str
                 seen.add(job.hash)
                 jobs.append(job)
     prior = measure(tracker, plans[0]).costs() if plans else Costs()
-    return Progress(label, jobs, summary(plans, done)["iterations_remaining"], prior,
-                    bar=bar and sys.stderr.isatty())
+    return make(label, jobs, summary(plans, done)["iterations_remaining"], prior, bar=bar and sys.stderr.isatty())
 
 
 def resumable(store: Any, plans: list[Plan], left: set[str]) -> dict[str, tuple[int, int]]:
