@@ -157,3 +157,23 @@ def test_resnet_aligned_through_the_cli(tmp_path):
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     curve = json.loads(Path(client.download_artifacts(r["run_id"], "curve.json")).read_text())["aligned"]
     assert 0 <= curve["check_difference"] <= curve["check_tolerance"] and curve["moved"] > 0.5
+
+
+def test_report_draws_the_aligned_path_beside_the_unaligned(swept, tmp_path):
+    path, store = swept
+    result = _cli(store, "report", "aligned", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "aligned" / "figures.json").read_text())
+    page = (tmp_path / "aligned" / "index.html").read_text()
+    from mlflow.tracking import MlflowClient
+
+    records = json.loads(_cli(store, "query", "--sweep", "aligned", "--format", "json").output)
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    for r in records:  # one pair per trial: each figure's curve is that pair's stored curve
+        trial = r["trial"]
+        for name, key in ((f"trial{trial}-path", "error_test"), (f"trial{trial}-path-aligned", "aligned_error_test")):
+            [row] = data[name]
+            stored = [m.value for m in sorted(client.get_metric_history(r["run_id"], key), key=lambda m: m.step)]
+            assert row["error_mean"] == stored and row["init"] == r["init"]
+        assert data[f"trial{trial}-path-aligned"][0]["aligned"] == r["align"]
+    assert "from different initialisations" in page and f"(align: {records[0]['align']})" in page

@@ -161,8 +161,13 @@ def path_chart(rows: list[dict[str, Any]]):
     what = "the dense network" if first["level"] is None else \
         f"IMP level {first['level']} ({100 * first['density']:.1f}% of weights)"
     fig.suptitle(label(what, trial_text(first)), fontsize=9)
-    caption = (f"Error of the network (1 − alpha)·A + alpha·B on the straight path between two copies of {what} "
-               f"trained from iteration k with different SGD noise, one curve per rewind point k (colour). Curve: "
+    pair = (f"two networks of {what} trained from different initialisations (no shared k)"
+            if first.get("init") == "different" else
+            f"two copies of {what} trained from iteration k with different SGD noise")
+    if first.get("aligned"):
+        pair += f", B's hidden units permuted to match A's first (align: {first['aligned']})"
+    caption = (f"Error of the network (1 − alpha)·A + alpha·B on the straight path between {pair}, "
+               f"one curve per rewind point k (colour). Curve: "
                f"mean over {count_text([r['pairs'] for r in rows], [r['replicates'] for r in rows])} at each "
                f"alpha; band: ±1 sample std over them; n in the legend: pairs behind each curve.")
     return _finish(plt, fig, list(axes[0]), caption), caption

@@ -43,17 +43,19 @@ def _trained(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if r.get("trained") is not False]
 
 
-def path_rows(records: list[dict[str, Any]], curves: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
+def path_rows(records: list[dict[str, Any]], curves: dict[str, dict[str, list[float]]],
+              aligned: bool = False) -> list[dict[str, Any]]:
     """One row per (trial, level, split, rewind point k) of the dense network and of the IMP
     subnetworks (controls left out): the alphas and the mean and sample std over the pairs of every
-    replicate of the error at each alpha. `curves`: run id -> {"alpha": [...], "error_<split>": [...]}
-    (`Tracker.histories`). A run without a stored curve is left out."""
+    replicate of the error at each alpha. `curves`: run id -> {"alpha": [...], "error_<split>": [...],
+    "aligned_error_<split>": [...]} (`Tracker.histories`). With `aligned`, the path after alignment
+    (`instability.align`) of the records that have one. A run without a stored curve is left out."""
     groups: dict[tuple, list[tuple[dict[str, Any], list[float], list[float]]]] = defaultdict(list)
     for r in _trained(records):
-        if r.get("control"):
+        if r.get("control") or (aligned and r.get("align") in (None, "", "none")):
             continue
         curve = curves.get(r["run_id"], {})
-        alphas, error = curve.get("alpha"), curve.get(f"error_{r['split']}")
+        alphas, error = curve.get("alpha"), curve.get(f"{'aligned_' if aligned else ''}error_{r['split']}")
         if not alphas or not error or len(alphas) != len(error):
             continue
         groups[(r["trial"], r["level"], r["split"], r["rewind"], tuple(alphas))].append((r, alphas, error))
@@ -65,7 +67,8 @@ def path_rows(records: list[dict[str, Any]], curves: dict[str, dict[str, list[fl
         rows.append({"trial": trial, "hp": hp_text(first), "level": level,
                      "density": statistics.fmean(m[0]["density"] for m in members), "split": split, "rewind": k,
                      "alpha": list(alphas), "error_mean": [m for m, _ in stats], "error_std": [s for _, s in stats],
-                     "pairs": len(members), "replicates": len({m[0]["replicate"] for m in members})})
+                     "pairs": len(members), "replicates": len({m[0]["replicate"] for m in members}),
+                     "init": first.get("init") or "shared", "aligned": first.get("align") if aligned else None})
     return sorted(rows, key=lambda r: (_order(r["trial"]), _order(r["level"]), r["split"], r["rewind"]))
 
 

@@ -36,7 +36,10 @@ def read_curves(tracker: Any, records: list[dict[str, Any]]) -> dict[str, dict[s
     """run id -> {"alpha": [...], "error_<split>": [...]} of the interpolation runs of `records`, from
     their logged metric histories (reuse records carry them too)."""
     splits = sorted({r["split"] for r in records})
-    return tracker.histories(sorted({r["run_id"] for r in records}), ["alpha"] + [f"error_{s}" for s in splits])
+    keys = ["alpha"] + [f"error_{s}" for s in splits]
+    if any(r.get("align") not in (None, "", "none") for r in records):  # the path after alignment too
+        keys += [f"aligned_error_{s}" for s in splits]
+    return tracker.histories(sorted({r["run_id"] for r in records}), keys)
 
 
 def _table(rows: list[dict[str, Any]], skip: tuple[str, ...] = ("run_id",)) -> str:
@@ -112,14 +115,15 @@ def write_report(sweep: str, instability: list[dict[str, Any]], imp: list[dict[s
                                  "section (or none finished); IMP levels' instability is drawn further down.")
 
     page.heading("Error along the path for each k (paper Fig. 2/5)")
-    path = path_rows(instability, curves or {})
+    path = path_rows(instability, curves or {}) + path_rows(instability, curves or {}, aligned=True)
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in path:
-        groups.setdefault((r["trial"], r["level"]), []).append(r)
-    for (trial, level), rows in groups.items():
+        groups.setdefault((r["trial"], r["level"], r["aligned"]), []).append(r)
+    for (trial, level, aligned), rows in groups.items():
         what = "dense network" if level is None else f"IMP level {level}"
-        page.figure(_slug(trial, "path", None if level is None else f"level{level}"),
-                    charts.label(f"Error along the path, {what}", trial_text(rows[0])),
+        after = f", after alignment ({aligned})" if aligned else ""
+        page.figure(_slug(trial, "path", None if level is None else f"level{level}", "aligned" if aligned else None),
+                    charts.label(f"Error along the path, {what}{after}", trial_text(rows[0])),
                     charts.path_chart(rows), rows)
     if not groups:
         page.note("path", "No stored error curves of trained pairs: nothing to draw along the path.")
