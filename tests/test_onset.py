@@ -196,3 +196,26 @@ def test_onset_plans_only_its_probes_with_the_list_forms_hashes():
     plan = build_plan(imp, probes={(0, None): set(), (0, 1): {5}, (0, 3): {20}})
     levels = {(j.tags["rewind"], j.tags["level"]) for j in plan.jobs if j.kind == "prune"}
     assert levels == {(5, 0), (5, 1), (20, 0), (20, 1), (20, 2), (20, 3)}
+
+
+def test_onset_per_imp_level_through_the_cli(cli, tmp_path, store):
+    """With imp.instability, every IMP level gets its own search over the grid: its bracket agrees
+    with the instability `query` gives for that level at the points it measured."""
+    path = tmp_path / "imp.yaml"
+    short = SWEEP.replace("iterations: 80it", "iterations: 40it").replace("eval_every: 40it", "eval_every: 20it")
+    path.write_text(short.format(name="imponset", rewind=onset("[0it, 5it, 10it, 20it]")) +
+                    "imp: {levels: 1, instability: true}\n")
+    result = cli("run", "--no-progress", path)
+    assert result.exit_code == 0, result.output
+    rows = {r["level"] or 0: r for r in _onset_rows(cli, "imponset")}
+    assert set(rows) == {0, 1}
+    records = json.loads(cli("query", "--sweep", "imponset", "--format", "json").output)
+    for level, row in rows.items():
+        assert row["state"] in ("found", "all_stable", "none_stable") and row["measured"]
+        mine = {str(r["rewind"]): r["instability"] for r in records if (r["level"] or 0) == level}
+        assert {k: pytest.approx(v) for k, v in row["measured"].items()} == {k: mine[k] for k in row["measured"]}
+        if row["first_stable"] is not None:
+            assert mine[str(row["first_stable"])] < THRESHOLD
+        if row["last_unstable"] is not None:
+            assert mine[str(row["last_unstable"])] >= THRESHOLD
+    assert sum(row["analyses_new"] for row in rows.values()) < 2 * 4  # fewer than both full grids
