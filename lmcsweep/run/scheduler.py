@@ -122,8 +122,8 @@ class Runner:
             def report(event: str, job: str, seconds: float | None = None, error: str | None = None) -> None:
                 if event == "start":
                     progress.started(job)
-                else:
-                    progress.ended(job, "failed" if error else "computed", seconds, (error or "")[:200])
+                elif not error:  # a failure is shown once classified (`_run_group`): the store's
+                    progress.ended(job, "computed", seconds)  # failing (a full disk) is one line at the end
             ctx.report = report
         return ctx
 
