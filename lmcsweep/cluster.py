@@ -1,5 +1,6 @@
 """A sweep on many workers, the driver's side: the experiment, the sweep run, the plans (a sweep's,
-or a search's trials as they are asked) and the queue are made here before any worker starts;
+a grid's points, or a random/tpe search's study and trial slots, whose trials the workers ask)
+and the queue are made here before any worker starts;
 the workers (`workers.drive`: local processes, per GPU, or a SLURM array) run the jobs; IMP
 matching and summaries are logged once they are done."""
 
@@ -51,14 +52,23 @@ def run_with_workers(sweep: SweepConfig, tracker: Tracker, store: Store, queue: 
                         outcome.failed[job.hash] = " | ".join(failures[job.hash])
 
         outcome = Outcome(sweep_run=run_id)
-        if sweep.search is not None:
+        if sweep.search is not None and sweep.search.sampler != "grid":  # workers ask and tell its trials
+            from .search.study import study_trials
+            from .worker_trials import open_trials
+
+            target, retry_before = open_trials(sweep, runner, queue, experiment_id, outcome)
+            if target or queue.open_work(sweep.name):
+                result.update(drive(sweep, store, queue, workers, store_arg, tracking_uri, on_progress,
+                                    slurm=slurm, gpus=gpus))
+            for t in study_trials(sweep, store.root):  # failed in this run (earlier ones: reported already)
+                if t["state"] == "FAIL" and t["error"] and (retry_before is None or t["number"] >= retry_before):
+                    outcome.failed[f"trial {t['number']}"] = t["error"]
+        elif sweep.search is not None:
             from .records.objective import objective_value
             from .search.driver import run_search  # optuna: loaded only for a sweep with a search
 
-            grid = sweep.search.sampler == "grid"  # a grid's points all at once; else a trial per worker
-            run_search(sweep, runner, experiment_id, outcome, objective_value,
-                       at_once=1_000_000 if grid else workers * max(1, len(gpus or [])),
-                       run_batch=run_batch)
+            run_search(sweep, runner, experiment_id, outcome, objective_value,  # a grid's points all at once
+                       at_once=1_000_000, run_batch=run_batch)
         elif sweep.instability is not None and sweep.instability.onset is not None:
             from .search.onset import run_onset  # planned round by round, each round on the workers
 

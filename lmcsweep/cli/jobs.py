@@ -23,13 +23,14 @@ def worker(ctx: click.Context, queue_uri: str | None, sweep_name: str | None, ti
     tracking server that does not answer within --tracking-retry seconds stops it (exit 2): the
     jobs it held go back to the queue unfinished."""
     from ..queue import QueueError
+    from ..slots import has_search
     from ..tracking import TrackingUnavailable
     from ..workers import work
 
     queue = None
     try:
         queue = job_queue(ctx, queue_uri, lease)
-        if not queue.exists() or not queue.counts(sweep_name):
+        if not queue.exists() or not (queue.counts(sweep_name) or has_search(queue, sweep_name)):
             raise QueueError(f"no planned jobs{f' of sweep {sweep_name!r}' if sweep_name else ''} in queue "
                              f"{queue.uri} (`lmcsweep run --plan-only FILE` or `--workers N` plans a sweep)")
         tracker, store = backends(ctx, process=True)

@@ -17,7 +17,7 @@ from ..run.throughput import progress_for
 from ..run.together import at_once
 from ..tracking import FAILED, FINISHED
 from .space import decode_point, hp_params, suggest, variant
-from .study import ERROR, RUN_ID, open_study, sampler_for, settled, settled_count, study_trials
+from .study import ERROR, RUN_ID, failure, open_study, sampler_for, settled, settled_count, study_trials
 
 
 def trials_at_once(sweep: SweepConfig) -> int:
@@ -38,6 +38,87 @@ def trial_name(number: int, point: dict[str, Any]) -> str:
     return f"trial {number}: {values}" if values else f"trial {number}"
 
 
+def report_settled(sweep: SweepConfig, study: Any, retry_before: int | None, outcome: Any) -> None:
+    """What earlier runs settled: their jobs count as done (`outcome.skipped`), their failures are
+    reported again (`outcome.failed["trial N"]`)."""
+    attrs = study.user_attrs
+    for t in study.get_trials(deepcopy=False):
+        if not settled(t, retry_before, attrs):
+            continue
+        if t.state == TrialState.FAIL:
+            outcome.failed[f"trial {t.number}"] = failure(t, attrs)
+        else:
+            try:
+                plan = build_plan(variant(sweep, decode_point(sweep.search, t.params)), trial=t.number)
+                outcome.skipped.extend(j.hash for j in plan.jobs)
+            except ConfigError:
+                pass
+
+
+def ask_trial(sweep: SweepConfig, study: Any, tracker: Any, experiment_id: str,
+              parent: str) -> tuple[Any, str, Plan | None, str | None]:
+    """Ask the study for one trial and open its MLflow run (under `parent`, the sweep's run).
+    Returns (trial, its run, its plan, None), or (trial, its run, None, why it cannot run)."""
+    search = sweep.search
+    if search.sampler != "grid":  # seeded by the trial's number (about: others may ask at once)
+        study.sampler = sampler_for(search, len(study.get_trials(deepcopy=False)))
+    trial = study.ask()
+    n = trial.number
+    try:
+        point, problem = suggest(trial, search), None
+    except ValueError as exc:  # e.g. a range both log and stepped
+        point, problem = {}, f"invalid search space: {exc}"
+    params = hp_params(point)
+    trial_run = tracker.start(experiment_id, trial_name(n, point), "trial",
+                              sweep_tags(sweep, {"trial": n, "study": study.study_name}),
+                              parent=parent, params={f"hp.{k}": v for k, v in params.items()})
+    trial.set_user_attr(RUN_ID, trial_run)
+    if problem:
+        return trial, trial_run, None, problem
+    try:
+        return trial, trial_run, build_plan(variant(sweep, point), trial=n, overrides=params,
+                                            study=study.study_name), None
+    except ConfigError as exc:
+        return trial, trial_run, None, f"invalid variant: {exc}"
+
+
+def fail_trial(study: Any, trial: Any, tracker: Any, trial_run: str, message: str) -> None:
+    """Trial failed: recorded on its run and in the study (`trial`: the `Trial` asked, or its
+    number when another process asked it; then the reason is the study's ``error <number>``)."""
+    tracker.set_tags(trial_run, {"error": message[:5000]})
+    tracker.log_text(trial_run, message, "error.txt")
+    tracker.finish(trial_run, FAILED)
+    if isinstance(trial, int):
+        study.set_user_attr(f"{ERROR} {trial}", message[:5000])
+    else:
+        trial.set_user_attr(ERROR, message[:5000])
+    study.tell(trial, state=TrialState.FAIL)
+
+
+def tell_trial(study: Any, trial: Any, tracker: Any, trial_run: str, plan: Plan, outcome_failed: dict[str, str],
+               blocked: Any, objective: Callable[[Any, Plan], float]) -> str | None:
+    """Tell a trial whose jobs have all ended: FAIL if one failed (or was blocked) or the objective
+    cannot be read (then the reason is returned), else its objective value."""
+    hashes = [j.hash for j in plan.jobs]
+    errors = [outcome_failed[h] for h in hashes if h in outcome_failed]
+    stuck = [h for h in hashes if h in blocked]
+    if errors or stuck:
+        message = f"{len(errors)} jobs failed, {len(stuck)} blocked; first: {errors[0] if errors else ''}"
+        fail_trial(study, trial, tracker, trial_run, message)
+        return message
+    try:
+        value = objective(tracker, plan)
+    except LookupError as exc:
+        fail_trial(study, trial, tracker, trial_run, str(exc))
+        return str(exc)
+    if math.isfinite(value):
+        tracker.log_metrics(trial_run, [("objective", value, 0)])
+    tracker.set_tags(trial_run, {"objective": round(value, 12) if math.isfinite(value) else value})
+    study.tell(trial, value)
+    tracker.finish(trial_run, FINISHED)
+    return None
+
+
 def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any,
                objective: Callable[[Any, Plan], float], at_once: int | None = None,
                run_batch: Callable[[list[tuple[Plan, str]], Any], None] | None = None) -> None:
@@ -53,18 +134,7 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
     grid = search.sampler == "grid"
     at_once = at_once or trials_at_once(sweep)
 
-    # What earlier runs settled: their jobs count as done, their failures are reported again.
-    for t in study.get_trials(deepcopy=False):
-        if not settled(t, retry_before):
-            continue
-        if t.state == TrialState.FAIL:
-            outcome.failed[f"trial {t.number}"] = t.user_attrs[ERROR]
-        else:
-            try:
-                plan = build_plan(variant(sweep, decode_point(search, t.params)), trial=t.number)
-                outcome.skipped.extend(j.hash for j in plan.jobs)
-            except ConfigError:
-                pass
+    report_settled(sweep, study, retry_before, outcome)
 
     def room() -> int:
         """How many trials to ask now (0: the search is done)."""
@@ -72,40 +142,15 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
             return min(at_once, len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
         return min(at_once, search.trials - settled_count(study, retry_before))
 
-    def fail(trial: Any, trial_run: str, message: str, listed: bool = False) -> None:
-        """Trial failed: recorded on its run and in the study; in the outcome unless its jobs are (`listed`)."""
-        if not listed:
-            outcome.failed[f"trial {trial.number}"] = message
-        tracker.set_tags(trial_run, {"error": message[:5000]})
-        tracker.log_text(trial_run, message, "error.txt")
-        tracker.finish(trial_run, FAILED)
-        trial.set_user_attr(ERROR, message[:5000])
-        study.tell(trial, state=TrialState.FAIL)
-
     while (n_ask := room()) > 0:
         batch = []  # (trial, its MLflow run, its plan)
         for _ in range(n_ask):
-            if not grid:
-                study.sampler = sampler_for(search, len(study.get_trials(deepcopy=False)))
-            trial = study.ask()
-            n = trial.number
-            try:
-                point, problem = suggest(trial, search), None
-            except ValueError as exc:  # e.g. a range both log and stepped
-                point, problem = {}, f"invalid search space: {exc}"
-            params = hp_params(point)
-            trial_run = tracker.start(experiment_id, trial_name(n, point), "trial",
-                                      sweep_tags(sweep, {"trial": n, "study": study.study_name}),
-                                      parent=outcome.sweep_run, params={f"hp.{k}": v for k, v in params.items()})
-            trial.set_user_attr(RUN_ID, trial_run)
-            if problem:
-                fail(trial, trial_run, problem)
-                continue
-            try:
-                batch.append((trial, trial_run, build_plan(variant(sweep, point), trial=n, overrides=params,
-                                                           study=study.study_name)))
-            except ConfigError as exc:
-                fail(trial, trial_run, f"invalid variant: {exc}")
+            trial, trial_run, plan, problem = ask_trial(sweep, study, tracker, experiment_id, outcome.sweep_run)
+            if plan is None:
+                outcome.failed[f"trial {trial.number}"] = problem
+                fail_trial(study, trial, tracker, trial_run, problem)
+            else:
+                batch.append((trial, trial_run, plan))
         if not batch:
             continue
         items = [(plan, trial_run) for _, trial_run, plan in batch]
@@ -122,21 +167,8 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
             finally:
                 shown.close()
         for trial, trial_run, plan in batch:
-            hashes = [j.hash for j in plan.jobs]
-            errors = [outcome.failed[h] for h in hashes if h in outcome.failed]
-            blocked = [h for h in hashes if h in outcome.blocked]
-            if errors or blocked:
-                message = f"{len(errors)} jobs failed, {len(blocked)} blocked; first: {errors[0] if errors else ''}"
-                fail(trial, trial_run, message, listed=True)
-                continue
-            try:
-                value = objective(tracker, plan)
-            except LookupError as exc:
-                fail(trial, trial_run, str(exc))
-                continue
-            if math.isfinite(value):
-                tracker.log_metrics(trial_run, [("objective", value, 0)])
-            tracker.set_tags(trial_run, {"objective": round(value, 12) if math.isfinite(value) else value})
-            study.tell(trial, value)
-            tracker.finish(trial_run, FINISHED)
+            message = tell_trial(study, trial, tracker, trial_run, plan, outcome.failed, outcome.blocked, objective)
+            if message is not None and not any(j.hash in outcome.failed or j.hash in outcome.blocked
+                                               for j in plan.jobs):
+                outcome.failed[f"trial {trial.number}"] = message  # (a failed job is listed already)
     outcome.trials = study_trials(sweep, runner.store.root)

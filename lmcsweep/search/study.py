@@ -98,22 +98,39 @@ def _enqueue(study: Any, params: dict[str, Any]) -> None:
     study.enqueue_trial(params, user_attrs={POINT: params})
 
 
-def settled(t: Any, retry_before: int | None) -> bool:
+def failure(t: Any, study_attrs: dict[str, Any] | None = None) -> str | None:
+    """Why trial `t` failed: its user attribute ``error``, or, told by a worker that did not ask it
+    (Optuna sets a trial's attributes only through the `Trial` that asked it), the study's
+    ``error <number>``."""
+    return t.user_attrs.get(ERROR) or (study_attrs or {}).get(f"{ERROR} {t.number}")
+
+
+def settled(t: Any, retry_before: int | None, study_attrs: dict[str, Any] | None = None) -> bool:
     """Whether trial `t` covers its point: COMPLETE, or failed for a reason not being retried."""
     if t.state == TrialState.COMPLETE:
         return True
-    failed = t.state == TrialState.FAIL and ERROR in t.user_attrs
+    failed = t.state == TrialState.FAIL and failure(t, study_attrs) is not None
     return failed and not (retry_before is not None and t.number < retry_before)
 
 
 def settled_count(study: Any, retry_before: int | None) -> int:
-    return sum(settled(t, retry_before) for t in study.get_trials(deepcopy=False))
+    attrs = study.user_attrs
+    return sum(settled(t, retry_before, attrs) for t in study.get_trials(deepcopy=False))
 
 
 def orphans(study: Any) -> set[int]:
     """The numbers of the study's orphaned trials (also those marked on the trial, by earlier versions)."""
     marked = {t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get(ORPHANED)}
-    return marked | set(study.user_attrs.get(ORPHANED, []))
+    by_worker = {int(k.split()[1]) for k in study.user_attrs if k.startswith(f"{ORPHANED} ")}  # `orphan()`
+    return marked | set(study.user_attrs.get(ORPHANED, [])) | by_worker
+
+
+def orphan(study: Any, number: int) -> None:
+    """Trial `number`, asked by a worker killed before it queued its jobs, -> FAIL, marked orphaned
+    (by a study attribute of its own: workers marking at once never overwrite each other's)."""
+    study.set_user_attr(f"{ORPHANED} {number}", True)
+    if study.get_trials(deepcopy=False)[number].state == TrialState.RUNNING:
+        study.tell(number, state=TrialState.FAIL)
 
 
 def fail_orphans(study: Any) -> list[int]:
@@ -130,8 +147,9 @@ def fail_orphans(study: Any) -> list[int]:
 
 def _enqueue_grid(study: Any, search: SearchConfig, retry_before: int | None) -> None:
     """Enqueue every grid point neither covered (`settled`) nor waiting already."""
+    attrs = study.user_attrs
     taken = {_key(point_of(t)) for t in study.get_trials(deepcopy=False)
-             if settled(t, retry_before) or t.state == TrialState.WAITING}
+             if settled(t, retry_before, attrs) or t.state == TrialState.WAITING}
     for point in grid_points(search):
         params = encode_point(search, point)
         if _key(params) not in taken:
@@ -142,11 +160,12 @@ def _enqueue_grid(study: Any, search: SearchConfig, retry_before: int | None) ->
 def _requeue(study: Any, retry_before: int | None) -> None:
     """random/tpe: ask again the point of each orphaned (or retried) trial, once."""
     latest: dict[str, Any] = {}
+    attrs = study.user_attrs
     for t in study.get_trials(deepcopy=False):
         if point_of(t):
             latest[_key(point_of(t))] = t
     for key, t in latest.items():
-        if t.state == TrialState.FAIL and not settled(t, retry_before):
+        if t.state == TrialState.FAIL and not settled(t, retry_before, attrs):
             _enqueue(study, json.loads(key))
 
 
@@ -218,8 +237,18 @@ def study_trials(sweep: SweepConfig, store_root: str | Path) -> list[dict[str, A
     study = existing_study(sweep, store_root)
     if study is None:
         return []
-    orphaned = orphans(study)
+    orphaned, attrs = orphans(study), study.user_attrs
     return [{"number": t.number, "state": t.state.name, "params": decode_point(sweep.search, point_of(t)),
-             "value": t.value, RUN_ID: t.user_attrs.get(RUN_ID), ERROR: t.user_attrs.get(ERROR),
+             "value": t.value, RUN_ID: t.user_attrs.get(RUN_ID), ERROR: failure(t, attrs),
              ORPHANED: True if t.number in orphaned else None}
             for t in study.get_trials(deepcopy=False)]
+
+
+def load_study(name: str, storage: str):
+    """A study the driver made (workers open it by name and storage, never create it)."""
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def finished(study: Any, number: int) -> bool:
+    """Whether trial `number` has been told (COMPLETE or FAIL)."""
+    return study.get_trials(deepcopy=False)[number].state in (TrialState.COMPLETE, TrialState.FAIL)

@@ -1,0 +1,109 @@
+"""A random search's trials asked and told by the workers themselves: through the CLI, 3 workers
+ask exactly `trials` trials, each told once with the objective recorded on its run; the trial
+slot counter never hands out more slots than the search has room for, however many processes race."""
+
+from __future__ import annotations
+
+import multiprocessing
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+
+from lmcsweep import slots
+from lmcsweep.queue import Queue, default_uri
+from lmcsweep.tracking import Tracker
+
+RANDOM = """\
+name: rnd
+experiment: tests
+preset: lenet
+data: {dataset: fashion_mnist, subset_train: 300, subset_test: 200}
+train: {iterations: 20it, batch_size: 60, eval_every: 10it, checkpoint_every: 10it, model: {hidden: [16]}}
+replicates: 1
+instability: {rewind: [0it], copies: 2, alphas: 3, train_examples: 200}
+search:
+  sampler: random
+  trials: 5
+  space: {train.lr: {low: 0.001, high: 0.01, log: true}}
+  objective: {metric: instability, split: test, rewind: 0it, direction: minimize}
+"""
+
+
+def test_three_workers_ask_and_tell_a_random_search_exactly_once(tmp_path):
+    path = tmp_path / "rnd.yaml"
+    path.write_text(RANDOM)
+    store = tmp_path / "store"
+    out = subprocess.run([sys.executable, "-m", "lmcsweep.cli", "--store", str(store), "run", "--workers", "3",
+                          path], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    url = f"sqlite:///{store / 'optuna.db'}"
+    study = optuna.load_study(study_name=optuna.get_all_study_names(url)[0], storage=url)
+    trials = study.get_trials(deepcopy=False)
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3, 4]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len({t.params["train.lr"] for t in trials}) == 5
+
+    tracker = Tracker(root=store)
+    runs = tracker.runs_of_sweep("rnd", status="FINISHED")
+    computed = [r.data.tags["lmcsweep.job"] for r in runs if r.data.tags.get("lmcsweep.origin") == "computed"]
+    queue = Queue(default_uri(store))
+    assert queue.counts("rnd") == {"done": len(computed)}  # every queued job ran, once
+    assert len(computed) == len(set(computed)) == 5 * 4      # (train, 2 copies, interpolation) per trial
+    trial_runs = {int(r.data.tags["lmcsweep.trial"]): r for r in runs if r.data.tags.get("lmcsweep.kind") == "trial"}
+    assert sorted(trial_runs) == [0, 1, 2, 3, 4]
+    for t in trials:
+        assert t.value == trial_runs[t.number].data.metrics["objective"]
+        assert t.user_attrs["mlflow_run_id"] == trial_runs[t.number].info.run_id
+        assert (store / "plans" / "rnd" / f"trial-{t.number}" / "plan.json").exists()
+    assert [s["state"] for s in slots.slots_of(queue, "rnd")] == ["told"] * 5
+    assert slots.open_trials(queue, "rnd") == 0
+
+
+def _take_all(uri: str, owner: str, start, out) -> None:
+    queue = Queue(uri)
+    got = []
+    start.wait()  # all at once
+    try:
+        while (slot := slots.take(queue, owner, "race")) is not None:
+            got.append(slot["slot"])
+    except Exception as exc:  # noqa: BLE001 -- e.g. two processes given the same slot
+        got.append(repr(exc))
+    out.put(got)
+
+
+def test_the_slot_counter_never_hands_out_more_slots_than_trials(tmp_path):
+    queue = Queue(default_uri(tmp_path))
+    queue.create()
+    slots.open_search(queue, "race", 120, {"study": "race-0"})
+    ctx = multiprocessing.get_context("spawn")
+    out, start = ctx.Queue(), ctx.Barrier(4)
+    procs = [ctx.Process(target=_take_all, args=(queue.uri, f"w{i}", start, out)) for i in range(4)]
+    for p in procs:
+        p.start()
+    taken = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    errors = [s for got in taken for s in got if isinstance(s, str)]
+    assert not errors, errors
+    every = sorted(s for got in taken for s in got)
+    assert every == list(range(120))               # each slot once, none past the target
+    assert sum(bool(got) for got in taken) >= 3     # (they did race)
+    assert slots.take(queue, "late", "race") is None
+    rows = slots.slots_of(queue, "race")
+    assert len(rows) == 120 and {r["owner"] for r in rows} <= {"w0", "w1", "w2", "w3"}
+
+
+def test_a_slot_whose_asker_died_is_taken_over_once(tmp_path):
+    queue = Queue(default_uri(tmp_path), lease=0.2)
+    queue.create()
+    slots.open_search(queue, "dead", 1, {"study": "dead-0"})
+    first = slots.take(queue, "dies", "dead")
+    slots.asked(queue, "dies", first, 7, "run-7")
+    assert slots.take(queue, "other", "dead") is None   # its lease holds: no room, nothing to take over
+    import time
+    time.sleep(0.3)
+    again = slots.take(queue, "other", "dead")
+    assert again is not None and again["slot"] == first["slot"] and again["trial"] == 7
+    assert slots.take(queue, "third", "dead") is None   # taken over once
