@@ -43,7 +43,13 @@ def test_three_workers_ask_and_tell_a_random_search_exactly_once(tmp_path):
     trials = study.get_trials(deepcopy=False)
     assert sorted(t.number for t in trials) == [0, 1, 2, 3, 4]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    assert len({t.params["train.lr"] for t in trials}) == 5
+    # trial n has the point the sampler seeded by n gives, as in one process (`lmcsweep plan`'s)
+    from lmcsweep.config import load_sweep
+    from lmcsweep.search.study import trial_plans
+
+    expected = [p.overrides["train.lr"] for p in trial_plans(load_sweep(path))]
+    assert [t.params["train.lr"] for t in sorted(trials, key=lambda t: t.number)] == expected
+    assert len(set(expected)) == 5
 
     tracker = Tracker(root=store)
     runs = tracker.runs_of_sweep("rnd", status="FINISHED")
@@ -73,8 +79,8 @@ def _take_all(uri: str, owner: str, start, out) -> None:
     out.put(got)
 
 
-def test_the_slot_counter_never_hands_out_more_slots_than_trials(tmp_path):
-    queue = Queue(default_uri(tmp_path))
+def _race(uri: str) -> None:
+    queue = Queue(uri)
     queue.create()
     slots.open_search(queue, "race", 120, {"study": "race-0"})
     ctx = multiprocessing.get_context("spawn")
@@ -93,6 +99,25 @@ def test_the_slot_counter_never_hands_out_more_slots_than_trials(tmp_path):
     assert slots.take(queue, "late", "race") is None
     rows = slots.slots_of(queue, "race")
     assert len(rows) == 120 and {r["owner"] for r in rows} <= {"w0", "w1", "w2", "w3"}
+
+
+def test_the_slot_counter_never_hands_out_more_slots_than_trials(tmp_path):
+    _race(default_uri(tmp_path))
+
+
+def test_the_slot_counter_on_postgresql(tmp_path):
+    import shutil
+    import tempfile
+
+    from services import create_db, postgres
+
+    folder = Path(tempfile.mkdtemp(prefix="lmcsweep-pg-"))
+    folder.chmod(0o755)
+    try:
+        with postgres(folder / "pg") as base:
+            _race(create_db(base, "queue"))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_a_slot_whose_asker_died_is_taken_over_once(tmp_path):

@@ -60,10 +60,10 @@ def ask_trial(sweep: SweepConfig, study: Any, tracker: Any, experiment_id: str,
     """Ask the study for one trial and open its MLflow run (under `parent`, the sweep's run).
     Returns (trial, its run, its plan, None), or (trial, its run, None, why it cannot run)."""
     search = sweep.search
-    if search.sampler != "grid":  # seeded by the trial's number (about: others may ask at once)
-        study.sampler = sampler_for(search, len(study.get_trials(deepcopy=False)))
     trial = study.ask()
     n = trial.number
+    if search.sampler != "grid":  # seeded by the trial's number (workers asking at once differ);
+        study.sampler = sampler_for(search, n)  # Optuna samples at the first suggest, not at ask
     try:
         point, problem = suggest(trial, search), None
     except ValueError as exc:  # e.g. a range both log and stepped
