@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .queue import CLAIMED, FAILED, JOBS, SEARCHES, SLOTS, WAITING, Queue
+from .queue import CLAIMED, FAILED, JOBS, SEARCHES, SLOTS, WAITING, Queue, QueueError
 
 ASKING, QUEUED, TELLING, TOLD = "asking", "queued", "telling", "told"
 
@@ -77,19 +77,24 @@ def take(queue: Queue, owner: str, sweep: str | None = None) -> dict[str, Any] |
         return {**json.loads(search.spec), "sweep": search.sweep, "slot": search.asked, "trial": None}
 
 
-def asked(queue: Queue, owner: str, slot: dict[str, Any], trial: int, run_id: str) -> None:
-    """The slot's Optuna trial and MLflow run, recorded right after asking."""
+class SlotLost(QueueError):
+    """The slot's lease expired while its worker was asking: another worker has taken it over."""
+
+
+def asked(queue: Queue, owner: str, slot: dict[str, Any], trial: int, run_id: str) -> bool:
+    """The slot's Optuna trial and MLflow run, recorded right after asking (False: slot lost)."""
     with queue.transaction() as conn:
-        conn.execute(SLOTS.update().where(*_key(slot), SLOTS.c.owner == owner)
-                     .values(trial=trial, run_id=run_id, lease_until=time.time() + queue.lease))
+        return conn.execute(SLOTS.update().where(*_key(slot), SLOTS.c.owner == owner, SLOTS.c.state == ASKING)
+                            .values(trial=trial, run_id=run_id, lease_until=time.time() + queue.lease)).rowcount == 1
 
 
 def queued(slot: dict[str, Any], owner: str):
     """`Queue.enqueue(..., also=queued(slot, owner))`: the slot is ``queued`` in the transaction
-    that queues its trial's jobs."""
+    that queues its trial's jobs; `SlotLost` (nothing queued) if another worker took it over."""
     def mark(conn) -> None:
-        conn.execute(SLOTS.update().where(*_key(slot), SLOTS.c.owner == owner)
-                     .values(state=QUEUED, owner=None, lease_until=None))
+        if not conn.execute(SLOTS.update().where(*_key(slot), SLOTS.c.owner == owner, SLOTS.c.state == ASKING)
+                            .values(state=QUEUED, owner=None, lease_until=None)).rowcount:
+            raise SlotLost(f"trial slot {slot['slot']} of search {slot['sweep']!r} was taken over")
     return mark
 
 

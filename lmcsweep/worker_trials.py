@@ -66,14 +66,19 @@ def _ask(runner: Runner, store: Store, queue: Queue, owner: str, slot: dict[str,
     if slot["trial"] is not None:  # its worker died between asking and queueing
         orphan(study, slot["trial"])
     trial, trial_run, plan, problem = ask_trial(sweep, study, runner.tracker, slot["experiment"], slot["parent"])
-    slots.asked(queue, owner, slot, trial.number, trial_run)
-    if plan is None:
-        fail_trial(study, trial, runner.tracker, trial_run, problem)
-        slots.told(queue, owner, slot)
-        return
-    store.save_plan(sweep.name, plan.trial, plan.to_dict())
-    queue.enqueue(sweep.name, plan.trial, [j.to_dict() for j in plan.jobs], set(runner.finished_in_tree(plan)),
-                  also=slots.queued(slot, owner))
+    try:
+        if not slots.asked(queue, owner, slot, trial.number, trial_run):
+            raise slots.SlotLost("taken over")
+        if plan is None:
+            fail_trial(study, trial, runner.tracker, trial_run, problem)
+            slots.told(queue, owner, slot)
+            return
+        store.save_plan(sweep.name, plan.trial, plan.to_dict())
+        queue.enqueue(sweep.name, plan.trial, [j.to_dict() for j in plan.jobs], set(runner.finished_in_tree(plan)),
+                      also=slots.queued(slot, owner))
+    except slots.SlotLost:  # this worker was too slow (its lease expired): the slot is another's now
+        orphan(study, trial.number)
+        runner.tracker.finish(trial_run, "KILLED")
 
 
 def _tell(runner: Runner, store: Store, queue: Queue, owner: str, slot: dict[str, Any]) -> None:
@@ -88,6 +93,10 @@ def _tell(runner: Runner, store: Store, queue: Queue, owner: str, slot: dict[str
         if data is None:
             fail_trial(study, n, runner.tracker, slot["run_id"], f"its plan is not in store {store.root}")
         else:
-            tell_trial(study, n, runner.tracker, slot["run_id"], plan_from_dict(data),
-                       slots.trial_failures(queue, sweep.name, n), set(), objective_value)
+            try:
+                tell_trial(study, n, runner.tracker, slot["run_id"], plan_from_dict(data),
+                           slots.trial_failures(queue, sweep.name, n), set(), objective_value)
+            except ValueError:  # Optuna ("Cannot tell a COMPLETE trial"): told meanwhile by a worker that took over after this one's lease expired
+                if not finished(study, n):
+                    raise
     slots.told(queue, owner, slot)
