@@ -96,7 +96,8 @@ def _tell(runner: Runner, store: Store, queue: Queue, owner: str, slot: dict[str
             try:
                 tell_trial(study, n, runner.tracker, slot["run_id"], plan_from_dict(data),
                            slots.trial_failures(queue, sweep.name, n), set(), objective_value)
-            except ValueError:  # Optuna ("Cannot tell a COMPLETE trial"): told meanwhile by a worker that took over after this one's lease expired
+            except ValueError:  # Optuna: "Cannot tell a COMPLETE trial": told meanwhile (this
+                # worker's lease had expired and another took the telling over)
                 if not finished(study, n):
                     raise
     slots.told(queue, owner, slot)

@@ -19,7 +19,8 @@ from .common import backends, job_queue, main
 def worker(ctx: click.Context, queue_uri: str | None, sweep_name: str | None, time_limit: float | None,
            lease: float | None) -> None:
     """Claim and run jobs of planned sweeps from the job queue until none is left for it (exit 1 if
-    one failed). Start as many as you like, on any machine that sees the store and the queue. A
+    one failed); with no job ready, ask (and queue) the next trial of a random/tpe search opened by
+    `lmcsweep run --workers`, or tell one whose jobs have all ended. Start as many as you like, on any machine that sees the store and the queue. A
     tracking server that does not answer within --tracking-retry seconds stops it (exit 2): the
     jobs it held go back to the queue unfinished."""
     from ..queue import QueueError

@@ -125,8 +125,9 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
     """Ask, run and tell trials until the grid is covered or `trials` trials have settled; up to
     `at_once` (default `trials_at_once`) at a time, run together by `run_batch((plan, trial run)
     pairs, outcome)` (default: `Runner.run_plans` in this process; the queue's workers for
-    `lmcsweep run --workers`). Only this process asks and tells, so each grid point is asked once
-    however many workers run the trials. A finished trial's value is `objective(tracker, plan)`
+    `lmcsweep run --workers`, for a grid). Only this process asks and tells, so each grid point is
+    asked once however many workers run the trials (workers ask random/tpe trials themselves:
+    `lmcsweep.worker_trials`). A finished trial's value is `objective(tracker, plan)`
     (LookupError: the trial fails). The caller holds the sweep lock and has marked RUNNING MLflow
     runs KILLED."""
     tracker, search = runner.tracker, sweep.search
