@@ -101,6 +101,7 @@ def _race(uri: str) -> None:
     assert slots.take(queue, "late", "race") is None
     rows = slots.slots_of(queue, "race")
     assert len(rows) == 120 and {r["owner"] for r in rows} <= {"w0", "w1", "w2", "w3"}
+    queue.engine.dispose()  # (PostgreSQL's smart shutdown waits for open connections)
 
 
 def test_the_slot_counter_never_hands_out_more_slots_than_trials(tmp_path):
