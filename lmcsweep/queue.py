@@ -62,6 +62,25 @@ WORKERS = sa.Table(
     sa.Column("running", sa.Text, nullable=False, default="[]"),  # JSON: job hashes it holds now
     sa.Column("done", sa.Integer, nullable=False, default=0),
 )
+# A random/tpe search's trials, asked by workers (`slots`): a row per search (how many trials it
+# may still ask, how many are asked) and a row per trial slot (its Optuna trial and its state).
+SEARCHES = sa.Table(
+    "searches", _meta,
+    sa.Column("sweep", sa.String(200), primary_key=True),
+    sa.Column("target", sa.Integer, nullable=False),      # trials to ask in this run of the search
+    sa.Column("asked", sa.Integer, nullable=False),       # slots taken so far (never above target)
+    sa.Column("spec", sa.Text, nullable=False),           # JSON: sweep, study, storage, experiment, sweep run
+)
+SLOTS = sa.Table(
+    "trial_slots", _meta,
+    sa.Column("sweep", sa.String(200), primary_key=True),
+    sa.Column("slot", sa.Integer, primary_key=True),
+    sa.Column("trial", sa.Integer),                       # its Optuna trial number, once asked
+    sa.Column("run_id", sa.String(64)),                   # the trial's MLflow run
+    sa.Column("state", sa.String(10), nullable=False),    # asking, queued, telling, told
+    sa.Column("owner", sa.String(200)),
+    sa.Column("lease_until", sa.Float),
+)
 
 
 class QueueError(RuntimeError):
@@ -101,7 +120,7 @@ class Queue:
     def create(self) -> None:
         """Make the tables (once, before any worker starts: concurrent first creation can clash)."""
         try:
-            with self._write() as conn:
+            with self.transaction() as conn:
                 _meta.create_all(conn)
         except sa.exc.SQLAlchemyError as exc:
             raise QueueError(f"job queue {self.uri}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
@@ -111,7 +130,7 @@ class Queue:
         """Add the columns a queue made by an earlier version lacks (`ADDED`); any process may call
         it: SQLite's write transaction serialises it, PostgreSQL's ``IF NOT EXISTS`` makes it idempotent."""
         try:
-            with self._write() as conn:
+            with self.transaction() as conn:
                 have = {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
                 for name in ADDED:
                     if name not in have:
@@ -131,7 +150,7 @@ class Queue:
         except sa.exc.SQLAlchemyError as exc:
             raise QueueError(f"job queue {self.uri} cannot be read: {str(exc).splitlines()[0]}") from None
 
-    def _write(self):
+    def transaction(self):
         """A write transaction: BEGIN IMMEDIATE on SQLite (claims are serialised), a plain one elsewhere."""
         queue = self
 
@@ -157,11 +176,13 @@ class Queue:
         return _Tx()
 
     # -- the driver ------------------------------------------------------------------------
-    def enqueue(self, sweep: str, trial: int | None, jobs: list[dict[str, Any]], done: set[str]) -> int:
+    def enqueue(self, sweep: str, trial: int | None, jobs: list[dict[str, Any]], done: set[str],
+                also=None) -> int:
         """Put the jobs of a plan (`Job.to_dict()` rows, parents first) in the queue, those in
-        `done` as done; rows already there keep their state. Returns how many rows were added."""
+        `done` as done; rows already there keep their state; `also(conn)` in the same transaction.
+        Returns how many rows were added."""
         t = _trial(trial)
-        with self._write() as conn:
+        with self.transaction() as conn:
             have = {r.hash for r in conn.execute(sa.select(JOBS.c.hash).where(
                 JOBS.c.sweep == sweep, JOBS.c.trial == t))}
             rows = [{"sweep": sweep, "trial": t, "hash": j["hash"], "kind": j["kind"], "position": i,
@@ -176,6 +197,8 @@ class Queue:
             conn.execute(JOBS.update().where(JOBS.c.sweep == sweep, JOBS.c.trial == t,
                                              JOBS.c.hash.in_(list(done)), JOBS.c.state != DONE)
                          .values(state=DONE, owner=None, lease_until=None))
+            if also is not None:
+                also(conn)
         return len(rows)
 
     def counts(self, sweep: str | None = None) -> dict[str, int]:
@@ -205,7 +228,7 @@ class Queue:
         # `WAITING OR expired` read and sorted every waiting row: 290 ms at 66,000, docs/cluster.md).
         queries = [sa.select(JOBS).where(JOBS.c.state == CLAIMED, JOBS.c.lease_until < now, ~blocked, ~busy),
                    sa.select(JOBS).where(JOBS.c.state == WAITING, ~blocked, ~busy)]
-        with self._write() as conn:
+        with self.transaction() as conn:
             rows = []
             for query in queries:
                 if sweep is not None:
@@ -233,7 +256,7 @@ class Queue:
 
     def renew(self, owner: str, rows: list[dict[str, Any]]) -> bool:
         """Extend the leases `owner` holds on `rows`; False if it lost any of them."""
-        with self._write() as conn:
+        with self.transaction() as conn:
             held = 0
             for r in rows:
                 held += conn.execute(JOBS.update().where(*self._key(r), JOBS.c.owner == owner,
@@ -246,7 +269,7 @@ class Queue:
         """Done (or, with `error`, back to waiting, or FAILED after the last attempt) — only while
         `owner` holds the lease. False when it no longer does (another worker has the job). `how`
         it was done ("computed", "reused from ..."); the row keeps `owner`, the worker that ended it."""
-        with self._write() as conn:
+        with self.transaction() as conn:
             current = conn.execute(sa.select(JOBS).where(*self._key(row))).first()
             if current is None or current.owner != owner or current.state != CLAIMED:
                 return False
@@ -266,7 +289,7 @@ class Queue:
     def release(self, owner: str, rows: list[dict[str, Any]], why: str) -> None:
         """`owner`'s claims on `rows` go back to waiting at once, not counted as an attempt (the
         worker could not record them: `why`, kept with the job's errors)."""
-        with self._write() as conn:
+        with self.transaction() as conn:
             for r in rows:
                 current = conn.execute(sa.select(JOBS).where(*self._key(r))).first()
                 if current is None or current.owner != owner or current.state != CLAIMED:
@@ -277,18 +300,18 @@ class Queue:
                     errors=json.dumps(errors)))
 
     def register(self, owner: str) -> None:
-        with self._write() as conn:
+        with self.transaction() as conn:
             conn.execute(WORKERS.delete().where(WORKERS.c.name == owner))
             conn.execute(WORKERS.insert().values(name=owner, started=time.time(), heartbeat=time.time(),
                                                  running="[]", done=0))
 
     def unregister(self, owner: str) -> None:
         """A worker that stops cleanly leaves the list (one that dies stays, its heartbeat ageing)."""
-        with self._write() as conn:
+        with self.transaction() as conn:
             conn.execute(WORKERS.delete().where(WORKERS.c.name == owner))
 
     def running(self, owner: str, hashes: list[str]) -> None:
-        with self._write() as conn:
+        with self.transaction() as conn:
             conn.execute(WORKERS.update().where(WORKERS.c.name == owner).values(
                 running=json.dumps(hashes), heartbeat=time.time()))
 
@@ -336,12 +359,10 @@ class Queue:
     def release_dead(self, sweep: str) -> int:
         """Claims of `sweep` held by workers of this host that are no longer alive go back to
         waiting at once (not when their leases expire): a driver starting again after a kill."""
-        host = socket.gethostname()
-        with self._write() as conn:
+        with self.transaction() as conn:
             rows = conn.execute(sa.select(JOBS.c.hash, JOBS.c.trial, JOBS.c.owner).where(
                 JOBS.c.sweep == sweep, JOBS.c.state == CLAIMED)).all()
-            dead = [r for r in rows if r.owner and r.owner.rsplit(":", 1)[0] == host
-                    and not _alive(int(r.owner.rsplit(":", 1)[1]))]
+            dead = [r for r in rows if gone(r.owner)]
             for r in dead:
                 conn.execute(JOBS.update().where(JOBS.c.sweep == sweep, JOBS.c.trial == r.trial, JOBS.c.hash == r.hash)
                              .values(state=WAITING, owner=None, lease_until=None))
@@ -350,6 +371,13 @@ class Queue:
     @staticmethod
     def _key(row: dict[str, Any]):
         return JOBS.c.sweep == row["sweep"], JOBS.c.trial == row["trial"], JOBS.c.hash == row["hash"]
+
+
+def gone(owner: str | None) -> bool:
+    """Whether `owner` (a worker's name, ``host:pid``) is a process of this host that has ended."""
+    if not owner or owner.rsplit(":", 1)[0] != socket.gethostname():
+        return False
+    return not _alive(int(owner.rsplit(":", 1)[1]))
 
 
 def _alive(pid: int) -> bool:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
-from .plan.graph import Plan
+from .plan.graph import Plan, summary
 from .queue import CLAIMED, DONE, FAILED, Queue
 from .run.bodies import KINDS
 from .run.progress import Costs, Progress
@@ -75,17 +76,37 @@ class QueueProgress(Progress):
 
 class Watch:
     """The jobs of one batch of plans (a sweep's, or trials asked together) in the queue, polled
-    while the workers run (`poll`) and read once they are done (`settle`)."""
+    while the workers run (`poll`) and read once they are done (`settle`). `more(trials watched)`,
+    when given, returns the plans of trials queued since (a random/tpe search's, asked by the
+    workers): they join the watch at the next poll."""
 
-    def __init__(self, queue: Queue, plans: list[Plan]):
-        self.queue, self.sweep = queue, plans[0].sweep.name
-        self.jobs = {(p.trial, j.hash): j for p in plans for j in p.jobs}
-        self.trials = {p.trial for p in plans}
-        self.order = {key: i for i, key in enumerate(self.jobs)}  # parents first
-        self.before = self._rows()   # what was done before this batch started: "already done"
+    def __init__(self, queue: Queue, sweep: str, plans: list[Plan], more: Callable[[set], list[Plan]] | None = None):
+        self.queue, self.sweep, self.more = queue, sweep, more
+        self.jobs: dict[tuple, Any] = {}
+        self.trials: set[int | None] = set()
+        self.order: dict[tuple, int] = {}  # parents first
+        self.before: dict[tuple, dict[str, Any]] = {}  # what was done before a plan joined: "already done"
         self.seen: dict[tuple, tuple] = {}
         self.progress: QueueProgress | None = None
         self.next_poll, self.every = 0.0, 0.0
+        self.add(plans)
+        self.since = time.time()  # a plan that joins later: only what was done before now is "already done"
+
+    def add(self, plans: list[Plan]) -> None:
+        new = {(p.trial, j.hash): j for p in plans for j in p.jobs if (p.trial, j.hash) not in self.jobs}
+        if not new:
+            return
+        self.jobs.update(new)
+        self.trials |= {p.trial for p in plans}
+        self.order.update({key: len(self.order) + i for i, key in enumerate(new)})
+        rows = self.queue.rows(self.sweep, {p.trial for p in plans})
+        since = getattr(self, "since", None)
+        self.before.update({k: r for k, r in rows.items() if k in new and (
+            since is None or (r["state"] == DONE and (r["ended"] is None or r["ended"] < since)))})
+        if self.progress is not None:
+            done = self.done_before()
+            left = {h: j for (_, h), j in new.items() if h not in done}
+            self.progress.more(list(left.values()), summary(plans, done)["iterations_remaining"])
 
     def done_before(self) -> set[str]:
         return {h for (t, h), r in self.before.items() if r["state"] == DONE}
@@ -100,6 +121,8 @@ class Watch:
         if self.progress is None or time.monotonic() < self.next_poll:
             return
         began = time.monotonic()
+        if self.more is not None:
+            self.add(self.more(self.trials))
         rows, now, where, changed = self._rows(), time.time(), {}, []
         for key, r in rows.items():
             job, state = self.jobs[key], r["state"]

@@ -5,7 +5,9 @@ its own MLflow run, nested in the sweep's tree) and completes them while it hold
 A worker is `lmcsweep worker`: a process of its own, on this machine (`lmcsweep run --workers N`)
 or on any node that sees the store and the queue's database. It claims as many networks of one
 kind at a time as its cores train side by side, renews their leases on a heartbeat thread, and
-stops when the queue has nothing left for it (or its time limit is reached). A job whose worker was
+stops when the queue has nothing left for it (or its time limit is reached). A worker with no
+ready job asks the next trial of a random/tpe search itself, or tells a trial whose jobs have all
+ended (`worker_trials`). A job whose worker was
 killed is claimed again once its lease expires and resumes from its resume checkpoint. A tracking
 server that stops answering for longer than the retry window (`tracking.patience`) stops the worker
 with `TrackingUnavailable`: its jobs go back to the queue unfinished, to resume when it runs again.
@@ -22,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import slots
 from .config import SlurmConfig, SweepConfig
 from .plan.graph import Plan, plan_from_dict
 from .queue import CLAIMED, DONE, FAILED, WAITING, Queue, QueueError, worker_name
@@ -30,6 +33,7 @@ from .run.scheduler import Outcome, Runner
 from .run.together import at_once
 from .store import Store
 from .tracking import RUNNING, TAG, Tracker, TrackingUnavailable
+from .worker_trials import next_trial
 
 
 @dataclass
@@ -49,9 +53,11 @@ def work(tracker: Tracker, store: Store, queue: Queue, sweep: str | None = None,
     while time_limit is None or time.time() - started < time_limit:
         rows = queue.claim(owner, limit=at_once(pick_device("auto")), sweep=sweep)  # what its cores train at once
         if not rows:
-            if queue.open_work(sweep) == 0:
+            if next_trial(runner, store, queue, owner, sweep):  # a random/tpe trial told or asked
+                continue
+            if queue.open_work(sweep) == 0 and slots.open_trials(queue, sweep) == 0:
                 break
-            time.sleep(poll)  # what is left waits for jobs other workers hold
+            time.sleep(poll)  # what is left waits for jobs (or trials) other workers hold
             continue
         queue.running(owner, [r["hash"] for r in rows])
         stop = threading.Event()

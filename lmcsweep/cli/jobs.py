@@ -19,17 +19,19 @@ from .common import backends, job_queue, main
 def worker(ctx: click.Context, queue_uri: str | None, sweep_name: str | None, time_limit: float | None,
            lease: float | None) -> None:
     """Claim and run jobs of planned sweeps from the job queue until none is left for it (exit 1 if
-    one failed). Start as many as you like, on any machine that sees the store and the queue. A
-    tracking server that does not answer within --tracking-retry seconds stops it (exit 2): the
-    jobs it held go back to the queue unfinished."""
+    one failed); with no job ready, ask (and queue) the next trial of a random/tpe search opened by
+    `lmcsweep run --workers`, or tell one whose jobs have all ended. Start as many as you like, on
+    any machine that sees the store and the queue. A tracking server that does not answer within
+    --tracking-retry seconds stops it (exit 2): the jobs it held go back to the queue unfinished."""
     from ..queue import QueueError
+    from ..slots import has_search
     from ..tracking import TrackingUnavailable
     from ..workers import work
 
     queue = None
     try:
         queue = job_queue(ctx, queue_uri, lease)
-        if not queue.exists() or not queue.counts(sweep_name):
+        if not queue.exists() or not (queue.counts(sweep_name) or has_search(queue, sweep_name)):
             raise QueueError(f"no planned jobs{f' of sweep {sweep_name!r}' if sweep_name else ''} in queue "
                              f"{queue.uri} (`lmcsweep run --plan-only FILE` or `--workers N` plans a sweep)")
         queue.upgrade()  # a queue planned by an earlier version

@@ -85,15 +85,33 @@ class Progress:
         self.training_since: float | None = None   # when the training group now running began
         self.wave, self.running, self.ends = 0, [], {}  # job hash -> how it ended (printed)
         self.lock = threading.Lock()
-        self.bar = None
-        if bar is None:
-            bar = self.stream.isatty()
-        if bar and (iterations or jobs):
-            self.weights = {k: prior.weight(k) for k in ("interpolate", "prune")}
-            work = iterations + sum(self.weights.get(j.kind, 0) for j in jobs if not KINDS[j.kind].trains)
-            self.bar = _bar()(total=round(work), file=self.stream, dynamic_ncols=True, mininterval=0.5, leave=True,
-                              bar_format="{desc} {percentage:3.0f}%|{bar}| {text}")
-            self._show()
+        self.bar, self.want_bar = None, self.stream.isatty() if bar is None else bar
+        if self.want_bar and (iterations or jobs):
+            self._open_bar()
+
+    def _open_bar(self) -> None:
+        self.weights = {k: self.prior.weight(k) for k in ("interpolate", "prune")}
+        work = self.iterations_total + sum(self.weights.get(j.kind, 0) for j in self.jobs.values()
+                                           if not KINDS[j.kind].trains)
+        self.bar = _bar()(total=round(work), file=self.stream, dynamic_ncols=True, mininterval=0.5, leave=True,
+                          bar_format="{desc} {percentage:3.0f}%|{bar}| {text}")
+        self._show()
+
+    def more(self, jobs: list[Job], iterations: int) -> None:
+        """Jobs to run added while it runs (a search's trials, as the workers ask them), with the
+        iterations they train."""
+        with self.lock:
+            new = [j for j in jobs if j.hash not in self.jobs]
+            for j in new:
+                self.jobs[j.hash] = j
+                self.total[group_of(j.kind)] += 1
+            self.iterations_total += iterations
+            if self.bar is None and self.want_bar and self.jobs:
+                self._open_bar()
+            elif self.bar is not None:
+                self.bar.total += round(iterations + sum(self.weights.get(j.kind, 0) for j in new
+                                                         if not KINDS[j.kind].trains))
+                self._show()
 
     # -- events -------------------------------------------------------------------------------
     def begin(self, wave: int, jobs: list[Job]) -> None:

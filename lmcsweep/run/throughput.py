@@ -144,10 +144,11 @@ def estimate(measured: Measured, plans: list[Plan], left: set[str], trained: dic
 
 
 def progress_for(tracker: Tracker, plans: list[Plan], done: set[str], label: str, bar: bool,
-                 make: Callable[..., Progress] = Progress) -> Progress:
+                 make: Callable[..., Progress] = Progress, like: Plan | None = None) -> Progress:
     """The progress display of running `plans` (jobs in `done` left out): a bar when `bar` (and
-    stderr is a terminal), else a line per job; its first guess of the time left from the store.
-    `make`: the display's class (the workers' driver has its own, `watch.QueueProgress`)."""
+    stderr is a terminal), else a line per job; its first guess of the time left from the store
+    (measured on `plans[0]`'s networks, or `like`'s when there are no plans yet). `make`: the
+    display's class (the workers' driver has its own, `watch.QueueProgress`)."""
     import sys
 
     from ..plan.graph import summary
@@ -158,7 +159,8 @@ def progress_for(tracker: Tracker, plans: list[Plan], done: set[str], label: str
             if job.hash not in done and job.hash not in seen:
                 seen.add(job.hash)
                 jobs.append(job)
-    prior = measure(tracker, plans[0]).costs() if plans else Costs()
+    first = plans[0] if plans else like
+    prior = measure(tracker, first).costs() if first is not None else Costs()
     return make(label, jobs, summary(plans, done)["iterations_remaining"], prior, bar=bar and sys.stderr.isatty())
 
 

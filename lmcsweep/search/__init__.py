@@ -22,5 +22,8 @@ Contract:
 - a grid is covered exactly once: every point ends with one COMPLETE trial (or a failure),
   also across interruptions (its uncovered points are enqueued and asked in turn); random and tpe run until ``trials`` trials have settled;
 - on CPU, grid and random trials are asked `trials_at_once` at a time and run together
-  (`Runner.run_plans`); tpe, whose points depend on finished trials, asks one at a time.
+  (`Runner.run_plans`); tpe, whose points depend on finished trials, asks one at a time;
+- on workers (`lmcsweep run --workers`), a grid is asked by the driver (`run_search`, all points
+  at once); random and tpe trials are asked and told by the workers themselves (`ask_trial`,
+  `tell_trial`, `fail_trial` from `lmcsweep.worker_trials`), never more than ``trials`` in all.
 """

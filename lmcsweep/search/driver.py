@@ -18,8 +18,7 @@ from ..run.together import at_once
 from ..store import check_file
 from ..tracking import FAILED, FINISHED
 from .space import decode_point, hp_params, suggest, variant
-from .study import (ERROR, RUN_ID, open_study, record_resumed_error, sampler_for, settled, settled_count,
-                    study_trials, trial_error)
+from .study import ERROR, RUN_ID, failure, open_study, sampler_for, settled, settled_count, study_trials
 
 
 def trials_at_once(sweep: SweepConfig) -> int:
@@ -40,14 +39,100 @@ def trial_name(number: int, point: dict[str, Any]) -> str:
     return f"trial {number}: {values}" if values else f"trial {number}"
 
 
+def report_settled(sweep: SweepConfig, study: Any, store: Any, retry_before: int | None, outcome: Any) -> None:
+    """What earlier runs settled: their jobs count as done (`outcome.skipped`), their failures are
+    reported again (`outcome.failed["trial N"]`); a settled trial's plan file, damaged or deleted,
+    is written again."""
+    attrs = study.user_attrs
+    for t in study.get_trials(deepcopy=False):
+        if not settled(t, retry_before, attrs):
+            continue
+        if t.state == TrialState.FAIL:
+            outcome.failed[f"trial {t.number}"] = failure(t, attrs)
+            continue
+        try:
+            point = decode_point(sweep.search, t.params)
+            plan = build_plan(variant(sweep, point), trial=t.number, overrides=hp_params(point), study=study.study_name)
+        except ConfigError:
+            continue
+        outcome.skipped.extend(j.hash for j in plan.jobs)
+        if check_file(store.plan_path(sweep.name, t.number)) in ("damaged", "missing"):
+            store.save_plan(sweep.name, t.number, plan.to_dict())
+
+
+def ask_trial(sweep: SweepConfig, study: Any, tracker: Any, experiment_id: str,
+              parent: str) -> tuple[Any, str, Plan | None, str | None]:
+    """Ask the study for one trial and open its MLflow run (under `parent`, the sweep's run).
+    Returns (trial, its run, its plan, None), or (trial, its run, None, why it cannot run)."""
+    search = sweep.search
+    trial = study.ask()
+    n = trial.number
+    if search.sampler != "grid":  # seeded by the trial's number (workers asking at once differ);
+        study.sampler = sampler_for(search, n)  # Optuna samples at the first suggest, not at ask
+    try:
+        point, problem = suggest(trial, search), None
+    except ValueError as exc:  # e.g. a range both log and stepped
+        point, problem = {}, f"invalid search space: {exc}"
+    params = hp_params(point)
+    trial_run = tracker.start(experiment_id, trial_name(n, point), "trial",
+                              sweep_tags(sweep, {"trial": n, "study": study.study_name}),
+                              parent=parent, params={f"hp.{k}": v for k, v in params.items()})
+    trial.set_user_attr(RUN_ID, trial_run)
+    if problem:
+        return trial, trial_run, None, problem
+    try:
+        return trial, trial_run, build_plan(variant(sweep, point), trial=n, overrides=params,
+                                            study=study.study_name), None
+    except ConfigError as exc:
+        return trial, trial_run, None, f"invalid variant: {exc}"
+
+
+def fail_trial(study: Any, trial: Any, tracker: Any, trial_run: str, message: str) -> None:
+    """Trial failed: recorded on its run and in the study (`trial`: the `Trial` asked, or its
+    number when another process asked it; then the reason is the study's ``error <number>``)."""
+    tracker.set_tags(trial_run, {"error": message[:5000]})
+    tracker.log_text(trial_run, message, "error.txt")
+    tracker.finish(trial_run, FAILED)
+    if isinstance(trial, int):
+        study.set_user_attr(f"{ERROR} {trial}", message[:5000])
+    else:
+        trial.set_user_attr(ERROR, message[:5000])
+    study.tell(trial, state=TrialState.FAIL)
+
+
+def tell_trial(study: Any, trial: Any, tracker: Any, trial_run: str, plan: Plan, outcome_failed: dict[str, str],
+               blocked: Any, objective: Callable[[Any, Plan], float]) -> str | None:
+    """Tell a trial whose jobs have all ended: FAIL if one failed (or was blocked) or the objective
+    cannot be read (then the reason is returned), else its objective value."""
+    hashes = [j.hash for j in plan.jobs]
+    errors = [outcome_failed[h] for h in hashes if h in outcome_failed]
+    stuck = [h for h in hashes if h in blocked]
+    if errors or stuck:
+        message = f"{len(errors)} jobs failed, {len(stuck)} blocked; first: {errors[0] if errors else ''}"
+        fail_trial(study, trial, tracker, trial_run, message)
+        return message
+    try:
+        value = objective(tracker, plan)
+    except LookupError as exc:
+        fail_trial(study, trial, tracker, trial_run, str(exc))
+        return str(exc)
+    if math.isfinite(value):
+        tracker.log_metrics(trial_run, [("objective", value, 0)])
+    tracker.set_tags(trial_run, {"objective": round(value, 12) if math.isfinite(value) else value})
+    study.tell(trial, value)
+    tracker.finish(trial_run, FINISHED)
+    return None
+
+
 def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any,
                objective: Callable[[Any, Plan], float], at_once: int | None = None,
                run_batch: Callable[[list[tuple[Plan, str]], Any], None] | None = None) -> None:
     """Ask, run and tell trials until the grid is covered or `trials` trials have settled; up to
     `at_once` (default `trials_at_once`) at a time, run together by `run_batch((plan, trial run)
     pairs, outcome)` (default: `Runner.run_plans` in this process; the queue's workers for
-    `lmcsweep run --workers`). Only this process asks and tells, so each grid point is asked once
-    however many workers run the trials. A finished trial's value is `objective(tracker, plan)`
+    `lmcsweep run --workers`, for a grid). Only this process asks and tells, so each grid point is
+    asked once however many workers run the trials (workers ask random/tpe trials themselves:
+    `lmcsweep.worker_trials`). A finished trial's value is `objective(tracker, plan)`
     (LookupError: the trial fails). The caller holds the sweep lock and has marked RUNNING MLflow
     runs KILLED."""
     tracker, search = runner.tracker, sweep.search
@@ -55,22 +140,7 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
     grid = search.sampler == "grid"
     at_once = at_once or trials_at_once(sweep)
 
-    # What earlier runs settled: their jobs count as done, their failures are reported again.
-    for t in study.get_trials(deepcopy=False):
-        if not settled(study, t, retry_before):
-            continue
-        if t.state == TrialState.FAIL:
-            outcome.failed[f"trial {t.number}"] = trial_error(study, t)
-        else:
-            try:
-                point = decode_point(search, t.params)
-                plan = build_plan(variant(sweep, point), trial=t.number, overrides=hp_params(point),
-                                  study=study.study_name)
-                outcome.skipped.extend(j.hash for j in plan.jobs)
-            except ConfigError:
-                continue
-            if check_file(runner.store.plan_path(sweep.name, t.number)) in ("damaged", "missing"):
-                runner.store.save_plan(sweep.name, t.number, plan.to_dict())  # its file damaged or deleted
+    report_settled(sweep, study, runner.store, retry_before, outcome)
 
     # Trials a killed run left RUNNING go on first, under their own numbers and MLflow runs (their
     # finished jobs are found done, an interrupted one resumes), so a kill changes no trial number.
@@ -78,23 +148,9 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
 
     def room() -> int:
         """How many trials to run now (0: the search is done)."""
-        if grid:  # the points open_study enqueued and not asked yet
+        if grid:  # the trials resumed and the points open_study enqueued and not asked yet
             return min(at_once, len(resumed) + len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
         return min(at_once, search.trials - settled_count(study, retry_before))
-
-    def fail(trial: Any, trial_run: str, message: str, listed: bool = False) -> None:
-        """Trial failed: recorded on its run and in the study; in the outcome unless its jobs are (`listed`)."""
-        number = trial if isinstance(trial, int) else trial.number
-        if not listed:
-            outcome.failed[f"trial {number}"] = message
-        tracker.set_tags(trial_run, {"error": message[:5000]})
-        tracker.log_text(trial_run, message, "error.txt")
-        tracker.finish(trial_run, FAILED)
-        if isinstance(trial, int):  # resumed: not asked by this process
-            record_resumed_error(study, number, message[:5000])
-        else:
-            trial.set_user_attr(ERROR, message[:5000])
-        study.tell(trial, state=TrialState.FAIL)
 
     while (n_ask := room()) > 0:
         batch = []  # (trial, or a resumed trial's number; its MLflow run; its plan)
@@ -106,32 +162,18 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
                 batch.append((t.number, trial_run, build_plan(variant(sweep, point), trial=t.number,
                                                               overrides=hp_params(point), study=study.study_name)))
             except ConfigError as exc:
-                fail(t.number, trial_run, f"invalid variant: {exc}")
+                outcome.failed[f"trial {t.number}"] = f"invalid variant: {exc}"
+                fail_trial(study, t.number, tracker, trial_run, f"invalid variant: {exc}")
         asks = n_ask - len(batch)
         if grid:
             asks = min(asks, len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))))
         for _ in range(asks):
-            if not grid:
-                study.sampler = sampler_for(search, len(study.get_trials(deepcopy=False)))
-            trial = study.ask()
-            n = trial.number
-            try:
-                point, problem = suggest(trial, search), None
-            except ValueError as exc:  # e.g. a range both log and stepped
-                point, problem = {}, f"invalid search space: {exc}"
-            params = hp_params(point)
-            trial_run = tracker.start(experiment_id, trial_name(n, point), "trial",
-                                      sweep_tags(sweep, {"trial": n, "study": study.study_name}),
-                                      parent=outcome.sweep_run, params={f"hp.{k}": v for k, v in params.items()})
-            trial.set_user_attr(RUN_ID, trial_run)
-            if problem:
-                fail(trial, trial_run, problem)
-                continue
-            try:
-                batch.append((trial, trial_run, build_plan(variant(sweep, point), trial=n, overrides=params,
-                                                           study=study.study_name)))
-            except ConfigError as exc:
-                fail(trial, trial_run, f"invalid variant: {exc}")
+            trial, trial_run, plan, problem = ask_trial(sweep, study, tracker, experiment_id, outcome.sweep_run)
+            if plan is None:
+                outcome.failed[f"trial {trial.number}"] = problem
+                fail_trial(study, trial, tracker, trial_run, problem)
+            else:
+                batch.append((trial, trial_run, plan))
         if not batch:
             continue
         items = [(plan, trial_run) for _, trial_run, plan in batch]
@@ -148,21 +190,8 @@ def run_search(sweep: SweepConfig, runner: Any, experiment_id: str, outcome: Any
             finally:
                 shown.close()
         for trial, trial_run, plan in batch:
-            hashes = [j.hash for j in plan.jobs]
-            errors = [outcome.failed[h] for h in hashes if h in outcome.failed]
-            blocked = [h for h in hashes if h in outcome.blocked]
-            if errors or blocked:
-                message = f"{len(errors)} jobs failed, {len(blocked)} blocked; first: {errors[0] if errors else ''}"
-                fail(trial, trial_run, message, listed=True)
-                continue
-            try:
-                value = objective(tracker, plan)
-            except LookupError as exc:
-                fail(trial, trial_run, str(exc))
-                continue
-            if math.isfinite(value):
-                tracker.log_metrics(trial_run, [("objective", value, 0)])
-            tracker.set_tags(trial_run, {"objective": round(value, 12) if math.isfinite(value) else value})
-            study.tell(trial, value)
-            tracker.finish(trial_run, FINISHED)
+            message = tell_trial(study, trial, tracker, trial_run, plan, outcome.failed, outcome.blocked, objective)
+            if message is not None and not any(j.hash in outcome.failed or j.hash in outcome.blocked
+                                               for j in plan.jobs):
+                outcome.failed[f"trial {plan.trial}"] = message  # (a failed job is listed already)
     outcome.trials = study_trials(sweep, runner.store.root)

@@ -28,7 +28,6 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # user attributes: of a trial (ORPHANED also of the study: the numbers of its orphaned trials)
 ORPHANED, ERROR, RUN_ID, POINT = "orphaned", "error", "mlflow_run_id", "point"
-RESUMED_ERRORS = "errors_of_resumed_trials"  # study attribute: trial number -> why it failed
 
 # Fields added to the sweep file after studies were made: left out of a study's name at their
 # default, so adding them did not rename (and orphan) existing studies.
@@ -100,27 +99,25 @@ def _enqueue(study: Any, params: dict[str, Any]) -> None:
     study.enqueue_trial(params, user_attrs={POINT: params})
 
 
-def trial_error(study: Any, t: Any) -> str | None:
-    """Why trial `t` failed: its own attribute, or for a trial resumed after a kill (which this
-    process did not ask, so cannot set attributes on) the study's record of it."""
-    return t.user_attrs.get(ERROR) or study.user_attrs.get(RESUMED_ERRORS, {}).get(str(t.number))
+def failure(t: Any, study_attrs: dict[str, Any] | None = None) -> str | None:
+    """Why trial `t` failed: its user attribute ``error``, or, told by a worker that did not ask it
+    or resumed after a kill (Optuna sets a trial's attributes only through the `Trial` that asked
+    it), the study's ``error <number>`` (one attribute per trial: processes writing at once never
+    overwrite each other's)."""
+    return t.user_attrs.get(ERROR) or (study_attrs or {}).get(f"{ERROR} {t.number}")
 
 
-def record_resumed_error(study: Any, number: int, message: str) -> None:
-    """Record why resumed trial `number` failed (see `trial_error`)."""
-    study.set_user_attr(RESUMED_ERRORS, {**study.user_attrs.get(RESUMED_ERRORS, {}), str(number): message})
-
-
-def settled(study: Any, t: Any, retry_before: int | None) -> bool:
+def settled(t: Any, retry_before: int | None, study_attrs: dict[str, Any] | None = None) -> bool:
     """Whether trial `t` covers its point: COMPLETE, or failed for a reason not being retried."""
     if t.state == TrialState.COMPLETE:
         return True
-    failed = t.state == TrialState.FAIL and trial_error(study, t) is not None
+    failed = t.state == TrialState.FAIL and failure(t, study_attrs) is not None
     return failed and not (retry_before is not None and t.number < retry_before)
 
 
 def settled_count(study: Any, retry_before: int | None) -> int:
-    return sum(settled(study, t, retry_before) for t in study.get_trials(deepcopy=False))
+    attrs = study.user_attrs
+    return sum(settled(t, retry_before, attrs) for t in study.get_trials(deepcopy=False))
 
 
 def resumable(t: Any) -> bool:
@@ -132,15 +129,26 @@ def resumable(t: Any) -> bool:
 def orphans(study: Any) -> set[int]:
     """The numbers of the study's orphaned trials (also those marked on the trial, by earlier versions)."""
     marked = {t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get(ORPHANED)}
-    return marked | set(study.user_attrs.get(ORPHANED, []))
+    by_worker = {int(k.split()[1]) for k in study.user_attrs if k.startswith(f"{ORPHANED} ")}  # `orphan()`
+    return marked | set(study.user_attrs.get(ORPHANED, [])) | by_worker
 
 
-def fail_orphans(study: Any) -> list[int]:
+def orphan(study: Any, number: int) -> None:
+    """Trial `number`, asked by a worker killed before it queued its jobs, -> FAIL, marked orphaned
+    (by a study attribute of its own: workers marking at once never overwrite each other's)."""
+    study.set_user_attr(f"{ORPHANED} {number}", True)
+    if study.get_trials(deepcopy=False)[number].state == TrialState.RUNNING:
+        study.tell(number, state=TrialState.FAIL)
+
+
+def fail_orphans(study: Any, keep: set[int] | None = None) -> list[int]:
     """Trials left RUNNING by a killed process (the caller holds the sweep lock) that cannot be
-    resumed (`resumable`) -> FAIL, listed in the study's ``orphaned`` first (Optuna has no public way
-    to set a user attribute of a trial this process did not ask). The others stay RUNNING: the
-    search goes on with them under their own numbers (`search.driver`)."""
-    numbers = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if not resumable(t)]
+    resumed -> FAIL, listed in the study's ``orphaned`` first (Optuna has no public way to set a
+    user attribute of a trial this process did not ask). Resumed: those in `keep` (the trials whose
+    jobs the workers' queue holds) or, without `keep`, those that have their point and MLflow run
+    (`resumable`): the search goes on with them under their own numbers (`search.driver`)."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    numbers = [t.number for t in running if (not resumable(t) if keep is None else t.number not in keep)]
     if numbers:
         study.set_user_attr(ORPHANED, sorted(set(study.user_attrs.get(ORPHANED, [])) | set(numbers)))
     for number in numbers:
@@ -150,8 +158,9 @@ def fail_orphans(study: Any) -> list[int]:
 
 def _enqueue_grid(study: Any, search: SearchConfig, retry_before: int | None) -> None:
     """Enqueue every grid point neither covered (`settled`) nor waiting already."""
+    attrs = study.user_attrs
     taken = {_key(point_of(t)) for t in study.get_trials(deepcopy=False)
-             if settled(study, t, retry_before) or t.state in (TrialState.WAITING, TrialState.RUNNING)}
+             if settled(t, retry_before, attrs) or t.state in (TrialState.WAITING, TrialState.RUNNING)}
     for point in grid_points(search):
         params = encode_point(search, point)
         if _key(params) not in taken:
@@ -162,26 +171,28 @@ def _enqueue_grid(study: Any, search: SearchConfig, retry_before: int | None) ->
 def _requeue(study: Any, retry_before: int | None) -> None:
     """random/tpe: ask again the point of each orphaned (or retried) trial, once."""
     latest: dict[str, Any] = {}
+    attrs = study.user_attrs
     for t in study.get_trials(deepcopy=False):
         if point_of(t):
             latest[_key(point_of(t))] = t
     for key, t in latest.items():
-        if t.state == TrialState.FAIL and not settled(study, t, retry_before):
+        if t.state == TrialState.FAIL and not settled(t, retry_before, attrs):
             _enqueue(study, json.loads(key))
 
 
-def open_study(sweep: SweepConfig, store_root: str | Path, retry_failed: bool = False):
-    """The sweep's study, created if new, with orphaned trials marked failed and the points to ask
-    queued: a grid's uncovered points, or (random/tpe) those of orphaned or retried trials. Returns
-    (study, retry_before): failed trials numbered below `retry_before` are asked again (None:
-    failures stand)."""
+def open_study(sweep: SweepConfig, store_root: str | Path, retry_failed: bool = False,
+               keep: set[int] | None = None):
+    """The sweep's study, created if new, with orphaned trials marked failed (`fail_orphans`, which
+    resumes those in `keep`) and the points to ask queued: a grid's uncovered points, or
+    (random/tpe) those of orphaned or retried trials. Returns (study, retry_before): failed trials
+    numbered below `retry_before` are asked again (None: failures stand)."""
     search = sweep.search
     url = storage_url(sweep, store_root)
     if sqlite_path(url) is not None:
         sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(storage=url, study_name=study_name(sweep), load_if_exists=True,
                                 direction=search.objective.direction, sampler=sampler_for(search))
-    fail_orphans(study)
+    fail_orphans(study, keep)
     retry_before = len(study.get_trials(deepcopy=False)) if retry_failed else None
     if search.sampler == "grid":
         _enqueue_grid(study, search, retry_before)
@@ -238,8 +249,18 @@ def study_trials(sweep: SweepConfig, store_root: str | Path) -> list[dict[str, A
     study = existing_study(sweep, store_root)
     if study is None:
         return []
-    orphaned = orphans(study)
+    orphaned, attrs = orphans(study), study.user_attrs
     return [{"number": t.number, "state": t.state.name, "params": decode_point(sweep.search, point_of(t)),
-             "value": t.value, RUN_ID: t.user_attrs.get(RUN_ID), ERROR: trial_error(study, t),
+             "value": t.value, RUN_ID: t.user_attrs.get(RUN_ID), ERROR: failure(t, attrs),
              ORPHANED: True if t.number in orphaned else None}
             for t in study.get_trials(deepcopy=False)]
+
+
+def load_study(name: str, storage: str):
+    """A study the driver made (workers open it by name and storage, never create it)."""
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def finished(study: Any, number: int) -> bool:
+    """Whether trial `number` has been told (COMPLETE or FAIL)."""
+    return study.get_trials(deepcopy=False)[number].state in (TrialState.COMPLETE, TrialState.FAIL)
