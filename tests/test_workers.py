@@ -307,3 +307,35 @@ def test_a_grid_search_on_three_workers_asks_each_point_once(tmp_path):
     runs = [r.data.tags["lmcsweep.job"] for r in Tracker(root=store).runs_of_sweep("grid", status="FINISHED")
             if r.data.tags.get("lmcsweep.origin") == "computed"]
     assert len(runs) == len(set(runs)) == 16
+
+
+def test_sbatch_refusing_the_workers_is_one_line_and_writes_nothing(tmp_path, capfd):
+    """A submission sbatch refuses (a partition the cluster lacks) is found by `sbatch --test-only`
+    before the driver writes anything: sbatch's message in one line, no store; sbatch's own error
+    lines never reach the terminal, even where the submission itself is refused."""
+    from services import slurm_cluster
+
+    from lmcsweep import slurm
+    from lmcsweep.config import SlurmConfig
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP + "slurm: {partition: nowhere}\n")
+    with slurm_cluster(tmp_path / "cluster") as env:
+        out = subprocess.run([sys.executable, "-m", "lmcsweep.cli", "--store", str(tmp_path / "store"), "run",
+                              "--workers", "2", "--executor", "slurm", path],
+                             env=env, capture_output=True, text=True, timeout=120)
+        old = os.environ.get("SLURM_CONF")
+        os.environ["SLURM_CONF"] = env["SLURM_CONF"]
+        try:
+            slurm.check(2, SlurmConfig(partition="debug", time=5))      # a submission it takes passes
+            with pytest.raises(slurm.SlurmError) as refused:
+                slurm.submit(["true"], 2, tmp_path / "jobs", SlurmConfig(partition="nowhere"))
+        finally:
+            os.environ.pop("SLURM_CONF") if old is None else os.environ.update(SLURM_CONF=old)
+    assert out.returncode == 2 and out.stdout == "", out.stdout + out.stderr
+    assert out.stderr.splitlines() == ["error: sbatch refused the submission: invalid partition specified: nowhere; "
+                                       "allocation failure: Invalid partition name specified"], out.stderr
+    assert not (tmp_path / "store").exists()
+    assert str(refused.value) == ("sbatch refused the submission: invalid partition specified: nowhere; "
+                                  "Batch job submission failed: Invalid partition name specified")
+    assert "sbatch: error" not in capfd.readouterr().err

@@ -142,6 +142,8 @@ def _queued(ctx: click.Context, files: tuple[str, ...], workers: int | None, que
             from .. import slurm as cluster
 
             placed = {sweep.name: cluster.options(sweep.slurm, slurm) for sweep in sweeps}
+            for options in placed.values():  # sbatch's refusal (a bad partition) too
+                cluster.check(workers, options)
         queue = job_queue(ctx, queue_uri)
         queue.exists()  # an unreachable queue stops here, before anything is written
         for sweep in sweeps:
