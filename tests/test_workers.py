@@ -339,3 +339,78 @@ def test_sbatch_refusing_the_workers_is_one_line_and_writes_nothing(tmp_path, ca
     assert str(refused.value) == ("sbatch refused the submission: invalid partition specified: nowhere; "
                                   "Batch job submission failed: Invalid partition name specified")
     assert "sbatch: error" not in capfd.readouterr().err
+
+
+def test_gpus_that_are_not_here_are_one_line_and_a_dry_run_runs_nothing(tmp_path):
+    """`--gpus` naming what this machine lacks, or where it means nothing, is one line before anything
+    is written; `--dry-run` with workers prints the plan (it ran the whole sweep before)."""
+    from lmcsweep.gpus import visible_gpus
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP)
+    store = tmp_path / "store"
+    lines = {}
+    for args in (["--gpus", "0,x"], ["--gpus", "1,1"], ["--gpus", "99", "--workers", "2"],
+                 ["--gpus", "0", "--executor", "slurm"], ["--gpus", "0", "--plan-only"]):
+        out = _cli(store, "run", *args, path)
+        assert out.returncode == 2 and out.stdout == "" and len(out.stderr.splitlines()) == 1, out.stderr
+        lines[" ".join(args[1:])] = out.stderr.strip()
+    assert lines["0,x"] == "error: --gpus 0,x: 'x' is not a GPU; give their numbers, e.g. --gpus 0,1,2,3 (or their " \
+                           "GPU-/MIG- UUIDs)"
+    assert lines["1,1"] == "error: --gpus 1,1: GPU 1 is named twice; more workers per GPU: --workers N"
+    assert lines["99 --workers 2"] == ("error: --gpus 99: torch sees no CUDA GPU on this machine; leave out --gpus to run the "
+                           "workers on the CPU" if not visible_gpus() else
+                           f"error: --gpus 99: this machine has no GPU 99 (its GPUs: 0-{visible_gpus() - 1})")
+    assert lines["0 --executor slurm"] == ("error: --gpus places local workers; it does not go with --executor "
+                                           "slurm (ask SLURM for them: --slurm gpus-per-task=N)")
+    assert lines["0 --plan-only"].endswith("it does not go with --plan-only (it runs nothing)")
+    dry = _cli(store, "run", "--dry-run", "--workers", "2", path)
+    assert dry.returncode == 0 and dry.stdout.startswith("sweep many"), dry.stdout + dry.stderr
+    assert not store.exists()
+
+
+def test_each_gpu_worker_sees_its_own_gpu(tmp_path, monkeypatch):
+    """`--gpus 0,1 --workers 2`: four worker processes, two seeing GPU 0 and two GPU 1 (read from
+    each live worker's environment). This machine may have no GPU: the driver is told it has two,
+    the workers (real processes, placed by CUDA_VISIBLE_DEVICES) then train on what they find."""
+    import threading
+    from collections import Counter
+
+    from click.testing import CliRunner
+
+    import lmcsweep.gpus
+    from lmcsweep.cli import main
+
+    monkeypatch.setattr(lmcsweep.gpus, "visible_gpus", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP.replace("name: many", "name: gpus"))
+    store = tmp_path / "store"
+    seen: dict[str, str] = {}
+    stop = threading.Event()
+
+    def look() -> None:  # every worker's CUDA_VISIBLE_DEVICES while it lives
+        while not stop.wait(0.05):
+            try:
+                names = [w["name"] for w in Queue(default_uri(store)).workers()]
+            except Exception:  # noqa: BLE001 -- the queue is not made yet
+                continue
+            for name in names:
+                if name not in seen:
+                    try:
+                        env = Path(f"/proc/{name.rsplit(':', 1)[1]}/environ").read_bytes().split(b"\0")
+                    except OSError:
+                        continue
+                    seen[name] = next((e.split(b"=", 1)[1].decode() for e in env
+                                       if e.startswith(b"CUDA_VISIBLE_DEVICES=")), "")
+    watcher = threading.Thread(target=look, daemon=True)
+    watcher.start()
+    try:
+        out = CliRunner().invoke(main, ["--store", str(store), "run", "--gpus", "0,1", "--workers", "2",
+                                        "--no-progress", str(path)])
+    finally:
+        stop.set()
+        watcher.join()
+    assert out.exit_code == 0, out.output
+    assert re.search(r"^gpus: 14 jobs run, .*\(\d+s, 2 workers per GPU\)$", out.output, re.M), out.output
+    assert len(seen) == 4 and Counter(seen.values()) == {"0": 2, "1": 2}, seen

@@ -56,7 +56,8 @@ def plan(ctx: click.Context, files: tuple[str, ...]) -> None:
               help="the job queue's database (env LMCSWEEP_QUEUE; default sqlite:///<store>/queue.db)")
 @click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
               help="where --workers run: local processes, or a SLURM job array (submitit)")
-@click.option("--gpus", default=None, help="local workers: GPUs to use, e.g. 0,1,2,3 (--workers per GPU)")
+@click.option("--gpus", default=None,
+              help="local workers: GPUs to use, e.g. 0,1,2,3, --workers per GPU (default 1), each seeing its own")
 @click.option("--slurm", "slurm_options", multiple=True, metavar="KEY=VALUE",
               help="sbatch option for --executor slurm, over the sweep file's `slurm` section: partition, "
                    "time (minutes), cpus-per-task, gpus-per-task, gpus-per-node, mem, account, qos, constraint, "
@@ -66,15 +67,18 @@ def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, plan_only: bo
         progress: bool, workers: int | None, queue_uri: str | None, executor: str, gpus: str | None,
         slurm_options: tuple[str, ...]) -> None:
     """Run (or resume) sweep FILES. Finished jobs are never recomputed; killed ones resume."""
+    if dry_run:
+        return ctx.invoke(plan, files=files)
+    if gpus is not None:
+        placed_on = _gpus(gpus, executor, plan_only)
+        workers = workers or 1  # (a worker per GPU unless told)
     if plan_only or workers:
         bad = [o for o in slurm_options if "=" not in o]
         if bad:
             raise click.BadParameter(f"{bad[0]!r} is not KEY=VALUE", param_hint="--slurm")
         slurm = list(slurm_options) if executor == "slurm" else None
-        _queued(ctx, files, workers, queue_uri, slurm, gpus.split(",") if gpus else None, progress)
+        _queued(ctx, files, workers, queue_uri, slurm, placed_on if gpus is not None else None, progress)
         return
-    if dry_run:
-        return ctx.invoke(plan, files=files)
     code, tracker = 0, None
     try:  # Ctrl-C from the first moment on (torch's import included) ends with how to resume
         sweeps = load_sweeps(files)
@@ -100,6 +104,22 @@ def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, plan_only: bo
         if tracker is not None:
             tracker.close()
     sys.exit(code)
+
+
+def _gpus(text: str, executor: str, plan_only: bool) -> list[str]:
+    """--gpus checked: one line and exit 2 for GPUs this machine lacks, or where they mean nothing."""
+    from ..gpus import GpuError, parse_gpus
+
+    if executor == "slurm" or plan_only:
+        where = "--executor slurm (ask SLURM for them: --slurm gpus-per-task=N)" if executor == "slurm" \
+            else "--plan-only (it runs nothing)"
+        click.echo(f"error: --gpus places local workers; it does not go with {where}", err=True)
+        sys.exit(2)
+    try:
+        return parse_gpus(text)
+    except GpuError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
 
 
 RESUME = ("run the same command again to resume (runs left RUNNING are marked KILLED, interrupted jobs "
