@@ -95,7 +95,7 @@ def query(ctx: click.Context, sweep_name: str | None, kind: str, fmt: str, super
 @click.pass_context
 def status(ctx: click.Context, name: str | None, queue_uri: str | None) -> None:
     """Each sweep in the store (or sweep NAME) with its jobs done / running / failed / pending, and
-    the job queue's workers: what each is running, its last heartbeat."""
+    the job queue's workers: their last heartbeat, the jobs each holds and the time left on their leases."""
     from ..records.status import status_lines, sweep_status
 
     tracker, store = backends(ctx)
@@ -106,19 +106,24 @@ def status(ctx: click.Context, name: str | None, queue_uri: str | None) -> None:
         sys.exit(2 if name else 0)
     click.echo(f"store {store.root}")
     click.echo("\n".join(status_lines(rows)))
-    _print_workers(ctx, queue_uri)
+    _print_workers(ctx, queue_uri, store, [row["sweep"] for row in rows])
 
 
-def _print_workers(ctx: click.Context, queue_uri: str | None) -> None:
-    import time
+def _print_workers(ctx: click.Context, queue_uri: str | None, store, sweeps: list[str]) -> None:
+    import sqlalchemy
+
+    from ..queue import QueueError
+    from ..records.leases import worker_lines
 
     queue = job_queue(ctx, queue_uri)
-    if not queue.exists() or not queue.workers():
-        return
-    click.echo(f"\n{'worker':<28}{'heartbeat':>10}{'done':>6}  running")
-    for w in queue.workers():
-        age = time.time() - w["heartbeat"]
-        click.echo(f"{w['name']:<28}{age:>9.0f}s{w['done']:>6}  {', '.join(json.loads(w['running'])) or '-'}")
+    try:
+        lines = worker_lines(queue, store, sweeps) if queue.exists() else []
+    except (QueueError, sqlalchemy.exc.SQLAlchemyError) as exc:  # the sweeps are shown: the workers cannot be
+        why = str(exc) if isinstance(exc, QueueError) else f"job queue {queue.uri}: {str(exc).splitlines()[0]}"
+        click.echo(f"\nerror: the workers cannot be shown: {why}", err=True)
+        sys.exit(2)
+    if lines:
+        click.echo("\n" + "\n".join(lines))
 
 
 @main.command()
