@@ -414,3 +414,16 @@ def test_each_gpu_worker_sees_its_own_gpu(tmp_path, monkeypatch):
     assert out.exit_code == 0, out.output
     assert re.search(r"^gpus: 14 jobs run, .*\(\d+s, 2 workers per GPU\)$", out.output, re.M), out.output
     assert len(seen) == 4 and Counter(seen.values()) == {"0": 2, "1": 2}, seen
+
+
+def test_a_queue_that_cannot_be_reached_is_one_line_without_its_password(tmp_path):
+    from services import free_port
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP)
+    uri = f"postgresql+psycopg://lab:S3CRET-pw@127.0.0.1:{free_port()}/queue"
+    out = _cli(tmp_path / "store", "run", "--workers", "2", "--queue-uri", uri, path)
+    assert out.returncode == 2 and not (tmp_path / "store").exists()
+    assert out.stderr.splitlines() == [f"error: job queue {uri.replace('S3CRET-pw', '***')} cannot be read: "
+                                       f"{out.stderr.split(' cannot be read: ', 1)[1].strip()}"], out.stderr
+    assert "Connection refused" in out.stderr and "S3CRET" not in out.stderr

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..uris import scrub, shown
 from .common import backends, job_queue, main
 
 
@@ -101,7 +102,7 @@ def status(ctx: click.Context, name: str | None, queue_uri: str | None) -> None:
     tracker, store = backends(ctx)
     rows = sweep_status(tracker, store.root, name)
     if not rows:
-        where = f"store {store.root}" + (f" (tracking {tracker.uri})" if ctx.obj["tracking_uri"] else "")
+        where = f"store {store.root}" + (f" (tracking {shown(tracker.uri)})" if ctx.obj["tracking_uri"] else "")
         click.echo(f"no sweep {name!r} in {where}" if name else f"no sweeps in {where}")
         sys.exit(2 if name else 0)
     click.echo(f"store {store.root}")
@@ -119,7 +120,8 @@ def _print_workers(ctx: click.Context, queue_uri: str | None, store, sweeps: lis
     try:
         lines = worker_lines(queue, store, sweeps) if queue.exists() else []
     except (QueueError, sqlalchemy.exc.SQLAlchemyError) as exc:  # the sweeps are shown: the workers cannot be
-        why = str(exc) if isinstance(exc, QueueError) else f"job queue {queue.uri}: {str(exc).splitlines()[0]}"
+        why = scrub(str(exc), queue.uri) if isinstance(exc, QueueError) else \
+            f"job queue {shown(queue.uri)}: {str(exc).splitlines()[0]}"
         click.echo(f"\nerror: the workers cannot be shown: {why}", err=True)
         sys.exit(2)
     if lines:
@@ -205,7 +207,7 @@ def ui(ctx: click.Context, port: int, host: str, sweep_name: str | None) -> None
     tracker, _ = backends(ctx)
     sweeps = {n: e for n, e in tracker.sweep_experiments().items() if sweep_name in (None, n)}
     if sweep_name is not None and not sweeps:
-        click.echo(f"no sweep {sweep_name!r} in store {tracker.uri}", err=True)
+        click.echo(f"no sweep {sweep_name!r} in store {shown(tracker.uri)}", err=True)
         sys.exit(2)
     sys.exit(serve(tracker.uri, tracker.artifact_root, host, port,
                    lambda base: click.echo(ready_text(base, tracker.uri, sweeps))))

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from ..uris import scrub, shown
 from .common import backends, job_queue, load_sweeps, main
 
 
@@ -169,7 +170,7 @@ def _queued(ctx: click.Context, files: tuple[str, ...], workers: int | None, que
         for sweep in sweeps:
             if not workers:
                 plan_sweep(sweep, tracker, store, queue)
-                click.echo(f"{sweep.name}: planned in {store.root}, its jobs queued in {queue.uri} "
+                click.echo(f"{sweep.name}: planned in {store.root}, its jobs queued in {shown(queue.uri)} "
                            f"(`lmcsweep job list {sweep.name}`; `lmcsweep worker` runs them)")
                 continue
             outcome, problems = run_with_workers(sweep, tracker, store, queue, workers, ctx.obj["store"],
@@ -193,6 +194,6 @@ def _queued(ctx: click.Context, files: tuple[str, ...], workers: int | None, que
 
         if not isinstance(exc, (JobError, SweepBusy, QueueError, DataError, SlurmError, TrackingUnavailable)):
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {scrub(str(exc), queue_uri, ctx.obj['tracking_uri'])}", err=True)
         sys.exit(2)
     sys.exit(1 if failed else 0)
