@@ -177,7 +177,7 @@ def _queued(ctx: click.Context, files: tuple[str, ...], workers: int | None, que
                                                  ctx.obj["tracking_uri"], progress,
                                                  placed[sweep.name] if slurm is not None else None, gpus)
             report(outcome, sweep, click.echo, "(a job fails after 3 attempts; `lmcsweep job list` shows every "
-                   "attempt's error)", f"{workers} workers{' per GPU' if gpus else ''}")
+                   "attempt's error)", f"{workers} worker{'s' if workers > 1 else ''}{' per GPU' if gpus else ''}")
             for line in problems:
                 click.echo(f"  {line}", err=True)
             failed = failed or bool(outcome.failed or outcome.left)
