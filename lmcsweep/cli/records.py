@@ -114,7 +114,7 @@ def _print_workers(ctx: click.Context, queue_uri: str | None, store, sweeps: lis
     import sqlalchemy
 
     from ..queue import QueueError
-    from ..records.leases import worker_lines
+    from ..leases import worker_lines
 
     queue = job_queue(ctx, queue_uri)
     try:

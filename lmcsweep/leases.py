@@ -10,8 +10,8 @@ import json
 import time
 from typing import Any
 
-from ..queue import CLAIMED, Queue
-from ..store import Store
+from .queue import CLAIMED, Queue
+from .store import Store
 
 
 def worker_lines(queue: Queue, store: Store, sweeps: list[str], now: float | None = None) -> list[str]:
