@@ -9,7 +9,10 @@ queue's database to be reachable from the nodes.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -61,9 +64,7 @@ def options(section: SlurmConfig | None, pairs: list[str]) -> SlurmConfig:
         raise SlurmError(f"--slurm {field}: {message[0].lower() + message[1:]}") from None
 
 
-def submit(command: list[str], tasks: int, folder: Path, slurm: SlurmConfig) -> list[Any]:
-    """Submit `tasks` array tasks each running `command`, with `slurm`'s sbatch options; returns
-    submitit's jobs."""
+def _executor(folder: Path, tasks: int, slurm: SlurmConfig) -> Any:
     executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
     params: dict[str, Any] = {"slurm_array_parallelism": tasks, "name": "lmcsweep-worker"}
     for key, value in slurm.model_dump(exclude_none=True).items():
@@ -74,12 +75,43 @@ def submit(command: list[str], tasks: int, folder: Path, slurm: SlurmConfig) -> 
         else:
             params[OPTIONS[key]] = value
     executor.update_parameters(**params)
+    return executor
+
+
+def _refused(message: str) -> SlurmError:
+    """sbatch's error lines as one ("sbatch: error: " left out)."""
+    lines = [line.strip().removeprefix("sbatch: error: ").strip() for line in message.strip().splitlines()]
+    return SlurmError(f"sbatch refused the submission: {'; '.join(line for line in lines if line) or 'no reason given'}")
+
+
+def check(tasks: int, slurm: SlurmConfig) -> None:
+    """`sbatch --test-only` on the script `submit` would give sbatch (a bad partition, gres, account
+    ...): SlurmError with sbatch's message, before the driver writes anything."""
+    with tempfile.TemporaryDirectory(prefix="lmcsweep-sbatch-") as folder:
+        script = Path(folder) / "check.sh"
+        # (submitit's own script text: the options as `submit` passes them)
+        script.write_text(_executor(Path(folder), tasks, slurm)._executor._make_submission_file_text("true", "check"))
+        try:
+            out = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SlurmError(f"sbatch cannot be run here: {exc}") from None
+        if out.returncode != 0:
+            raise _refused(out.stderr or out.stdout)
+
+
+def submit(command: list[str], tasks: int, folder: Path, slurm: SlurmConfig) -> list[Any]:
+    """Submit `tasks` array tasks each running `command`, with `slurm`'s sbatch options; returns
+    submitit's jobs."""
+    executor = _executor(folder, tasks, slurm)
+    said = io.StringIO()  # (submitit prints sbatch's error lines itself: they go in the one line)
     try:
-        return executor.map_array(Worker(), [command] * tasks)
+        with contextlib.redirect_stderr(said):
+            return executor.map_array(Worker(), [command] * tasks)
     except subprocess.CalledProcessError as exc:
-        raise SlurmError(f"sbatch refused the submission: {(exc.stderr or exc.output or b'').decode().strip()}") from None
+        message = exc.stderr or exc.output or b""
+        raise _refused(message.decode() if isinstance(message, bytes) else message) from None
     except Exception as exc:  # noqa: BLE001 -- submitit's own errors carry sbatch's message
-        raise SlurmError(f"sbatch refused the submission: {str(exc).strip().splitlines()[-1]}") from None
+        raise _refused(str(exc) or said.getvalue()) from None
 
 
 def wait(jobs: list[Any], poll: float = 2.0, on_poll: Callable[[], None] | None = None) -> list[str]:

@@ -38,3 +38,31 @@ def test_a_sweep_that_finishes_while_status_reads_is_not_interrupted(cli, write_
         (row,) = sweep_status(tracker, store)
     assert (row["status"], row["runner"]) == ("FINISHED", "none"), row  # once: INTERRUPTED
     assert tracker.reads == 2
+
+
+def test_status_shows_each_workers_jobs_by_name_and_their_leases(cli, write_sweep, store):
+    """The queue's workers: the jobs each holds by name with the seconds left on their leases; a
+    worker whose leases have all expired is marked (its jobs are claimed again); a queue that cannot
+    be read is one line after the sweeps."""
+    import re
+    import time
+
+    from lmcsweep.queue import Queue, default_uri
+
+    assert cli("run", "--plan-only", write_sweep(replicates=2)).exit_code == 0
+    live, gone = Queue(default_uri(store), lease=60), Queue(default_uri(store), lease=1)
+    for name, queue in (("node1:101", live), ("node2:202", gone)):
+        queue.register(name)
+        rows = queue.claim(name, limit=1)
+        queue.running(name, [r["hash"] for r in rows])
+    time.sleep(1.5)                                    # node2's lease of 1 s has expired
+    out = cli("status")
+    assert out.exit_code == 0, out.output
+    table = out.output.split("\n\nworker")[1].splitlines()
+    assert table[0].split() == ["heartbeat", "done", "running", "(lease", "left)"]
+    assert re.fullmatch(r"node1:101 +\d+s +0  train rep 0 \[small\] \(5\ds\)", table[1]), table
+    assert re.fullmatch(r"node2:202 +\d+s +0  train rep 1 \[small\] \(expired \ds ago\)  "
+                        r"\(its leases expired: gone\? its jobs are claimed again\)", table[2]), table
+    bad = cli("status", "--queue-uri", "postgresql+psycopg://lmc@127.0.0.1:1/queue")
+    assert bad.exit_code == 2 and bad.output.splitlines()[-1].startswith(
+        "error: the workers cannot be shown: job queue postgresql+psycopg://lmc@127.0.0.1:1/queue cannot be read: ")

@@ -115,3 +115,26 @@ def test_no_server_at_all_waits_the_window_then_fails_at_once(tmp_path, monkeypa
         tracker.run("0" * 32)
     assert time.monotonic() - start < 1                # then every call fails at once
     assert tracker.unavailable().startswith(f"tracking server {uri} did not answer")
+
+
+def test_a_server_never_reached_is_said_once_and_no_password_is_shown(tmp_path, monkeypatch, capfd):
+    """A server that has not answered since the command began (a wrong address): after a few seconds
+    one line says it is being waited for (nobody waits the window in silence), then the error; the
+    password in its address is shown as *** in both."""
+    import pytest
+
+    from lmcsweep.tracking import TrackingUnavailable
+    from lmcsweep.tracking.patience import NOTICE_AFTER
+    from services import free_port
+
+    monkeypatch.setenv("LMCSWEEP_TRACKING_RETRY", str(NOTICE_AFTER + 3))
+    uri = f"http://lab:S3CRET-pw@127.0.0.1:{free_port()}"
+    tracker = Tracker(uri, tmp_path)
+    with pytest.raises(TrackingUnavailable) as down:
+        tracker.experiment("tests")
+    shown = uri.replace("S3CRET-pw", "***")
+    assert str(down.value).startswith(f"tracking server {shown} did not answer for 8 s")
+    err = capfd.readouterr().err
+    assert err.splitlines() == [f"tracking server {shown} does not answer (Connection refused); trying again for up "
+                                "to 8 s (--tracking-retry, LMCSWEEP_TRACKING_RETRY)"], err
+    assert "S3CRET" not in str(down.value) + err

@@ -307,3 +307,123 @@ def test_a_grid_search_on_three_workers_asks_each_point_once(tmp_path):
     runs = [r.data.tags["lmcsweep.job"] for r in Tracker(root=store).runs_of_sweep("grid", status="FINISHED")
             if r.data.tags.get("lmcsweep.origin") == "computed"]
     assert len(runs) == len(set(runs)) == 16
+
+
+def test_sbatch_refusing_the_workers_is_one_line_and_writes_nothing(tmp_path, capfd):
+    """A submission sbatch refuses (a partition the cluster lacks) is found by `sbatch --test-only`
+    before the driver writes anything: sbatch's message in one line, no store; sbatch's own error
+    lines never reach the terminal, even where the submission itself is refused."""
+    from services import slurm_cluster
+
+    from lmcsweep import slurm
+    from lmcsweep.config import SlurmConfig
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP + "slurm: {partition: nowhere}\n")
+    with slurm_cluster(tmp_path / "cluster") as env:
+        out = subprocess.run([sys.executable, "-m", "lmcsweep.cli", "--store", str(tmp_path / "store"), "run",
+                              "--workers", "2", "--executor", "slurm", path],
+                             env=env, capture_output=True, text=True, timeout=120)
+        old = os.environ.get("SLURM_CONF")
+        os.environ["SLURM_CONF"] = env["SLURM_CONF"]
+        try:
+            slurm.check(2, SlurmConfig(partition="debug", time=5))      # a submission it takes passes
+            with pytest.raises(slurm.SlurmError) as refused:
+                slurm.submit(["true"], 2, tmp_path / "jobs", SlurmConfig(partition="nowhere"))
+        finally:
+            os.environ.pop("SLURM_CONF") if old is None else os.environ.update(SLURM_CONF=old)
+    assert out.returncode == 2 and out.stdout == "", out.stdout + out.stderr
+    assert out.stderr.splitlines() == ["error: sbatch refused the submission: invalid partition specified: nowhere; "
+                                       "allocation failure: Invalid partition name specified"], out.stderr
+    assert not (tmp_path / "store").exists()
+    assert str(refused.value) == ("sbatch refused the submission: invalid partition specified: nowhere; "
+                                  "Batch job submission failed: Invalid partition name specified")
+    assert "sbatch: error" not in capfd.readouterr().err
+
+
+def test_gpus_that_are_not_here_are_one_line_and_a_dry_run_runs_nothing(tmp_path):
+    """`--gpus` naming what this machine lacks, or where it means nothing, is one line before anything
+    is written; `--dry-run` with workers prints the plan (it ran the whole sweep before)."""
+    from lmcsweep.gpus import visible_gpus
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP)
+    store = tmp_path / "store"
+    lines = {}
+    for args in (["--gpus", "0,x"], ["--gpus", "1,1"], ["--gpus", "99", "--workers", "2"],
+                 ["--gpus", "0", "--executor", "slurm"], ["--gpus", "0", "--plan-only"]):
+        out = _cli(store, "run", *args, path)
+        assert out.returncode == 2 and out.stdout == "" and len(out.stderr.splitlines()) == 1, out.stderr
+        lines[" ".join(args[1:])] = out.stderr.strip()
+    assert lines["0,x"] == "error: --gpus 0,x: 'x' is not a GPU; give their numbers, e.g. --gpus 0,1,2,3 (or their " \
+                           "GPU-/MIG- UUIDs)"
+    assert lines["1,1"] == "error: --gpus 1,1: GPU 1 is named twice; more workers per GPU: --workers N"
+    assert lines["99 --workers 2"] == ("error: --gpus 99: torch sees no CUDA GPU on this machine; leave out --gpus to run the "
+                           "workers on the CPU" if not visible_gpus() else
+                           f"error: --gpus 99: this machine has no GPU 99 (its GPUs: 0-{visible_gpus() - 1})")
+    assert lines["0 --executor slurm"] == ("error: --gpus places local workers; it does not go with --executor "
+                                           "slurm (ask SLURM for them: --slurm gpus-per-task=N)")
+    assert lines["0 --plan-only"].endswith("it does not go with --plan-only (it runs nothing)")
+    dry = _cli(store, "run", "--dry-run", "--workers", "2", path)
+    assert dry.returncode == 0 and dry.stdout.startswith("sweep many"), dry.stdout + dry.stderr
+    assert not store.exists()
+
+
+def test_each_gpu_worker_sees_its_own_gpu(tmp_path, monkeypatch):
+    """`--gpus 0,1 --workers 2`: four worker processes, two seeing GPU 0 and two GPU 1 (read from
+    each live worker's environment). This machine may have no GPU: the driver is told it has two,
+    the workers (real processes, placed by CUDA_VISIBLE_DEVICES) then train on what they find."""
+    import threading
+    from collections import Counter
+
+    from click.testing import CliRunner
+
+    import lmcsweep.gpus
+    from lmcsweep.cli import main
+
+    monkeypatch.setattr(lmcsweep.gpus, "visible_gpus", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP.replace("name: many", "name: gpus"))
+    store = tmp_path / "store"
+    seen: dict[str, str] = {}
+    stop = threading.Event()
+
+    def look() -> None:  # every worker's CUDA_VISIBLE_DEVICES while it lives
+        while not stop.wait(0.05):
+            try:
+                names = [w["name"] for w in Queue(default_uri(store)).workers()]
+            except Exception:  # noqa: BLE001 -- the queue is not made yet
+                continue
+            for name in names:
+                if name not in seen:
+                    try:
+                        env = Path(f"/proc/{name.rsplit(':', 1)[1]}/environ").read_bytes().split(b"\0")
+                    except OSError:
+                        continue
+                    seen[name] = next((e.split(b"=", 1)[1].decode() for e in env
+                                       if e.startswith(b"CUDA_VISIBLE_DEVICES=")), "")
+    watcher = threading.Thread(target=look, daemon=True)
+    watcher.start()
+    try:
+        out = CliRunner().invoke(main, ["--store", str(store), "run", "--gpus", "0,1", "--workers", "2",
+                                        "--no-progress", str(path)])
+    finally:
+        stop.set()
+        watcher.join()
+    assert out.exit_code == 0, out.output
+    assert re.search(r"^gpus: 14 jobs run, .*\(\d+s, 2 workers per GPU\)$", out.output, re.M), out.output
+    assert len(seen) == 4 and Counter(seen.values()) == {"0": 2, "1": 2}, seen
+
+
+def test_a_queue_that_cannot_be_reached_is_one_line_without_its_password(tmp_path):
+    from services import free_port
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP)
+    uri = f"postgresql+psycopg://lab:S3CRET-pw@127.0.0.1:{free_port()}/queue"
+    out = _cli(tmp_path / "store", "run", "--workers", "2", "--queue-uri", uri, path)
+    assert out.returncode == 2 and not (tmp_path / "store").exists()
+    assert out.stderr.splitlines() == [f"error: job queue {uri.replace('S3CRET-pw', '***')} cannot be read: "
+                                       f"{out.stderr.split(' cannot be read: ', 1)[1].strip()}"], out.stderr
+    assert "Connection refused" in out.stderr and "S3CRET" not in out.stderr

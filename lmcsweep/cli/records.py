@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..uris import scrub, shown
 from .common import backends, job_queue, main
 
 
@@ -95,30 +96,36 @@ def query(ctx: click.Context, sweep_name: str | None, kind: str, fmt: str, super
 @click.pass_context
 def status(ctx: click.Context, name: str | None, queue_uri: str | None) -> None:
     """Each sweep in the store (or sweep NAME) with its jobs done / running / failed / pending, and
-    the job queue's workers: what each is running, its last heartbeat."""
+    the job queue's workers: their last heartbeat, the jobs each holds and the time left on their leases."""
     from ..records.status import status_lines, sweep_status
 
     tracker, store = backends(ctx)
     rows = sweep_status(tracker, store.root, name)
     if not rows:
-        where = f"store {store.root}" + (f" (tracking {tracker.uri})" if ctx.obj["tracking_uri"] else "")
+        where = f"store {store.root}" + (f" (tracking {shown(tracker.uri)})" if ctx.obj["tracking_uri"] else "")
         click.echo(f"no sweep {name!r} in {where}" if name else f"no sweeps in {where}")
         sys.exit(2 if name else 0)
     click.echo(f"store {store.root}")
     click.echo("\n".join(status_lines(rows)))
-    _print_workers(ctx, queue_uri)
+    _print_workers(ctx, queue_uri, store, [row["sweep"] for row in rows])
 
 
-def _print_workers(ctx: click.Context, queue_uri: str | None) -> None:
-    import time
+def _print_workers(ctx: click.Context, queue_uri: str | None, store, sweeps: list[str]) -> None:
+    import sqlalchemy
+
+    from ..queue import QueueError
+    from ..leases import worker_lines
 
     queue = job_queue(ctx, queue_uri)
-    if not queue.exists() or not queue.workers():
-        return
-    click.echo(f"\n{'worker':<28}{'heartbeat':>10}{'done':>6}  running")
-    for w in queue.workers():
-        age = time.time() - w["heartbeat"]
-        click.echo(f"{w['name']:<28}{age:>9.0f}s{w['done']:>6}  {', '.join(json.loads(w['running'])) or '-'}")
+    try:
+        lines = worker_lines(queue, store, sweeps) if queue.exists() else []
+    except (QueueError, sqlalchemy.exc.SQLAlchemyError) as exc:  # the sweeps are shown: the workers cannot be
+        why = scrub(str(exc), queue.uri) if isinstance(exc, QueueError) else \
+            f"job queue {shown(queue.uri)}: {str(exc).splitlines()[0]}"
+        click.echo(f"\nerror: the workers cannot be shown: {why}", err=True)
+        sys.exit(2)
+    if lines:
+        click.echo("\n" + "\n".join(lines))
 
 
 @main.command()
@@ -200,7 +207,7 @@ def ui(ctx: click.Context, port: int, host: str, sweep_name: str | None) -> None
     tracker, _ = backends(ctx)
     sweeps = {n: e for n, e in tracker.sweep_experiments().items() if sweep_name in (None, n)}
     if sweep_name is not None and not sweeps:
-        click.echo(f"no sweep {sweep_name!r} in store {tracker.uri}", err=True)
+        click.echo(f"no sweep {sweep_name!r} in store {shown(tracker.uri)}", err=True)
         sys.exit(2)
     sys.exit(serve(tracker.uri, tracker.artifact_root, host, port,
                    lambda base: click.echo(ready_text(base, tracker.uri, sweeps))))

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from ..uris import scrub, shown
 from .common import backends, job_queue, load_sweeps, main
 
 
@@ -56,7 +57,8 @@ def plan(ctx: click.Context, files: tuple[str, ...]) -> None:
               help="the job queue's database (env LMCSWEEP_QUEUE; default sqlite:///<store>/queue.db)")
 @click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
               help="where --workers run: local processes, or a SLURM job array (submitit)")
-@click.option("--gpus", default=None, help="local workers: GPUs to use, e.g. 0,1,2,3 (--workers per GPU)")
+@click.option("--gpus", default=None,
+              help="local workers: GPUs to use, e.g. 0,1,2,3, --workers per GPU (default 1), each seeing its own")
 @click.option("--slurm", "slurm_options", multiple=True, metavar="KEY=VALUE",
               help="sbatch option for --executor slurm, over the sweep file's `slurm` section: partition, "
                    "time (minutes), cpus-per-task, gpus-per-task, gpus-per-node, mem, account, qos, constraint, "
@@ -66,15 +68,18 @@ def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, plan_only: bo
         progress: bool, workers: int | None, queue_uri: str | None, executor: str, gpus: str | None,
         slurm_options: tuple[str, ...]) -> None:
     """Run (or resume) sweep FILES. Finished jobs are never recomputed; killed ones resume."""
+    if dry_run:
+        return ctx.invoke(plan, files=files)
+    if gpus is not None:
+        placed_on = _gpus(gpus, executor, plan_only)
+        workers = workers or 1  # (a worker per GPU unless told)
     if plan_only or workers:
         bad = [o for o in slurm_options if "=" not in o]
         if bad:
             raise click.BadParameter(f"{bad[0]!r} is not KEY=VALUE", param_hint="--slurm")
         slurm = list(slurm_options) if executor == "slurm" else None
-        _queued(ctx, files, workers, queue_uri, slurm, gpus.split(",") if gpus else None, progress)
+        _queued(ctx, files, workers, queue_uri, slurm, placed_on if gpus is not None else None, progress)
         return
-    if dry_run:
-        return ctx.invoke(plan, files=files)
     code, tracker = 0, None
     try:  # Ctrl-C from the first moment on (torch's import included) ends with how to resume
         sweeps = load_sweeps(files)
@@ -100,6 +105,22 @@ def run(ctx: click.Context, files: tuple[str, ...], dry_run: bool, plan_only: bo
         if tracker is not None:
             tracker.close()
     sys.exit(code)
+
+
+def _gpus(text: str, executor: str, plan_only: bool) -> list[str]:
+    """--gpus checked: one line and exit 2 for GPUs this machine lacks, or where they mean nothing."""
+    from ..gpus import GpuError, parse_gpus
+
+    if executor == "slurm" or plan_only:
+        where = "--executor slurm (ask SLURM for them: --slurm gpus-per-task=N)" if executor == "slurm" \
+            else "--plan-only (it runs nothing)"
+        click.echo(f"error: --gpus places local workers; it does not go with {where}", err=True)
+        sys.exit(2)
+    try:
+        return parse_gpus(text)
+    except GpuError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
 
 
 RESUME = ("run the same command again to resume (runs left RUNNING are marked KILLED, interrupted jobs "
@@ -142,19 +163,21 @@ def _queued(ctx: click.Context, files: tuple[str, ...], workers: int | None, que
             from .. import slurm as cluster
 
             placed = {sweep.name: cluster.options(sweep.slurm, slurm) for sweep in sweeps}
+            for options in placed.values():  # sbatch's refusal (a bad partition) too
+                cluster.check(workers, options)
         queue = job_queue(ctx, queue_uri)
         queue.exists()  # an unreachable queue stops here, before anything is written
         for sweep in sweeps:
             if not workers:
                 plan_sweep(sweep, tracker, store, queue)
-                click.echo(f"{sweep.name}: planned in {store.root}, its jobs queued in {queue.uri} "
+                click.echo(f"{sweep.name}: planned in {store.root}, its jobs queued in {shown(queue.uri)} "
                            f"(`lmcsweep job list {sweep.name}`; `lmcsweep worker` runs them)")
                 continue
             outcome, problems = run_with_workers(sweep, tracker, store, queue, workers, ctx.obj["store"],
                                                  ctx.obj["tracking_uri"], progress,
                                                  placed[sweep.name] if slurm is not None else None, gpus)
             report(outcome, sweep, click.echo, "(a job fails after 3 attempts; `lmcsweep job list` shows every "
-                   "attempt's error)", f"{workers} workers{' per GPU' if gpus else ''}")
+                   "attempt's error)", f"{workers} worker{'s' if workers > 1 else ''}{' per GPU' if gpus else ''}")
             for line in problems:
                 click.echo(f"  {line}", err=True)
             failed = failed or bool(outcome.failed or outcome.left)
@@ -171,6 +194,6 @@ def _queued(ctx: click.Context, files: tuple[str, ...], workers: int | None, que
 
         if not isinstance(exc, (JobError, SweepBusy, QueueError, DataError, SlurmError, TrackingUnavailable)):
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {scrub(str(exc), queue_uri, ctx.obj['tracking_uri'])}", err=True)
         sys.exit(2)
     sys.exit(1 if failed else 0)

@@ -8,17 +8,23 @@ Unless you set those variables yourself, lmcsweep sets MLflow's retries to 0 for
 server, so that the window here is the one wait, counted from the first failed call.
 Only failures that say the server is not answering are tried again (connection refused or reset,
 a timeout, 408/429/5xx answers): an answer that refuses the call (a bad parameter, a missing run)
-raises at once.
+raises at once. A server that has not answered once since the command started (a wrong address, a
+server not started yet) gets one line on stderr once it has waited `NOTICE_AFTER` seconds, so
+that nobody waits the window in silence. The server's address is shown without its password (`uris.shown`).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
+from ..uris import shown
+
 WINDOW_ENV = "LMCSWEEP_TRACKING_RETRY"
 DEFAULT_WINDOW = 600.0
+NOTICE_AFTER = 5.0  # seconds of waiting for a server that never answered before the line saying so
 
 
 class TrackingUnavailable(RuntimeError):
@@ -77,9 +83,10 @@ class Patient:
     `TrackingUnavailable`, and from then on at once (`down` holds the line)."""
 
     def __init__(self, client: Any, uri: str, window: float | None = None):
-        self._client, self._uri = client, uri
+        self._client, self._uri = client, shown(uri)
         self._window = retry_window() if window is None else window
         self.down: str | None = None
+        self._answered = False  # (once it has, an outage is waited out without a word until the window ends)
 
     def __getattr__(self, name: str) -> Any:
         member = getattr(self._client, name)
@@ -92,12 +99,18 @@ class Patient:
             first, pause = None, 0.5
             while True:
                 try:
-                    return member(*args, **kwargs)
+                    answer = member(*args, **kwargs)
+                    self._answered = True
+                    return answer
                 except Exception as exc:
                     if not _unanswered(exc):
                         raise
                     now = time.monotonic()
                     first = now if first is None else first
+                    if not self._answered and NOTICE_AFTER <= now - first < self._window:
+                        self._answered = True  # (said once)
+                        print(f"tracking server {self._uri} does not answer ({_why(exc)}); trying again for up "
+                              f"to {self._window:g} s (--tracking-retry, {WINDOW_ENV})", file=sys.stderr, flush=True)
                     if now - first >= self._window:
                         self.down = (f"tracking server {self._uri} did not answer for {now - first:.0f} s "
                                      f"({WINDOW_ENV}={self._window:g}; {name}: {_why(exc)}): start it again, "
