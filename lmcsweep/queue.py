@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .store import sqlite_path
+from .uris import shown
 
 WAITING, CLAIMED, DONE, FAILED = "waiting", "claimed", "done", "failed"
 LEASE_SECONDS = 60.0
@@ -107,7 +108,6 @@ class Queue:
         path = sqlite_path(uri)
         self.sqlite = path is not None
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
             # autocommit at the driver, so that `BEGIN IMMEDIATE` opens each write transaction itself
             self.engine = sa.create_engine(uri, connect_args={"timeout": 60, "isolation_level": None})
         else:
@@ -119,11 +119,14 @@ class Queue:
 
     def create(self) -> None:
         """Make the tables (once, before any worker starts: concurrent first creation can clash)."""
+        path = sqlite_path(self.uri)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with self.transaction() as conn:
                 _meta.create_all(conn)
         except sa.exc.SQLAlchemyError as exc:
-            raise QueueError(f"job queue {self.uri}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
+            raise QueueError(f"job queue {shown(self.uri)}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
         self.upgrade()
 
     def upgrade(self) -> None:
@@ -138,7 +141,7 @@ class Queue:
                         guard = "" if self.sqlite else "IF NOT EXISTS "
                         conn.exec_driver_sql(f"ALTER TABLE jobs ADD COLUMN {guard}{name} {kind}")
         except sa.exc.SQLAlchemyError as exc:
-            raise QueueError(f"job queue {self.uri}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
+            raise QueueError(f"job queue {shown(self.uri)}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
 
     def exists(self) -> bool:
         """Whether the queue's tables are there (a driver has planned a sweep into it)."""
@@ -148,7 +151,7 @@ class Queue:
         try:
             return sa.inspect(self.engine).has_table("jobs")
         except sa.exc.SQLAlchemyError as exc:
-            raise QueueError(f"job queue {self.uri} cannot be read: {str(exc).splitlines()[0]}") from None
+            raise QueueError(f"job queue {shown(self.uri)} cannot be read: {str(exc).splitlines()[0]}") from None
 
     def transaction(self):
         """A write transaction: BEGIN IMMEDIATE on SQLite (claims are serialised), a plain one elsewhere."""
@@ -342,6 +345,12 @@ class Queue:
             q = q.where(JOBS.c.sweep == sweep)
         with self.engine.connect() as conn:
             return conn.execute(q).scalar_one()
+
+    def open_sweeps(self) -> list[str]:
+        """The sweeps that have jobs not done nor failed."""
+        with self.engine.connect() as conn:
+            return sorted(conn.execute(sa.select(JOBS.c.sweep).distinct()
+                                       .where(JOBS.c.state.in_([WAITING, CLAIMED]))).scalars())
 
     def _block(self, conn, row: dict[str, Any]) -> None:
         """Every job below a FAILED one fails too (it could never become ready)."""

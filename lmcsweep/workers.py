@@ -68,6 +68,10 @@ def work(tracker: Tracker, store: Store, queue: Queue, sweep: str | None = None,
             down = tracker.unavailable()
         except TrackingUnavailable as exc:
             down = str(exc)
+        except QueueError as exc:  # its jobs' plans are not in this store: they go back untried
+            queue.release(owner, rows, str(exc))
+            queue.unregister(owner)
+            raise
         finally:
             stop.set()
             beat.join()
@@ -172,16 +176,18 @@ def drive(sweep: SweepConfig, store: Store, queue: Queue, workers: int, store_ar
     claims come back when their leases expire); the jobs resume when the sweep runs again."""
     queue.release_dead(sweep.name)  # claims of workers killed with an earlier driver
     base = [sys.executable, "-m", "lmcsweep.cli", "--store", str(Path(store_arg).resolve())]
-    if tracking_uri:
-        base += ["--tracking-uri", tracking_uri]
     if os.environ.get("LMCSWEEP_TRACKING_RETRY"):  # (set by --tracking-retry too) for workers on other nodes
         base += ["--tracking-retry", os.environ["LMCSWEEP_TRACKING_RETRY"]]
-    command = base + ["worker", "--queue-uri", queue.uri, "--sweep", sweep.name, "--lease", str(queue.lease)]
+    command = base + ["worker", "--sweep", sweep.name, "--lease", str(queue.lease)]
+    # the queue and the tracking server go to the workers in their environment, not on their
+    # command line: a password in a URI never shows in `ps` or in submitit's files in the store
+    uris = {"LMCSWEEP_QUEUE": queue.uri, **({"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {})}
     show = on_poll or (lambda: None)
     problems: list[str] = []
     if slurm is not None:
         from . import slurm as cluster  # submitit: loaded only for a SLURM run
 
+        os.environ.update(uris)  # (sbatch passes the driver's environment on to the tasks)
         jobs = cluster.submit(command, workers, store.root / "slurm", slurm)
         try:
             ended = cluster.wait(jobs, poll, show)
@@ -189,8 +195,8 @@ def drive(sweep: SweepConfig, store: Store, queue: Queue, workers: int, store_ar
             cluster.cancel(jobs)
             raise
     else:
-        envs = [None] * workers if not gpus else \
-            [{**os.environ, "CUDA_VISIBLE_DEVICES": g} for g in gpus for _ in range(workers)]
+        envs = [{**os.environ, **uris}] * workers if not gpus else \
+            [{**os.environ, **uris, "CUDA_VISIBLE_DEVICES": g} for g in gpus for _ in range(workers)]
         logs = store.root / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         procs, paths = [], []

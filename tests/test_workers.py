@@ -427,3 +427,21 @@ def test_a_queue_that_cannot_be_reached_is_one_line_without_its_password(tmp_pat
     assert out.stderr.splitlines() == [f"error: job queue {uri.replace('S3CRET-pw', '***')} cannot be read: "
                                        f"{out.stderr.split(' cannot be read: ', 1)[1].strip()}"], out.stderr
     assert "Connection refused" in out.stderr and "S3CRET" not in out.stderr
+
+
+def test_a_worker_given_another_store_is_one_line_and_changes_nothing(reference, tmp_path):
+    """A worker whose --store is not the one its sweep was planned into: one line naming the sweep
+    and the store, exit 2; no job claimed (the queue's rows as they were), nothing made there."""
+    path, _ = reference
+    planned = tmp_path / "planned"
+    out = _cli(planned, "run", "--plan-only", path)
+    assert out.returncode == 0, out.stderr
+    queue = Queue(default_uri(planned))
+    before = queue.rows("many")
+    other = tmp_path / "other"
+    out = _cli(other, "worker", "--queue-uri", queue.uri)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip() == (f"error: the queue holds jobs of sweep 'many' but its plan is not in store "
+                                  f"{other} (give the --store its driver used)"), out.stderr
+    assert queue.rows("many") == before and not queue.workers()
+    assert not other.exists()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
+from ..uris import scrub, shown
 from .common import backends, job_queue, main
 
 
@@ -33,9 +35,15 @@ def worker(ctx: click.Context, queue_uri: str | None, sweep_name: str | None, ti
         queue = job_queue(ctx, queue_uri, lease)
         if not queue.exists() or not (queue.counts(sweep_name) or has_search(queue, sweep_name)):
             raise QueueError(f"no planned jobs{f' of sweep {sweep_name!r}' if sweep_name else ''} in queue "
-                             f"{queue.uri} (`lmcsweep run --plan-only FILE` or `--workers N` plans a sweep)")
+                             f"{shown(queue.uri)} (`lmcsweep run --plan-only FILE` or `--workers N` plans a sweep)")
         queue.upgrade()  # a queue planned by an earlier version
+        plans = Path(ctx.obj["store"]) / "plans"  # the store the driver planned into? (before anything is made)
+        for name in [sweep_name] if sweep_name else queue.open_sweeps():
+            if queue.open_work(name) and not (plans / name).is_dir():
+                raise QueueError(f"the queue holds jobs of sweep {name!r} but its plan is not in store "
+                                 f"{ctx.obj['store']} (give the --store its driver used)")
         tracker, store = backends(ctx, process=True)
+        tracker.all_experiment_ids()  # an unreachable tracking server stops it here, before any claim
         report = work(tracker, store, queue, sweep_name, time_limit)
         tracker.close()
     except KeyboardInterrupt:
@@ -43,10 +51,11 @@ def worker(ctx: click.Context, queue_uri: str | None, sweep_name: str | None, ti
     except Exception as exc:
         import sqlalchemy  # the queue's database (imported by now: it is what raised)
 
+        uris = (queue.uri if queue else queue_uri, ctx.obj["tracking_uri"])
         if isinstance(exc, (QueueError, TrackingUnavailable)):
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {scrub(str(exc), *uris)}", err=True)
         elif isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
-            click.echo(f"error: job queue {queue.uri if queue else queue_uri}: {str(exc).splitlines()[0]}", err=True)
+            click.echo(f"error: job queue {shown(uris[0])}: {scrub(str(exc).splitlines()[0], *uris)}", err=True)
         else:
             raise
         sys.exit(2)
