@@ -138,3 +138,40 @@ def test_a_server_never_reached_is_said_once_and_no_password_is_shown(tmp_path, 
     assert err.splitlines() == [f"tracking server {shown} does not answer (Connection refused); trying again for up "
                                 "to 8 s (--tracking-retry, LMCSWEEP_TRACKING_RETRY)"], err
     assert "S3CRET" not in str(down.value) + err
+
+
+def test_a_gateway_answering_502_is_waited_out_like_a_server_away(tmp_path, monkeypatch):
+    """A proxy in front of the server (or a server shutting down) that answers 502 with a page of
+    its own, not MLflow's JSON: tried again for the window, then the one line; not a job failed at
+    the first answer."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import pytest
+
+    from lmcsweep.tracking import TrackingUnavailable
+
+    class Gateway(BaseHTTPRequestHandler):
+        def _bad(self):
+            self.send_response(502)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>502 Bad Gateway</html>")
+
+        do_GET = do_POST = _bad
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("LMCSWEEP_TRACKING_RETRY", "2")
+    try:
+        tracker = Tracker(f"http://127.0.0.1:{server.server_port}", tmp_path)
+        tracker.client
+        start = time.monotonic()
+        with pytest.raises(TrackingUnavailable, match=r"did not answer for 2 s "):
+            tracker.experiment("tests")
+        assert time.monotonic() - start >= 2
+    finally:
+        server.shutdown()
