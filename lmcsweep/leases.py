@@ -1,6 +1,6 @@
 """The job queue's workers as `lmcsweep status` shows them: each one's last heartbeat and jobs done,
 and the jobs it holds by name (with trial and sweep when the store has their plan) with the time
-left on each lease (a live worker renews them every third of a lease). A worker whose leases have
+left on each lease, and a search's trial it is asking or telling (a live worker renews them every third of a lease). A worker whose leases have
 all expired has died or lost its node: it is marked so, and its jobs are claimed again. (A worker
 waiting for jobs others hold renews nothing: its heartbeat ages and that is all.)"""
 
@@ -10,6 +10,7 @@ import json
 import time
 from typing import Any
 
+from . import slots
 from .queue import CLAIMED, Queue
 from .store import Store
 
@@ -21,7 +22,7 @@ def worker_lines(queue: Queue, store: Store, sweeps: list[str], now: float | Non
     if not workers:
         return []
     now = time.time() if now is None else now
-    held = _held(queue, store, sweeps)
+    held, asking = _held(queue, store, sweeps), _asking(queue, sweeps)
     lines = [f"{'worker':<28}{'heartbeat':>10}{'done':>6}  running (lease left)"]
     for w in workers:
         age = now - w["heartbeat"]
@@ -36,9 +37,21 @@ def worker_lines(queue: Queue, store: Store, sweeps: list[str], now: float | Non
                 left = lease_until - now
                 jobs.append(f"{name} ({left:.0f}s)" if left >= 0 else f"{name} (expired {-left:.0f}s ago)")
                 expired += left < 0
+        jobs += asking.get(w["name"], [])
         silent = "  (its leases expired: gone? its jobs are claimed again)" if jobs and expired == len(jobs) else ""
         lines.append(f"{w['name']:<28}{age:>9.0f}s{w['done']:>6}  {', '.join(jobs) or '-'}{silent}")
     return lines
+
+
+def _asking(queue: Queue, sweeps: list[str]) -> dict[str, list[str]]:
+    """worker -> the trials of a random/tpe search it is asking or telling (`slots`)."""
+    out: dict[str, list[str]] = {}
+    for sweep in sweeps:
+        for slot in slots.slots_of(queue, sweep):
+            if slot["owner"] and slot["state"] in (slots.ASKING, slots.TELLING):
+                what = "asking a trial" if slot["state"] == slots.ASKING else f"telling trial {slot['trial']}"
+                out.setdefault(slot["owner"], []).append(f"{what} [{sweep}]")
+    return out
 
 
 def _held(queue: Queue, store: Store, sweeps: list[str]) -> dict[str, tuple[str, float | None, str]]:

@@ -130,10 +130,16 @@ class Queue:
         self.upgrade()
 
     def upgrade(self) -> None:
-        """Add the columns a queue made by an earlier version lacks (`ADDED`); any process may call
-        it: SQLite's write transaction serialises it, PostgreSQL's ``IF NOT EXISTS`` makes it idempotent."""
+        """Add the tables and columns (`ADDED`) a queue made by an earlier version lacks. The driver
+        does it before any worker starts (`create`); a worker does it for a queue an earlier version
+        planned: SQLite's write transaction serialises it; on PostgreSQL ``IF NOT EXISTS`` makes the
+        columns idempotent (two workers making a missing table at once: one stops with one line)."""
         try:
             with self.transaction() as conn:
+                inspector = sa.inspect(conn)
+                for table in _meta.sorted_tables:  # (trial slots came later than the jobs)
+                    if not inspector.has_table(table.name):
+                        table.create(conn)
                 have = {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
                 for name in ADDED:
                     if name not in have:

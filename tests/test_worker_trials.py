@@ -233,3 +233,23 @@ def test_a_search_interrupted_on_workers_goes_on_with_its_trials_under_their_own
     assert summary and int(summary[1]) + int(summary[2]) == 16 and int(summary[2]) >= counts.get("done", 0), rerun.stdout
     ran = [line for line in rerun.stderr.splitlines() if " computed " in line]
     assert len(ran) == int(summary[1]), rerun.stderr   # a line per job run in the rerun, as it ended
+
+
+def test_status_shows_the_worker_asking_or_telling_a_trial(tmp_path):
+    from lmcsweep.leases import worker_lines
+    from lmcsweep.store import Store
+
+    queue = Queue(default_uri(tmp_path))
+    queue.create()
+    slots.open_search(queue, "rnd", 2, {"study": "rnd-0"})
+    queue.register("node1:11")
+    queue.register("node1:12")
+    slots.take(queue, "node1:11", "rnd")
+    told = slots.take(queue, "node1:12", "rnd")
+    slots.asked(queue, "node1:12", told, 1, "run-1")
+    with queue.transaction() as conn:
+        slots.queued(told, "node1:12")(conn)
+    assert slots.to_tell(queue, "node1:12", "rnd")["trial"] == 1
+    lines = worker_lines(queue, Store(tmp_path), ["rnd"])
+    assert lines[1].startswith("node1:11") and lines[1].endswith("asking a trial [rnd]"), lines
+    assert lines[2].startswith("node1:12") and lines[2].endswith("telling trial 1 [rnd]"), lines

@@ -445,3 +445,24 @@ def test_a_worker_given_another_store_is_one_line_and_changes_nothing(reference,
                                   f"{other} (give the --store its driver used)"), out.stderr
     assert queue.rows("many") == before and not queue.workers()
     assert not other.exists()
+
+
+def test_a_worker_brings_a_queue_planned_by_an_earlier_version_up_to_date(tmp_path):
+    """A queue planned before trial slots and the jobs' timing columns existed: a worker adds what is
+    missing and runs every job (a worker with no ready job looks for trials to ask)."""
+    import sqlite3
+
+    path = tmp_path / "old.yaml"
+    path.write_text(SWEEP.replace("name: many", "name: old").replace("200it", "20it").replace("100it", "10it")
+                    .replace("rewind: [0it, 20it]", "rewind: [0it]").replace("replicates: 2", "replicates: 1"))
+    store = tmp_path / "store"
+    assert _cli(store, "run", "--plan-only", path).returncode == 0
+    db = sqlite3.connect(store / "queue.db")
+    db.executescript("DROP TABLE trial_slots; DROP TABLE searches; ALTER TABLE jobs DROP COLUMN how; "
+                     "ALTER TABLE jobs DROP COLUMN started; ALTER TABLE jobs DROP COLUMN ended;")
+    db.close()
+    out = _cli(store, "worker")
+    assert out.returncode == 0, out.stderr
+    queue = Queue(default_uri(store))
+    assert queue.counts("old") == {"done": 4}
+    assert all(r["how"] == "computed" and r["ended"] for r in queue.rows("old").values())
