@@ -99,7 +99,8 @@ def plan_sweep(sweep: SweepConfig, tracker: Tracker, store: Store, queue: Queue 
     `lmcsweep worker`). Returns the sweep run."""
     if sweep.search is not None:
         raise JobError(f"sweep {sweep.name!r} has a search: its trials are planned as they are asked "
-                       "(run it with `lmcsweep run`)")
+                       "(run it with `lmcsweep run FILE`, on workers `lmcsweep run FILE --workers N`, "
+                       "or a SLURM array with `--executor slurm`)")
     if sweep.instability is not None and sweep.instability.onset is not None:
         raise JobError(f"sweep {sweep.name!r} has an onset search: its rewind points are planned as results come "
                        "in (run it with `lmcsweep run`, without workers)")
