@@ -219,3 +219,38 @@ def test_onset_per_imp_level_through_the_cli(cli, tmp_path, store):
         if row["last_unstable"] is not None:
             assert mine[str(row["last_unstable"])] >= THRESHOLD
     assert sum(row["analyses_new"] for row in rows.values()) < 2 * 4  # fewer than both full grids
+    # the report's earliest stable k (Fig. 9) of level 1 is the search's, under the search's threshold
+    assert cli("report", "imponset", "--out", tmp_path / "report").exit_code == 0
+    drawn = json.loads((tmp_path / "report/imponset/figures.json").read_text())["onset"]
+    [level1] = [r for r in drawn if r["level"] == 1 and r["control"] == "imp"]
+    assert level1["threshold"] == THRESHOLD and level1["stable_rewinds"] == sorted(map(int, rows[1]["measured"]))
+    assert level1["earliest_stable"] == rows[1]["first_stable"]
+    assert "Earliest stable (instability &lt; 1%)" in (tmp_path / "report/imponset/index.html").read_text()
+
+
+
+def test_query_onset_of_a_sweep_without_an_onset_search_says_so(cli, tmp_path, store):
+    """`query --kind onset --sweep NAME`: a sweep that is no onset search is one line and exit 2; an
+    onset search whose first train run has not finished (killed in it) has no records yet, exit 0."""
+    path = tmp_path / "listed.yaml"
+    path.write_text(SWEEP.format(name="listed", rewind="[0it, 20it]"))
+    assert cli("run", "--plan-only", path).exit_code == 0  # recorded, nothing trained
+    result = cli("query", "--sweep", "listed", "--kind", "onset")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "sweep 'listed' has no onset search (a list of rewind points): ask for one in its file with "
+        "`instability.rewind: {search: onset, grid: [...]}` (docs/onset.md)"]
+    assert cli("query", "--sweep", "listed").exit_code == 0  # its other kinds as before
+
+    path = tmp_path / "searching.yaml"  # long: killed while it trains
+    path.write_text(SWEEP.format(name="searching", rewind=onset()).replace("80it", "20000it"))
+    cmd = [sys.executable, "-m", "lmcsweep.cli", "--store", str(store), "run", "--no-progress", str(path)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not any((store / "checkpoints").glob("*/it*.pt")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)  # its train job has a checkpoint: the sweep run is recorded
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the search ended before the kill"
+    result = cli("query", "--sweep", "searching", "--kind", "onset")
+    assert result.exit_code == 0 and result.output.strip() == "(no records)"

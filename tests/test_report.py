@@ -193,6 +193,29 @@ def test_earliest_from_needs_every_later_point():
     assert earliest_from({0: True, 20: False}) is None
 
 
+def test_earliest_stable_k_uses_the_onset_searchs_threshold(tmp_path):
+    """Fig. 9 reads "stable" with the threshold the report is given (an onset search's), not 2%:
+    an IMP level at 1.5% instability at k=0 and 0.5% at k=20 is stable from 0 under 2%, from 20 under 1%."""
+    from lmcsweep.records import charts
+    from lmcsweep.records.report import write_report
+
+    records = [{"sweep": "t", "trial": None, "replicate": rep, "level": 1, "density": 0.5, "rewind": k,
+                "control": None, "split": "test", "instability": value, "trained": True, "run_id": f"r{rep}{k}"}
+               for rep in (0, 1) for k, value in ((0, 0.015), (20, 0.005))]
+    for threshold, earliest, words in ((None, 0, "the 2% stability threshold"),
+                                       (0.01, 20, "the onset search's stability threshold, 1%")):
+        index = write_report("t", records, [], tmp_path / str(threshold), {},
+                             **({} if threshold is None else {"threshold": threshold}))
+        text, onset = index.read_text(), Page(index.read_text()).figures["onset"]
+        [row] = onset["data"]
+        assert row["earliest_stable"] == earliest and row["stable_rewinds"] == [0, 20]
+        assert f"below {words}" in onset["caption"]
+        percent = "2%" if threshold is None else "1%"
+        assert f"Earliest stable (instability &lt; {percent}) and earliest matching k" in text  # the title
+        fig, _ = charts.onset_chart(onset["data"])
+        assert fig.axes[0].get_legend_handles_labels()[1] == [f"IMP: stable (instability < {percent})"]
+
+
 def test_report_is_logged_on_the_sweep_run(reported):
     store, pages = reported
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")

@@ -79,6 +79,8 @@ def query(ctx: click.Context, sweep_name: str | None, kind: str, fmt: str, super
         from ..search.onset import ONSET_FIELDS, onset_records
 
         rows = onset_records(tracker, sweep_name, None if superseded else jobs)
+        if not rows and sweep_name is not None:
+            _onset_search_or_exit(tracker, sweep_name)
         if fmt != "json":  # lists as text in a table or CSV
             rows = [{k: (json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else v)
                      for k, v in r.items()} for r in rows]
@@ -87,6 +89,20 @@ def query(ctx: click.Context, sweep_name: str | None, kind: str, fmt: str, super
     records = (q.instability_records(tracker, sweep_name, jobs=jobs, superseded=superseded) if kind == "instability"
                else q.imp_records(tracker, sweep_name, jobs=jobs, superseded=superseded))
     click.echo(q.render(records, fmt, q.INSTABILITY_FIELDS if kind == "instability" else q.IMP_FIELDS))
+
+
+def _onset_search_or_exit(tracker, sweep_name: str) -> None:
+    """A sweep whose recorded definition is not an onset search has no onset records to wait for:
+    one line saying so and how to ask for one, exit 2 (a definition that cannot be read: no line)."""
+    from ..records.status import recorded_configs
+
+    config = recorded_configs(tracker, sweep_name).get(sweep_name)
+    if config is None or (config.instability is not None and config.instability.onset is not None):
+        return
+    what = "no instability section" if config.instability is None else "a list of rewind points"
+    click.echo(f"sweep {sweep_name!r} has no onset search ({what}): ask for one in its file with "
+               "`instability.rewind: {search: onset, grid: [...]}` (docs/onset.md)", err=True)
+    sys.exit(2)
 
 
 @main.command()

@@ -70,10 +70,15 @@ def label(*parts: str) -> str:
 
 
 def threshold_text(threshold: float) -> str:
-    """What the dashed line is: 'the 2% stability threshold', or an onset search's own."""
+    """Which stability threshold: 'the 2% stability threshold', or an onset search's own."""
     if threshold == STABLE_THRESHOLD:
         return "the 2% stability threshold"
     return f"the onset search's stability threshold, {100 * threshold:g}%"
+
+
+def stable_text(threshold: float) -> str:
+    """'stable (instability < 2%)': the stability rule in a legend or title."""
+    return f"stable (instability < {100 * threshold:g}%)"
 
 
 def instability_chart(records: list[dict[str, Any]], threshold: float = STABLE_THRESHOLD):
@@ -211,7 +216,9 @@ def control_chart(rows: list[dict[str, Any]], threshold: float = STABLE_THRESHOL
 
 
 def onset_chart(rows: list[dict[str, Any]]):
-    """Earliest stable and earliest matching k vs density, a line per control (and trial)."""
+    """Earliest stable and earliest matching k vs density, a line per control (and trial); stable
+    below the rows' `threshold` (`figures.onset_rows`)."""
+    threshold = rows[0]["threshold"]
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     ks = sorted({k for r in rows for k in r["stable_rewinds"] + r["matching_rewinds"]})
@@ -228,8 +235,9 @@ def onset_chart(rows: list[dict[str, Any]]):
                 continue
             xs = [100 * r["density"] for r in measured]
             ys = [none_at if r[field] is None else r[field] for r in measured]
+            name = stable_text(threshold) if what == "stable" else what
             ax.plot(xs, ys, ls=style, marker=marker, color=CONTROL_COLORS[control], mfc="none" if what == "matching"
-                    else None, label=label(f"{CONTROL_NAMES[control]}: {what}", trial_text(line[0])))
+                    else None, label=label(f"{CONTROL_NAMES[control]}: {name}", trial_text(line[0])))
     _density_axis(ax, [100 * r["density"] for r in rows])
     _k_axis(ax, ks + [none_at], axis="y")
     ax.set_yticks(ks + [none_at], [str(k) for k in ks] + ["none"])
@@ -238,7 +246,7 @@ def onset_chart(rows: list[dict[str, Any]]):
     reps = [r["replicates"] for r in rows if r["replicates"]] or [0]
     caption = (f"The earliest rewind point k from which on (at k and every later k measured) the subnetwork is "
                f"stable (solid, filled: mean {split} instability over the pairs of copies of every replicate "
-               f"below 2%) and matching (dashed, open: mean test "
+               f"below {threshold_text(threshold)}) and matching (dashed, open: mean test "
                f"accuracy over {count_text(reps, reps, 'networks')} within one std of the dense network's at "
                f"the same k), for IMP and its controls at each density. 'none': not reached at any k measured "
                f"({', '.join(map(str, ks))}).")

@@ -17,6 +17,7 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
+from ..interpolate import STABLE_THRESHOLD
 from .objective import earliest_stable
 
 
@@ -98,10 +99,10 @@ def earliest_from(by_k: dict[int, bool]) -> int | None:
 
 
 def onset_rows(instability: list[dict[str, Any]], imp: list[dict[str, Any]],
-               split: str = "test") -> list[dict[str, Any]]:
+               split: str = "test", threshold: float = STABLE_THRESHOLD) -> list[dict[str, Any]]:
     """One row per (trial, control, IMP level): its density, the rewind points measured, the earliest
-    stable k (mean instability over the pairs of every replicate on `split` below 2% at k and every
-    later k: `objective.earliest_stable`) and the earliest matching k (`matching_std`: the mean test
+    stable k (mean instability over the pairs of every replicate on `split` below `threshold`, 2%
+    unless an onset search sets its own, at k and every later k: `objective.earliest_stable`) and the earliest matching k (`matching_std`: the mean test
     accuracy over replicates within one std of the dense network's, level 0 at the same k, at k and
     every later k). None: not in the grid; a level without instability records (or without a dense
     reference) has None and an empty list of the rewind points measured for it."""
@@ -127,9 +128,9 @@ def onset_rows(instability: list[dict[str, Any]], imp: list[dict[str, Any]],
     rows = []
     for key in set(by_k) | set(matching):
         trial, control, level = key
-        stable = earliest_stable(by_k[key]) if by_k.get(key) else None
+        stable = earliest_stable(by_k[key], threshold) if by_k.get(key) else None
         rows.append({"trial": trial, "hp": hp[key], "control": control, "level": level,
-                     "density": statistics.fmean(density[key]), "split": split,
+                     "density": statistics.fmean(density[key]), "split": split, "threshold": threshold,
                      "stable_rewinds": sorted(by_k.get(key, {})), "matching_rewinds": sorted(matching.get(key, {})),
                      "earliest_stable": None if stable is None or math.isinf(stable) else int(stable),
                      "earliest_matching": earliest_from(matching[key]) if matching.get(key) else None,

@@ -64,10 +64,11 @@ def objective_value(tracker: Any, plan: Plan) -> float:
     return sum(by_rewind[k]) / len(by_rewind[k])
 
 
-def earliest_stable(by_rewind: dict[int, list[float]]) -> float:
+def earliest_stable(by_rewind: dict[int, list[float]], threshold: float = STABLE_THRESHOLD) -> float:
     """The first rewind point k from which on the network is stable: the mean instability of the
-    pairs is below 2% (`STABLE_THRESHOLD`) at k and at every later rewind point measured. inf if
-    there is none (a point that dips below 2% before an unstable one does not count)."""
-    unstable = [k for k, v in by_rewind.items() if sum(v) / len(v) >= STABLE_THRESHOLD]
+    pairs is below `threshold` (2%, `STABLE_THRESHOLD`, unless an onset search sets its own) at k
+    and at every later rewind point measured. inf if there is none (a point that dips below the
+    threshold before an unstable one does not count)."""
+    unstable = [k for k, v in by_rewind.items() if sum(v) / len(v) >= threshold]
     stable = [k for k in by_rewind if not any(u >= k for u in unstable)]
     return float(min(stable)) if stable else math.inf

@@ -96,7 +96,8 @@ def write_report(sweep: str, instability: list[dict[str, Any]], imp: list[dict[s
                  curves: dict[str, dict[str, list[float]]] | None = None, threshold: float = STABLE_THRESHOLD) -> Path:
     """Write out/<sweep>/index.html (self-contained), the figures as PNG files and figures.json;
     returns the page's path. `curves`: the interpolation runs' error curves (`read_curves`);
-    `threshold`: the stability threshold drawn (an onset search's own, else 2%)."""
+    `threshold`: the stability threshold drawn and used for the earliest stable k (an onset
+    search's own, else 2%)."""
     folder = Path(out) / sweep
     folder.mkdir(parents=True, exist_ok=True)
     for old in [*folder.glob("*.png"), folder / DATA]:  # figures of an earlier report of this sweep
@@ -143,9 +144,10 @@ def write_report(sweep: str, instability: list[dict[str, Any]], imp: list[dict[s
     page.heading("Earliest stable and matching k vs density (paper Fig. 9)")
     levelled = [r for r in instability if r.get("level") is not None]
     split = "test" if any(r["split"] == "test" for r in levelled) or not levelled else levelled[0]["split"]
-    onset = onset_rows(instability, imp, split)
+    onset = onset_rows(instability, imp, split, threshold)
     if onset and any(r["stable_rewinds"] or r["matching_rewinds"] for r in onset):
-        page.figure("onset", "Earliest stable and earliest matching k vs density", charts.onset_chart(onset), onset)
+        page.figure("onset", f"Earliest {charts.stable_text(threshold)} and earliest matching k vs density",
+                    charts.onset_chart(onset), onset)
     else:
         page.note("onset", "No IMP levels in this sweep: the earliest stable / matching k per density needs `imp` "
                            "(with `instability: true` for the stable k).")
