@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from typing import Any
 
 import sqlalchemy as sa
 
+from .owners import gone
 from .store import sqlite_path
 from .uris import shown
 
@@ -90,10 +90,6 @@ class QueueError(RuntimeError):
 
 def default_uri(store_root) -> str:
     return f"sqlite:///{os.path.abspath(os.path.join(store_root, 'queue.db'))}"
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _trial(trial: int | None) -> int:
@@ -386,20 +382,3 @@ class Queue:
     @staticmethod
     def _key(row: dict[str, Any]):
         return JOBS.c.sweep == row["sweep"], JOBS.c.trial == row["trial"], JOBS.c.hash == row["hash"]
-
-
-def gone(owner: str | None) -> bool:
-    """Whether `owner` (a worker's name, ``host:pid``) is a process of this host that has ended."""
-    if not owner or owner.rsplit(":", 1)[0] != socket.gethostname():
-        return False
-    return not _alive(int(owner.rsplit(":", 1)[1]))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -22,7 +22,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .queue import CLAIMED, FAILED, JOBS, SEARCHES, SLOTS, WAITING, Queue, QueueError, gone
+from .owners import gone
+from .queue import CLAIMED, FAILED, JOBS, SEARCHES, SLOTS, WAITING, Queue, QueueError
 
 ASKING, QUEUED, TELLING, TOLD = "asking", "queued", "telling", "told"
 

@@ -27,7 +27,8 @@ from pathlib import Path
 from . import slots
 from .config import SlurmConfig, SweepConfig
 from .plan.graph import Plan, plan_from_dict
-from .queue import CLAIMED, DONE, FAILED, WAITING, Queue, QueueError, worker_name
+from .owners import worker_name
+from .queue import CLAIMED, DONE, FAILED, WAITING, Queue, QueueError
 from .run.context import pick_device
 from .run.scheduler import Outcome, Runner
 from .run.together import at_once
