@@ -208,7 +208,7 @@ def test_a_search_interrupted_on_workers_goes_on_with_its_trials_under_their_own
     queue = Queue(default_uri(store))
     before = {s["trial"]: s["run_id"] for s in slots.slots_of(queue, "rnd") if s["state"] != "asking"}
     counts = queue.counts("rnd")
-    assert before and counts.get("waiting", 0) + counts.get("claimed", 0) > 0
+    assert before and counts.get("done", 0) < 16  # (the trials queued so far may all have ended already)
 
     rerun = subprocess.run([sys.executable, "-m", "lmcsweep.cli", "--store", str(store), "run", "--workers", "2",
                             "--no-progress", path], capture_output=True, text=True, timeout=600)
